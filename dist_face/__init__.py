@@ -1,0 +1,1 @@
+"""dist_face: distributed large-scale face-recognition training."""

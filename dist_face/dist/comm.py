@@ -1,0 +1,129 @@
+"""Collectives that work at world size 1 and before any process group exists.
+
+Every function takes an explicit ``group`` (``None`` = the default group). With no process
+group, or a group of size 1, they return their input unchanged, so single-process code needs
+no branches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup, ReduceOp
+
+
+def is_active(group: ProcessGroup | None = None) -> bool:
+    """True when a process group exists and has more than one member."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def get_world_size(group: ProcessGroup | None = None) -> int:
+    """World size of ``group``, 1 without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+def get_rank(group: ProcessGroup | None = None) -> int:
+    """Rank of this process in ``group``, 0 without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group)
+    return 0
+
+
+def backend_name(group: ProcessGroup | None = None) -> str:
+    """Backend of ``group`` (``gloo``/``nccl``), ``none`` without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return str(dist.get_backend(group))
+    return "none"
+
+
+def barrier(group: ProcessGroup | None = None) -> None:
+    """Wait for every rank of ``group``."""
+    if is_active(group):
+        dist.barrier(group)
+
+
+def all_reduce(
+    tensor: torch.Tensor, op: ReduceOp.RedOpType = ReduceOp.SUM, group: ProcessGroup | None = None
+) -> torch.Tensor:
+    """All-reduce ``tensor`` in place and return it."""
+    if is_active(group):
+        dist.all_reduce(tensor, op=op, group=group)
+    return tensor
+
+
+def broadcast(tensor: torch.Tensor, src: int = 0, group: ProcessGroup | None = None) -> torch.Tensor:
+    """Broadcast ``tensor`` in place from global rank ``src`` and return it."""
+    if is_active(group):
+        dist.broadcast(tensor, src=src, group=group)
+    return tensor
+
+
+def all_gather(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
+    """Concatenate equal-shaped tensors from every rank along dim 0, in rank order (no grad).
+
+    Args:
+        tensor: ``[B, ...]`` on this rank; every rank must pass the same shape.
+
+    Returns:
+        ``[W * B, ...]``.
+    """
+    if not is_active(group):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return torch.cat(parts, dim=0)
+
+
+def all_gather_object(obj: Any, group: ProcessGroup | None = None) -> list[Any]:
+    """Gather one picklable object from every rank, in rank order."""
+    if not is_active(group):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the gradients of every rank's copy.
+
+    Written by hand because torch.distributed's built-in differentiable gathers abort the
+    process at exit on gloo in a fraction of runs.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
+        ctx.group = group
+        ctx.rows = tensor.shape[0]
+        return all_gather(tensor, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        group, rows = ctx.group, ctx.rows
+        rank = dist.get_rank(group)
+        grad = grad.contiguous()
+        if backend_name(group) == "nccl":
+            out = torch.empty((rows, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(out, grad, op=ReduceOp.SUM, group=group)
+            return out, None
+        # gloo has no reduce-scatter: all-reduce the whole gradient and keep our rows.
+        grad = grad.clone()
+        dist.all_reduce(grad, op=ReduceOp.SUM, group=group)
+        return grad[rank * rows : (rank + 1) * rows].contiguous(), None
+
+
+def all_gather_with_grad(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
+    """Differentiable all-gather along dim 0, in rank order.
+
+    Forward: ``[B, ...]`` on every rank → ``[W * B, ...]`` (every rank must pass the same
+    shape). Backward: the gradient reaching this rank's ``[B, ...]`` input is the **sum over
+    ranks** of the gradients of its rows in every rank's output. If each rank computes a part
+    ``L_r`` of one objective ``L = Σ_r L_r`` from the gathered tensor, this is exactly
+    ``∂L/∂input``. At world size 1 it is the identity.
+    """
+    if not is_active(group):
+        return tensor
+    return _AllGatherWithGrad.apply(tensor, group)

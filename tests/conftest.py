@@ -1,0 +1,20 @@
+"""Test tiers: tests/unit (pure CPU), tests/dist (2-4 gloo ranks), tests/gpu (needs CUDA)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+_TIERS = {"unit", "dist", "gpu"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        tier = pathlib.Path(str(item.fspath)).parent.name
+        if tier in _TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
