@@ -1,0 +1,1 @@
+"""Class-center heads: margins, the sharded classifier and its arithmetic."""
