@@ -23,14 +23,23 @@ else
   _df_torch="${DIST_FACE_TORCH:-torch==2.13.0}"
 fi
 _df_hash="$(cat "$_df_root/pyproject.toml" "$_df_root/launch/setup_env.sh" \
-  | { cat; echo "$_df_extras $_df_torch"; } | sha256sum | cut -c1-16)"
+  | { cat; echo "$_df_torch"; } | sha256sum | cut -c1-16)"
 _df_stamp="$_df_venv/.dist_face_stamp"
+# The stamp holds "<hash> <extras>"; an environment with more extras than asked for is reused.
+read -r _df_have_hash _df_have_extras <"$_df_stamp" 2>/dev/null || true
+_df_missing=""
+for _df_e in ${_df_extras//,/ }; do
+  case ",${_df_have_extras:-}," in *",$_df_e,"*) ;; *) _df_missing="$_df_missing $_df_e" ;; esac
+done
+if [ "${_df_have_hash:-}" = "$_df_hash" ] && [ -n "${_df_have_extras:-}" ]; then
+  _df_extras="$(echo "$_df_have_extras,$_df_extras" | tr ',' '\n' | sort -u | paste -sd, -)"
+fi
 
 if [ ! -x "$_df_venv/bin/python" ]; then
   echo "[setup_env] creating $_df_venv with $_df_py"
   "$_df_py" -m venv "$_df_venv"
 fi
-if [ "$(cat "$_df_stamp" 2>/dev/null)" != "$_df_hash" ]; then
+if [ "${_df_have_hash:-}" != "$_df_hash" ] || [ -n "$_df_missing" ]; then
   echo "[setup_env] installing dist_face[$_df_extras] with $_df_torch (this takes a minute)"
   # pip's notes about absent local mirrors are noise; real errors still fail the script.
   _df_pip() { "$_df_venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
@@ -38,7 +47,7 @@ if [ "$(cat "$_df_stamp" 2>/dev/null)" != "$_df_hash" ]; then
   set -o pipefail
   _df_pip "$_df_torch"
   _df_pip -e "$_df_root[$_df_extras]" "$_df_torch"
-  echo "$_df_hash" >"$_df_stamp"
+  echo "$_df_hash $_df_extras" >"$_df_stamp"
 else
   echo "[setup_env] reusing $_df_venv"
 fi
