@@ -10,6 +10,7 @@ from dist_face.config.loader import (
     to_yaml,
 )
 from dist_face.config.schema import (
+    CheckpointConfig,
     DataConfig,
     DistConfig,
     EvalConfig,
@@ -21,6 +22,7 @@ from dist_face.config.schema import (
 )
 
 __all__ = [
+    "CheckpointConfig",
     "ConfigError",
     "DataConfig",
     "DistConfig",

@@ -119,6 +119,10 @@ class OptimConfig:
     """Decay after warm-up: poly or cosine."""
     poly_power: float = 1.0
     """Power of the polynomial decay (1.0 = linear)."""
+    head_lr: float = 0.0
+    """Peak learning rate of the class-center head (0 = same as ``lr``)."""
+    head_weight_decay: float = -1.0
+    """Weight decay of the class centers (negative = same as ``weight_decay``)."""
 
     def __post_init__(self) -> None:
         require_choice(self.name, "name", ["sgd", "adamw"])
@@ -139,13 +143,27 @@ class TrainConfig:
     """Number of passes over the training set."""
     precision: str = "fp32"
     """fp32, bf16 or fp16 (fp16 needs CUDA)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = train all epochs)."""
     log_every: int = 10
     """Steps between log lines (the only steps that synchronise with the host)."""
     seed: int = 2048
     """Base random seed; each rank derives its own."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    clip_grad_norm: float = 5.0
+    """Clip the backbone's gradient to this global L2 norm (0 = off)."""
+    loss_scale_init: float = 65536.0
+    """Initial dynamic loss scale (fp16 only)."""
+    loss_scale_growth_interval: int = 2000
+    """Steps without overflow before the fp16 loss scale doubles."""
 
     def __post_init__(self) -> None:
         require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        require(self.max_steps >= 0, "max_steps", f"must be >= 0, got {self.max_steps}")
+        require(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        require(self.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0")
+        require(self.loss_scale_init > 0, "loss_scale_init", "must be > 0")
         require_choice(self.precision, "precision", ["fp32", "bf16", "fp16"])
         require(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
 
@@ -161,6 +179,8 @@ class DistConfig:
     """auto (nccl with CUDA, else gloo), nccl or gloo."""
     timeout_s: float = 600.0
     """Collective timeout in seconds; a dead rank turns into an error after this long."""
+    fp16_grad_compression: bool = False
+    """All-reduce backbone gradients in fp16 (DDP communication hook)."""
 
     def __post_init__(self) -> None:
         require_choice(self.backend, "backend", ["auto", "nccl", "gloo"])
@@ -187,6 +207,25 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# checkpoint: saving and resuming (dist_face.checkpoint)
+# ---------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """When to save and what to resume from."""
+
+    every: int = 1000
+    """Optimizer steps between checkpoints (0 = only at the end)."""
+    keep: int = 3
+    """Complete checkpoints kept; older ones are deleted after a new one is complete."""
+    resume: str = ""
+    """Empty: start fresh; 'auto': latest checkpoint of this run if any; else a checkpoint dir."""
+
+    def __post_init__(self) -> None:
+        require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        require(self.keep >= 1, "keep", f"must be >= 1, got {self.keep}")
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
@@ -204,6 +243,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         require(bool(self.name), "name", "must not be empty")

@@ -1,0 +1,264 @@
+"""Save and restore a whole training state; the head may come back on another world size.
+
+Layout of one checkpoint, ``<run_dir>/checkpoints/step_<8 digits>/``::
+
+    state.pt                   rank 0: step, epoch, offsets, config, backbone + its optimizer,
+                               schedulers, loss scaler (everything replicated)
+    rank-<r>.pt                each rank: its RNG states and the head's non-sharded state
+    head-<r>-of-<W>.pt         each rank: its class range, its class-center rows and the rows of
+                               their optimizer state (see sharded.py)
+
+Every rank writes into ``step_<N>.tmp/`` with fsync; only when all ranks report success does
+rank 0 rename the directory to ``step_<N>`` (an atomic rename). A crash or a full disk mid-save
+therefore leaves the previous checkpoints intact and at most a ``.tmp`` directory, which the
+next save removes. The last ``keep`` complete checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed import ReduceOp
+
+from dist_face.checkpoint.atomic import atomic_torch_save, fsync_dir
+from dist_face.checkpoint.sharded import load_rows, shard_file, total_classes
+from dist_face.dist import Topology, all_reduce, barrier
+
+logger = logging.getLogger(__name__)
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not fit the model being restored."""
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    """Directory holding a run's checkpoints."""
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.pt").exists()
+    )
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, if any."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _weight_index(optimizer: torch.optim.Optimizer, weight: nn.Parameter) -> int:
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        if p is weight:
+            return i
+    raise CheckpointError("the head optimizer does not hold the class-center weight")
+
+
+def split_head(
+    head: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Separate the head's row-sharded tensors from the rest.
+
+    Returns:
+        ``(rows, other)``: ``rows`` maps ``weight`` and ``optim/<name>`` to ``[num_local, ...]``
+        tensors; ``other`` holds the head's remaining state and the optimizer's other entries.
+    """
+    weight = head.weight
+    idx = _weight_index(optimizer, weight)
+    opt_state = optimizer.state_dict()
+    rows: dict[str, torch.Tensor] = {"weight": weight.detach()}
+    scalars = {}
+    for name, value in opt_state["state"].get(idx, {}).items():
+        if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == weight.shape[0]:
+            rows[f"optim/{name}"] = value
+        else:
+            scalars[name] = value
+    other_state = {k: v for k, v in opt_state["state"].items() if k != idx}
+    head_state = {k: v for k, v in head.state_dict().items() if k != "weight"}
+    other = {
+        "head": head_state,
+        "optim_state": other_state,
+        "optim_scalars": scalars,
+        "param_groups": opt_state["param_groups"],
+        "weight_index": idx,
+    }
+    return rows, other
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    topology: Topology,
+    *,
+    replicated: dict[str, Any],
+    head: nn.Module,
+    head_optimizer: torch.optim.Optimizer,
+    class_range: tuple[int, int],
+    num_classes: int,
+    keep: int,
+) -> Path | None:
+    """Write a checkpoint collectively (every rank calls this) and prune old ones.
+
+    Args:
+        run_dir: the run directory (shared by all ranks).
+        step: optimizer steps done.
+        topology: this rank's position.
+        replicated: state identical on all ranks; only rank 0's copy is written.
+        head: the sharded head (``.weight`` is this rank's ``[num_local, D]`` slice).
+        head_optimizer: the optimizer holding the head's parameters.
+        class_range: this rank's ``[start, end)``.
+        num_classes: C.
+        keep: complete checkpoints to keep.
+
+    Returns:
+        The checkpoint directory, or None when a rank failed to write (the error is logged on
+        that rank; the previous checkpoints are untouched and training can go on).
+    """
+    root = checkpoint_root(run_dir)
+    final = root / f"step_{step:08d}"
+    tmp = root / f"step_{step:08d}.tmp"
+    if topology.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+    barrier()
+    ok = torch.ones(())
+    try:
+        rows, other = split_head(head, head_optimizer)
+        atomic_torch_save(
+            {"class_range": list(class_range), "num_classes": num_classes, "rows": rows},
+            shard_file(tmp, topology.rank, topology.world_size),
+        )
+        atomic_torch_save(
+            {"rng": rng_state(), "head_other": other}, tmp / f"rank-{topology.rank:05d}.pt"
+        )
+        if topology.is_main:
+            atomic_torch_save({**replicated, "world_size": topology.world_size}, tmp / "state.pt")
+    except OSError as exc:
+        logger.error(
+            "checkpoint %s: rank %d could not write: %s; previous checkpoints are kept",
+            final,
+            topology.rank,
+            exc,
+        )
+        ok.zero_()
+    all_reduce(ok, ReduceOp.MIN)
+    if not bool(ok):
+        if topology.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
+        return None
+    if topology.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        fsync_dir(root)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Rank 0's replicated state of a checkpoint (loaded with ``weights_only=True``)."""
+    file = Path(path) / "state.pt"
+    if not file.exists():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no state.pt)")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def restore_head(
+    path: Path,
+    topology: Topology,
+    head: nn.Module,
+    head_optimizer: torch.optim.Optimizer,
+    class_range: tuple[int, int],
+    num_classes: int,
+    saved_world_size: int,
+) -> None:
+    """Load this rank's class-center rows (any saved world size) and their optimizer state.
+
+    The non-sharded head state (margin buffers, a shared bias, a sampling generator) comes from
+    this rank's own file when the world size is unchanged, else from rank 0's.
+
+    Raises:
+        CheckpointError: the checkpoint holds another number of classes.
+    """
+    path = Path(path)
+    if total_classes(path) != num_classes:
+        raise CheckpointError(
+            f"{path} holds {total_classes(path)} class centers, the model has {num_classes}"
+        )
+    start, end = class_range
+    same_world = saved_world_size == topology.world_size
+    source = topology.rank if same_world else 0
+    other = torch.load(path / f"rank-{source:05d}.pt", map_location="cpu", weights_only=True)[
+        "head_other"
+    ]
+    device = head.weight.device
+    weight = load_rows(path, "weight", start, end).to(device)
+    head.load_state_dict({**other["head"], "weight": weight})
+    idx = _weight_index(head_optimizer, head.weight)
+    if idx != other["weight_index"]:
+        raise CheckpointError(f"{path}: head optimizer layout differs from the saved one")
+    state = dict(other["optim_state"])
+    sharded_names = [k[6:] for k in _row_keys(path) if k.startswith("optim/")]
+    if sharded_names or other["optim_scalars"]:
+        state[idx] = {
+            **other["optim_scalars"],
+            **{n: load_rows(path, f"optim/{n}", start, end) for n in sharded_names},
+        }
+    head_optimizer.load_state_dict({"state": state, "param_groups": other["param_groups"]})
+
+
+def _row_keys(path: Path) -> list[str]:
+    first = torch.load(
+        shard_file(path, 0, _saved_world(path)), map_location="cpu", weights_only=True, mmap=True
+    )
+    return list(first["rows"])
+
+
+def _saved_world(path: Path) -> int:
+    return int(
+        torch.load(path / "state.pt", map_location="cpu", weights_only=True, mmap=True)[
+            "world_size"
+        ]
+    )
+
+
+def restore_rng(path: Path, topology: Topology) -> bool:
+    """Restore this rank's RNG states if the checkpoint has a file for this rank."""
+    file = Path(path) / f"rank-{topology.rank:05d}.pt"
+    if not file.exists():
+        return False
+    set_rng_state(torch.load(file, map_location="cpu", weights_only=True)["rng"])
+    return True
+
+
+def rng_state() -> dict[str, Any]:
+    """Python and torch RNG states of this process (CPU and every CUDA device)."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

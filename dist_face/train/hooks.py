@@ -1,0 +1,188 @@
+"""Hooks around the step: logging with cross-rank throughput, checkpoints, evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dist_face.dist import Topology, all_gather, barrier
+from dist_face.eval.bin_format import decode_images, load_bin
+from dist_face.eval.verification import VerificationResult, evaluate_model
+from dist_face.metrics import Sink
+from dist_face.train.loop import Hook, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class LogHook(Hook):
+    """Every ``every`` steps: read the step's tensors once and report throughput across ranks.
+
+    The only host synchronisation of the loop happens here. Per-rank samples/s are gathered
+    so the line shows the global rate (sum) and the slowest and fastest rank; the data-wait
+    share is the worst rank's.
+    """
+
+    def __init__(
+        self,
+        every: int,
+        sink: Sink,
+        scaler_state: Callable[[], dict[str, torch.Tensor]],
+        lr: Callable[[], float],
+        device: torch.device,
+    ) -> None:
+        """Log to ``sink``; ``scaler_state`` and ``lr`` are read on log steps only."""
+        self.every, self.sink, self.scaler_state, self.lr, self.device = (
+            every,
+            sink,
+            scaler_state,
+            lr,
+            device,
+        )
+        self._t = self._wait = 0.0
+        self._step = 0
+
+    def before_train(self, trainer: Trainer) -> None:
+        """Start the clock."""
+        self._t, self._wait, self._step = (
+            time.perf_counter(),
+            trainer.data_wait_s,
+            trainer.state.step,
+        )
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
+        """Emit one record on log steps and on the last step."""
+        state = trainer.state
+        if state.step % self.every and state.step != trainer.total_steps:
+            return
+        now = time.perf_counter()
+        elapsed = max(now - self._t, 1e-9)
+        steps = state.step - self._step
+        rate = steps * trainer.samples_per_step / elapsed
+        wait_share = (trainer.data_wait_s - self._wait) / elapsed
+        scaler = self.scaler_state()
+        values = torch.stack(
+            [
+                metrics["loss"].float(),
+                metrics["grad_norm"].float(),
+                scaler["scale"].float(),
+                scaler["skipped"].float(),
+            ]
+        ).tolist()
+        per_rank = all_gather(torch.tensor([[rate, wait_share]], device=self.device)).cpu()
+        record = {
+            "train/loss": values[0],
+            "train/grad_norm": values[1],
+            "train/loss_scale": values[2],
+            "train/skipped_steps": values[3],
+            "train/lr": self.lr(),
+            "train/samples_per_s": float(per_rank[:, 0].sum()),
+            "train/rank_samples_per_s": rate,
+            "train/rank_samples_per_s_min": float(per_rank[:, 0].min()),
+            "train/rank_samples_per_s_max": float(per_rank[:, 0].max()),
+            "time/data_wait_share": float(per_rank[:, 1].max()),
+            "progress/epoch": state.epoch,
+            "progress/total_steps": trainer.total_steps,
+            "progress/eta_s": elapsed / max(steps, 1) * (trainer.total_steps - state.step),
+        }
+        self.sink.log(record, state.step)
+        self._t, self._wait, self._step = now, trainer.data_wait_s, state.step
+
+
+class CheckpointHook(Hook):
+    """Save every ``every`` steps (0 = only at the end) and after the last step."""
+
+    def __init__(self, every: int, save: Callable[[Trainer], Path | None]) -> None:
+        """``save`` writes a checkpoint collectively and returns its directory."""
+        self.every, self.save = every, save
+        self.last_saved = -1
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
+        """Save on checkpoint steps."""
+        if self.every and trainer.state.step % self.every == 0:
+            self._save(trainer)
+
+    def after_train(self, trainer: Trainer) -> None:
+        """Save the final state unless the last step was just saved."""
+        if self.last_saved != trainer.state.step:
+            self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
+        path = self.save(trainer)
+        if path is not None:
+            self.last_saved = trainer.state.step
+            logger.info("checkpoint step %d -> %s", trainer.state.step, path)
+
+
+class EvalHook(Hook):
+    """Verification on ``.bin`` pair files every ``every`` steps and after the last step.
+
+    Rank 0 embeds and scores the pairs; the other ranks wait at a barrier (the backbone is
+    replicated, so their embeddings would be identical). Results go to the sink as
+    ``eval/<name>/<metric>``, the best accuracy per target is tracked in the train state, and
+    ``eval.json`` in the run directory holds the latest and best results.
+    """
+
+    def __init__(
+        self,
+        targets: list[str],
+        every: int,
+        model: nn.Module,
+        topology: Topology,
+        sink: Sink,
+        run_dir: Path,
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
+        """Evaluate ``model`` (the unwrapped backbone) on ``targets``."""
+        self.targets, self.every, self.model, self.topology = targets, every, model, topology
+        self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device
+        self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.last: dict[str, VerificationResult] = {}
+
+    def before_train(self, trainer: Trainer) -> None:
+        """Load and decode the pair files once, on rank 0."""
+        if not self.topology.is_main:
+            return
+        for target in self.targets:
+            images, issame = load_bin(target)
+            self._data[Path(target).stem] = (decode_images(images), issame)
+            logger.info("evaluation target %s: %d pairs", target, len(issame))
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
+        """Evaluate on evaluation steps."""
+        if self.every and trainer.state.step % self.every == 0:
+            self.evaluate(trainer)
+
+    def after_train(self, trainer: Trainer) -> None:
+        """Evaluate the final model unless that step was just evaluated."""
+        if not (self.every and trainer.state.step % self.every == 0):
+            self.evaluate(trainer)
+
+    def evaluate(self, trainer: Trainer) -> None:
+        """Score every target now (rank 0) and synchronise the ranks."""
+        if self.topology.is_main and self._data:
+            record: dict[str, float] = {}
+            for name, (images, issame) in self._data.items():
+                result = evaluate_model(self.model, images, issame, self.batch_size, self.device)
+                self.last[name] = result
+                record.update(result.as_dict(prefix=f"eval/{name}/"))
+                key = f"eval/{name}/accuracy"
+                trainer.state.best[key] = max(trainer.state.best.get(key, 0.0), result.accuracy)
+            self.sink.log(record, trainer.state.step)
+            self._write_report(trainer, record)
+        barrier()
+
+    def _write_report(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        report = {"step": trainer.state.step, "latest": record, "best": trainer.state.best}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "eval.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(self.run_dir / "eval.json")

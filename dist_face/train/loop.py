@@ -1,0 +1,111 @@
+"""The training loop: pulls batches, runs the step, calls hooks. Nothing else.
+
+Logging, checkpoints and evaluation are hooks; the learning-rate schedule is stepped inside the
+step. The loop keeps the position in the data (epoch, samples this rank consumed in the epoch),
+so a checkpoint taken after any step resumes exactly there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from dist_face.train.step import Batch, TrainStep
+
+LoaderFactory = Callable[[int, int], Iterable["Batch"]]
+"""``(epoch, offset) -> iterable of (images, labels)``: the rest of that epoch for this rank."""
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in checkpoints."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    """Current epoch (0-based)."""
+    offset: int = 0
+    """Samples this rank consumed in the current epoch."""
+    best: dict[str, float] = field(default_factory=dict)
+    """Best value so far of each evaluation metric."""
+
+
+class Hook:
+    """Base hook: every method is a no-op. ``trainer`` is the running :class:`Trainer`."""
+
+    def before_train(self, trainer: Trainer) -> None:
+        """Called once before the first step (after any resume)."""
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
+        """Called after every optimizer step with the step's device tensors."""
+
+    def after_train(self, trainer: Trainer) -> None:
+        """Called once after the last step."""
+
+
+class Trainer:
+    """Runs :class:`TrainStep` over the data until the plan's last step.
+
+    Args:
+        step_fn: one optimizer step over a list of micro-batches.
+        loader_factory: the data of one epoch from a sample offset.
+        steps_per_epoch: optimizer steps per epoch (identical on all ranks).
+        total_steps: optimizer steps of the run.
+        samples_per_step: samples this rank consumes per optimizer step (B · accumulation).
+        grad_accum: micro-batches per step.
+        hooks: called in order.
+        state: the starting position (restored by resume).
+    """
+
+    def __init__(
+        self,
+        *,
+        step_fn: TrainStep,
+        loader_factory: LoaderFactory,
+        steps_per_epoch: int,
+        total_steps: int,
+        samples_per_step: int,
+        grad_accum: int,
+        hooks: Sequence[Hook],
+        state: TrainState | None = None,
+    ) -> None:
+        self.step_fn = step_fn
+        self.loader_factory = loader_factory
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+        self.samples_per_step = samples_per_step
+        self.grad_accum = grad_accum
+        self.hooks = list(hooks)
+        self.state = state or TrainState()
+        self.data_wait_s = 0.0
+        """Host seconds spent waiting for batches since the start (read by the log hook)."""
+
+    def fit(self) -> TrainState:
+        """Train to ``total_steps`` and return the final state."""
+        for hook in self.hooks:
+            hook.before_train(self)
+        state = self.state
+        while state.step < self.total_steps:
+            batches = iter(self.loader_factory(state.epoch, state.offset))
+            while state.offset < self.steps_per_epoch * self.samples_per_step:
+                start = time.perf_counter()
+                micro = [next(batches) for _ in range(self.grad_accum)]
+                self.data_wait_s += time.perf_counter() - start
+                metrics = self.step_fn(micro)
+                state.step += 1
+                state.offset += self.samples_per_step
+                for hook in self.hooks:
+                    hook.after_step(self, metrics)
+                if state.step >= self.total_steps:
+                    break
+            else:
+                state.epoch += 1
+                state.offset = 0
+        for hook in self.hooks:
+            hook.after_train(self)
+        return state

@@ -1,0 +1,76 @@
+"""Optimizers and the per-iteration learning-rate schedule.
+
+The replicated backbone and the sharded class centers get separate optimizers: their states
+have different lifetimes on disk (the head's is re-split by class range when the world size
+changes), and the head may use its own learning rate and weight decay. Biases, normalisation
+parameters (every parameter with fewer than two dimensions) and any parameter a module lists in
+``no_weight_decay()`` get no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from dist_face.config import OptimConfig
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Split ``module``'s trainable parameters into a decayed and a non-decayed group."""
+    skip_names = set(getattr(module, "no_weight_decay", lambda: ())())
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name in skip_names:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    groups: Iterable[dict], cfg: OptimConfig, lr: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over ``groups``, fused where the device supports it.
+
+    Fused kernels read the ``found_inf`` flag set by :class:`~dist_face.train.precision.
+    LossScaler` and skip the whole update on device, so skipping an overflowed step needs no
+    host synchronisation.
+    """
+    groups = list(groups)
+    fused = device.type in ("cpu", "cuda")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, power: float) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+
+    Linear warm-up from ``1/warmup`` to 1 over ``warmup_steps``, then ``(1 - t)^power``
+    (``poly``) or ``(1 + cos(πt))/2`` (``cosine``), where ``t`` goes from 0 to 1 over the rest.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    t = min((step - warmup_steps) / span, 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return (1.0 - t) ** power
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler stepped once per optimizer step (not per micro-batch)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, warmup_steps, total_steps, cfg.schedule, cfg.poly_power),
+    )

@@ -1,0 +1,100 @@
+"""Mixed precision: autocast, the dynamic loss scale and overflow detection, all on device.
+
+fp16 needs a dynamic loss scale; bf16 and fp32 run with a scale of 1. In every precision the
+unscaled gradients are checked for inf/NaN. The overflow flag is all-reduced (MAX) over the
+ranks, because the class-center gradients differ per rank: a rank that skipped while another
+stepped would let the replicated backbone diverge. The flag stays on the device; fused
+optimizers read it and skip, and the scale is updated with torch's device-side AMP kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+from torch.distributed import ProcessGroup, ReduceOp
+
+from dist_face.dist import all_reduce
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast context for the backbone forward (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+class LossScaler:
+    """Dynamic (fp16) or unit (bf16/fp32) loss scaling with a cross-rank overflow flag.
+
+    Args:
+        precision: fp32, bf16 or fp16.
+        device: the training device.
+        init_scale: first scale for fp16.
+        growth_interval: overflow-free steps before the fp16 scale doubles.
+        group: process group over which the overflow flag is reduced.
+    """
+
+    def __init__(
+        self,
+        precision: str,
+        device: torch.device,
+        init_scale: float = 65536.0,
+        growth_interval: int = 2000,
+        group: ProcessGroup | None = None,
+    ) -> None:
+        self.dynamic = precision == "fp16"
+        self.group = group
+        self.growth_interval = growth_interval
+        self.scale = torch.full((), init_scale if self.dynamic else 1.0, device=device)
+        self._growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        """Steps skipped for inf/NaN gradients so far (a device tensor; read on log steps)."""
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss · scale`` (identity for bf16/fp32)."""
+        return loss * self.scale if self.dynamic else loss
+
+    def unscale_and_check(self, params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+        """Divide gradients by the scale in place and return the all-ranks overflow flag.
+
+        Returns:
+            A 0-dim float tensor on the device: 1.0 if any rank found inf/NaN, else 0.0.
+        """
+        found_inf = torch.zeros((), device=self.scale.device)
+        inv_scale = self.scale.double().reciprocal().float()
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in params:
+            if p.grad is not None:
+                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+        all_reduce(found_inf, ReduceOp.MAX, self.group)
+        self.skipped += found_inf.to(torch.int64)
+        return found_inf
+
+    def update(self, found_inf: torch.Tensor) -> None:
+        """Halve the fp16 scale on overflow; double it after ``growth_interval`` clean steps."""
+        if self.dynamic:
+            torch._amp_update_scale_(
+                self.scale, self._growth_tracker, found_inf, 2.0, 0.5, self.growth_interval
+            )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Scale, growth tracker and skip count, for checkpoints."""
+        return {
+            "scale": self.scale,
+            "growth_tracker": self._growth_tracker,
+            "skipped": self.skipped,
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.scale.copy_(state["scale"])
+        self._growth_tracker.copy_(state["growth_tracker"])
+        self.skipped.copy_(state["skipped"])

@@ -1,0 +1,35 @@
+"""The one place that wraps the backbone for data parallelism."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
+
+from dist_face.config import DistConfig
+from dist_face.dist import Topology
+
+
+def wrap_backbone(
+    backbone: nn.Module, cfg: DistConfig, topology: Topology, device: torch.device
+) -> nn.Module:
+    """Wrap ``backbone`` in DDP when there is more than one rank.
+
+    DDP runs with a static graph (every parameter is used every step) and gradients as views
+    of its buckets (no extra copy). Buffers (BatchNorm statistics) are not broadcast: each
+    rank keeps its own, as in arcface_torch. The sharded head is never wrapped: its
+    parameters are rank-local.
+    """
+    if topology.world_size == 1:
+        return backbone
+    ddp = DistributedDataParallel(
+        backbone,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+        static_graph=True,
+    )
+    if cfg.fp16_grad_compression:
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    return ddp
