@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Launch dist_face training with torchrun, on one node or many (c10d rendezvous).
+#
+#   bash launch/torchrun.sh [--section.field=value ...]        # extra arguments go to the trainer
+#
+# Every setting comes from the environment (defaults in brackets):
+#   CONFIG          recipe name or path                               [debug_cpu]
+#   NNODES          number of nodes                                   [1]
+#   NPROC_PER_NODE  processes per node                                [GPUs on this node, else 2]
+#   RDZV_ENDPOINT   host:port of the rendezvous (any node, reachable) [standalone on 1 node]
+#   RDZV_ID         run id shared by all nodes of one job             [dist_face-$CONFIG]
+#   MAX_RESTARTS    elastic restarts of the whole job after a failure  [0]
+#   RESUME          checkpoint to resume from: auto, a path, or none  [auto]
+#   LOG_RANKS       local ranks whose output is shown, e.g. 0         [all]
+#   DRY_RUN=1       print the torchrun command instead of running it
+# With RESUME=auto a restarted job (MAX_RESTARTS > 0, or a re-submitted one) continues from its
+# latest complete checkpoint instead of starting over.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CONFIG="${CONFIG:-debug_cpu}"
+NNODES="${NNODES:-1}"
+if [ -z "${NPROC_PER_NODE:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    NPROC_PER_NODE="$(nvidia-smi -L | wc -l)"
+  else
+    NPROC_PER_NODE=2
+  fi
+fi
+RDZV_ID="${RDZV_ID:-dist_face-$CONFIG}"
+MAX_RESTARTS="${MAX_RESTARTS:-0}"
+RESUME="${RESUME:-auto}"
+
+cmd=(torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" --max_restarts="$MAX_RESTARTS")
+if [ "$NNODES" = 1 ] && [ -z "${RDZV_ENDPOINT:-}" ]; then
+  cmd+=(--standalone)  # a private rendezvous on a free local port
+else
+  cmd+=(--rdzv_backend=c10d --rdzv_endpoint="${RDZV_ENDPOINT:-127.0.0.1:29400}" --rdzv_id="$RDZV_ID")
+fi
+[ -n "${LOG_RANKS:-}" ] && cmd+=(--local-ranks-filter="$LOG_RANKS")
+cmd+=(-m dist_face.train --config "$CONFIG")
+[ "$RESUME" != none ] && cmd+=(--resume "$RESUME")
+cmd+=("$@")
+
+if [ -n "${DRY_RUN:-}" ]; then
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+cd "$root"
+# shellcheck source=launch/setup_env.sh
+source launch/setup_env.sh "${DIST_FACE_EXTRAS:-dev}" >&2
+exec "${cmd[@]}"
