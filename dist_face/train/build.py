@@ -1,0 +1,207 @@
+"""Assemble a Trainer from a resolved config: data, backbone, head, optimizers, hooks, resume."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dist_face.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_state,
+    restore_head,
+    restore_rng,
+    save_checkpoint,
+)
+from dist_face.config import RunConfig, save_config, to_yaml
+from dist_face.data import build_loader, dataset_size
+from dist_face.dist import Topology
+from dist_face.heads import build_head
+from dist_face.heads.shard_math import class_range
+from dist_face.metrics import ConsoleSink, JsonlSink, MultiSink, Sink
+from dist_face.models import build_backbone, load_backbone_weights
+from dist_face.train.hooks import CheckpointHook, EvalHook, LogHook
+from dist_face.train.loop import Trainer, TrainState
+from dist_face.train.optim import build_optimizer, build_scheduler, param_groups
+from dist_face.train.plan import RunPlan
+from dist_face.train.precision import LossScaler
+from dist_face.train.step import TrainStep
+from dist_face.train.wrap import wrap_backbone
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed Python, numpy and torch; identical backbone init on every rank, per-rank streams after.
+
+    Every rank builds the backbone from the same seed (DDP also broadcasts rank 0's weights),
+    then re-seeds with the rank so dropout and sampling differ across ranks.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_trainer(
+    cfg: RunConfig, topology: Topology, device: torch.device, sink: Sink | None = None
+) -> tuple[Trainer, RunPlan]:
+    """Build every component of a run, resume if asked, and return the trainer and its plan."""
+    num_samples, num_classes = dataset_size(cfg.data)
+    loader_factory, batches_per_epoch = build_loader(
+        cfg.data, topology, device, seed=cfg.train.seed, num_samples=num_samples
+    )
+    plan = RunPlan.create(cfg, topology, num_classes, batches_per_epoch)
+    if topology.is_main:
+        save_config(cfg, plan.run_dir / "config.yaml")
+
+    seed_everything(cfg.train.seed, topology.rank)
+    backbone = build_backbone(cfg.model).to(device)
+    if cfg.model.init_backbone:
+        load_backbone_weights(backbone, cfg.model.init_backbone)
+        logger.info("backbone initialised from %s", cfg.model.init_backbone)
+    torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
+    head = build_head(cfg.head, cfg.model.embedding_size, num_classes).to(device)
+    model = wrap_backbone(backbone, cfg.dist, topology, device)
+
+    head_lr = cfg.optim.head_lr or cfg.optim.lr
+    head_wd = (
+        cfg.optim.weight_decay if cfg.optim.head_weight_decay < 0 else cfg.optim.head_weight_decay
+    )
+    opt_b = build_optimizer(
+        param_groups(backbone, cfg.optim.weight_decay), cfg.optim, cfg.optim.lr, device
+    )
+    opt_h = build_optimizer(param_groups(head, head_wd), cfg.optim, head_lr, device)
+    scheds = [
+        build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
+    ]
+    scaler = LossScaler(
+        cfg.train.precision, device, cfg.train.loss_scale_init, cfg.train.loss_scale_growth_interval
+    )
+    step_fn = TrainStep(
+        backbone=model,
+        loss_fn=head,
+        optimizers=[opt_b, opt_h],
+        schedulers=scheds,
+        scaler=scaler,
+        precision=cfg.train.precision,
+        clip_params=list(backbone.parameters()),
+        clip_grad_norm=cfg.train.clip_grad_norm,
+    )
+
+    state = TrainState()
+    crange = class_range(num_classes, topology.rank, topology.world_size)
+    resume = _resume_path(cfg, plan.run_dir)
+    if resume is not None:
+        state = _resume(
+            resume, topology, cfg, plan, backbone, head, opt_b, opt_h, scheds, scaler, crange
+        )
+
+    def save(trainer: Trainer) -> Path | None:
+        replicated = {
+            "step": trainer.state.step,
+            "epoch": trainer.state.epoch,
+            "offset": trainer.state.offset,
+            "best": trainer.state.best,
+            "config": to_yaml(cfg),
+            "backbone": backbone.state_dict(),
+            "optim_backbone": opt_b.state_dict(),
+            "schedulers": [s.state_dict() for s in scheds],
+            "scaler": scaler.state_dict(),
+        }
+        return save_checkpoint(
+            plan.run_dir,
+            trainer.state.step,
+            topology,
+            replicated=replicated,
+            head=head,
+            head_optimizer=opt_h,
+            class_range=crange,
+            num_classes=num_classes,
+            keep=cfg.checkpoint.keep,
+        )
+
+    if sink is None:
+        sinks: list[Sink] = [JsonlSink(plan.run_dir / f"metrics-rank{topology.rank}.jsonl")]
+        if topology.is_main:
+            sinks.append(ConsoleSink())
+        sink = MultiSink(sinks)
+    hooks = [
+        LogHook(
+            cfg.train.log_every, sink, scaler.state_dict, lambda: scheds[0].get_last_lr()[0], device
+        ),
+        EvalHook(
+            cfg.eval.targets,
+            cfg.eval.every,
+            backbone,
+            topology,
+            sink,
+            plan.run_dir,
+            cfg.eval.batch_size,
+            device,
+        ),
+        CheckpointHook(cfg.checkpoint.every, save),
+    ]
+    trainer = Trainer(
+        step_fn=step_fn,
+        loader_factory=loader_factory,
+        steps_per_epoch=plan.steps_per_epoch,
+        total_steps=plan.total_steps,
+        samples_per_step=cfg.data.batch_size * cfg.train.grad_accum,
+        grad_accum=cfg.train.grad_accum,
+        hooks=hooks,
+        state=state,
+    )
+    return trainer, plan
+
+
+def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
+    if not cfg.checkpoint.resume:
+        return None
+    if cfg.checkpoint.resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(cfg.checkpoint.resume)
+    if not (path / "state.pt").exists():
+        raise CheckpointError(f"checkpoint.resume={path}: not a complete checkpoint directory")
+    return path
+
+
+def _resume(
+    path, topology, cfg, plan, backbone, head, opt_b, opt_h, scheds, scaler, crange
+) -> TrainState:
+    state = load_state(path)
+    saved_world = int(state["world_size"])
+    backbone.load_state_dict(state["backbone"])
+    opt_b.load_state_dict(state["optim_backbone"])
+    for sched, sd in zip(scheds, state["schedulers"]):
+        sched.load_state_dict(sd)
+    scaler.load_state_dict(state["scaler"])
+    restore_head(path, topology, head, opt_h, crange, plan.num_classes, saved_world)
+    offset = int(state["offset"])
+    if saved_world == topology.world_size:
+        restore_rng(path, topology)
+    else:
+        # the epoch's global order is shared, and ranks read it strided, so the samples
+        # consumed so far are the first offset·W_old of it; continue from there
+        offset = offset * saved_world // topology.world_size
+        logger.warning(
+            "resuming a %d-rank checkpoint on %d ranks: class centers re-split by "
+            "class range, data offset %d -> %d per rank",
+            saved_world,
+            topology.world_size,
+            int(state["offset"]),
+            offset,
+        )
+    logger.info(
+        "resumed from %s at step %d (epoch %d, offset %d)",
+        path,
+        state["step"],
+        state["epoch"],
+        offset,
+    )
+    return TrainState(
+        step=int(state["step"]), epoch=int(state["epoch"]), offset=offset, best=dict(state["best"])
+    )
