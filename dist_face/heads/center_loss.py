@@ -73,14 +73,15 @@ class CenterLoss(GlobalBatchLoss):
 
     @torch.no_grad()
     def _update_centers(self, diff: torch.Tensor, index: torch.Tensor, owned: torch.Tensor) -> None:
-        """``c_j ← c_j − α·Σ_{y_i=j}(c_j − x_i)/(1 + n_j)`` for the owned classes."""
+        """``c_j ← c_j − α·Σ_{y_i=j}(c_j − x_i)/(1 + n_j)`` for owned classes; ``diff = x − c``."""
         weight = owned.to(diff.dtype)
         count = torch.zeros(self.centers.shape[0], dtype=diff.dtype, device=diff.device)
         count.index_add_(0, index, weight)
         total = torch.zeros(self.centers.shape, dtype=diff.dtype, device=diff.device)
         total.index_add_(0, index, diff * weight[:, None])
-        delta = total / (1.0 + count)[:, None]
-        self.centers.sub_((self.alpha * delta).to(self.centers.dtype))
+        # diff = x − c, so Δc_j = −total_j / (1 + n_j) and c_j − α·Δc_j = c_j + α·total_j/(1+n_j)
+        step = self.alpha * total / (1.0 + count)[:, None]
+        self.centers.add_(step.to(self.centers.dtype))
 
     def extra_repr(self) -> str:
         """Shard and hyper-parameters, for ``print(module)``."""
