@@ -10,6 +10,7 @@ from dist_face.config.loader import (
     to_yaml,
 )
 from dist_face.config.schema import (
+    AuxLossConfig,
     CheckpointConfig,
     DataConfig,
     DistConfig,
@@ -22,6 +23,7 @@ from dist_face.config.schema import (
 )
 
 __all__ = [
+    "AuxLossConfig",
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",

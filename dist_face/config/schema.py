@@ -225,6 +225,81 @@ class CheckpointConfig:
         require(self.keep >= 1, "keep", f"must be >= 1, got {self.keep}")
 
 
+# aux: pair and metric losses on the global batch, added to the margin head (dist_face.heads)
+# ---------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class AuxLossConfig:
+    """Auxiliary losses on the all-gathered batch, weighted and added to the head's loss."""
+
+    losses: list[str] = field(default_factory=list)
+    """Names of the auxiliary losses (contrastive, triplet, center, npair, circle, supcon)."""
+    weights: list[float] = field(default_factory=list)
+    """Weight of each entry of ``losses`` (same length; for center it is λ, 0.003 in the paper)."""
+    head_weight: float = 1.0
+    """Weight of the margin head's loss in the total."""
+    contrastive_margin: float = 1.0
+    """Contrastive: margin m on the Euclidean distance of normalised embeddings, in [0, 2]."""
+    triplet_margin: float = 0.2
+    """Triplet: margin α on squared distances of normalised embeddings."""
+    triplet_mining: str = "batch_hard"
+    """Triplet: batch_hard or semi_hard."""
+    center_alpha: float = 0.5
+    """Center loss: center update rate α in [0, 1]."""
+    npair_l2_reg: float = 0.002
+    """N-pair: weight λ of the embedding-norm regulariser (λ/2)·mean‖x‖²."""
+    circle_m: float = 0.25
+    """Circle loss: relaxation margin m."""
+    circle_gamma: float = 256.0
+    """Circle loss: scale γ."""
+    supcon_temperature: float = 0.1
+    """SupCon: temperature τ."""
+
+    def __post_init__(self) -> None:
+        from dist_face.heads.pair_losses import PAIR_LOSSES  # lazy: keeps torch out of config
+
+        for name in self.losses:
+            require(
+                name in PAIR_LOSSES,
+                "losses",
+                f"unknown loss {name!r}; known: {', '.join(PAIR_LOSSES.names())}",
+            )
+        require(
+            len(set(self.losses)) == len(self.losses),
+            "losses",
+            f"each loss may appear once, got {self.losses}",
+        )
+        require(
+            len(self.weights) == len(self.losses),
+            "weights",
+            f"needs one weight per loss: {len(self.losses)} losses, {len(self.weights)} weights",
+        )
+        for w in self.weights:
+            require(w >= 0, "weights", f"must be >= 0, got {w}")
+        require(self.head_weight >= 0, "head_weight", f"must be >= 0, got {self.head_weight}")
+        require(
+            0.0 <= self.contrastive_margin <= 2.0,
+            "contrastive_margin",
+            f"must be in [0, 2], got {self.contrastive_margin}",
+        )
+        require(
+            self.triplet_margin >= 0, "triplet_margin", f"must be >= 0, got {self.triplet_margin}"
+        )
+        require_choice(self.triplet_mining, "triplet_mining", ["batch_hard", "semi_hard"])
+        require(
+            0.0 <= self.center_alpha <= 1.0,
+            "center_alpha",
+            f"must be in [0, 1], got {self.center_alpha}",
+        )
+        require(self.npair_l2_reg >= 0, "npair_l2_reg", f"must be >= 0, got {self.npair_l2_reg}")
+        require(self.circle_m >= 0, "circle_m", f"must be >= 0, got {self.circle_m}")
+        require(self.circle_gamma > 0, "circle_gamma", f"must be > 0, got {self.circle_gamma}")
+        require(
+            self.supcon_temperature > 0,
+            "supcon_temperature",
+            f"must be > 0, got {self.supcon_temperature}",
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +313,7 @@ class RunConfig:
     """Parent directory of run directories."""
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    aux: AuxLossConfig = field(default_factory=AuxLossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
