@@ -22,6 +22,7 @@ from dist_face.data.recordio import (
     scan,
     unpack_record,
 )
+from dist_face.data.shards import records_checksum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Expected:
     crc32s: np.ndarray
     labels_in_records: bool
     rec_bytes: int
-    rec_crc32: int
+    records_crc32: int
 
 
 def verify_rec(
@@ -87,37 +88,52 @@ def verify_rec(
     if expected is not None:
         bad += _check_file(rec_path, buf, expected)
     seen: set[int] = set()
+    crcs: list[int] = []
     for offset, payload in scan(buf, rec_path):
         key = key_at.get(offset)
         if isinstance(payload, CorruptRecordError):
             bad.append(BadRecord(rec_path, key, offset, payload.reason))
             break
         seen.add(offset)
+        crcs.append(zlib.crc32(payload))
         if key is None:
             bad.append(BadRecord(rec_path, None, offset, "record is not in the .idx"))
         if key in skip_keys:
             continue
         row = rows.get(offset)
-        for reason in _check_payload(payload, num_classes, expected, row, decode):
+        for reason in _check_payload(payload, crcs[-1], num_classes, expected, row, decode):
             bad.append(BadRecord(rec_path, key, offset, reason))
     for offset, key in key_at.items():
         if offset not in seen:
-            bad.append(BadRecord(rec_path, key, offset, ".idx entry does not point at a record start"))
+            bad.append(
+                BadRecord(rec_path, key, offset, ".idx entry does not point at a record start")
+            )
     for offset in rows.keys() - seen:
-        bad.append(BadRecord(rec_path, key_at.get(offset), offset, "manifest row points at no record"))
+        bad.append(
+            BadRecord(rec_path, key_at.get(offset), offset, "manifest row points at no record")
+        )
+    if expected is not None and records_checksum(crcs) != expected.records_crc32:
+        bad.append(BadRecord(rec_path, None, None, "shard checksum differs from meta.json"))
     return len(seen), bad
 
 
 def _check_file(rec_path: str, buf: Any, expected: Expected) -> list[BadRecord]:
     if len(buf) != expected.rec_bytes:
-        return [BadRecord(rec_path, None, None, f"{len(buf)} bytes, meta.json says {expected.rec_bytes}")]
-    if zlib.crc32(buf) != expected.rec_crc32:
-        return [BadRecord(rec_path, None, None, "file CRC-32 differs from meta.json")]
+        return [
+            BadRecord(
+                rec_path, None, None, f"{len(buf)} bytes, meta.json says {expected.rec_bytes}"
+            )
+        ]
     return []
 
 
 def _check_payload(
-    payload: bytes, num_classes: int | None, expected: Expected | None, row: int | None, decode: bool
+    payload: bytes,
+    crc: int,
+    num_classes: int | None,
+    expected: Expected | None,
+    row: int | None,
+    decode: bool,
 ) -> list[str]:
     reasons = []
     try:
@@ -129,11 +145,15 @@ def _check_payload(
         if row is None:
             return ["record has no manifest row"]
         if len(payload) != expected.lengths[row]:
-            reasons.append(f"payload has {len(payload)} bytes, manifest says {expected.lengths[row]}")
-        if zlib.crc32(payload) != expected.crc32s[row]:
+            reasons.append(
+                f"payload has {len(payload)} bytes, manifest says {expected.lengths[row]}"
+            )
+        if crc != expected.crc32s[row]:
             reasons.append("payload CRC-32 differs from the manifest")
         if expected.labels_in_records and label != expected.labels[row]:
-            reasons.append(f"record label {label:g} differs from manifest label {expected.labels[row]}")
+            reasons.append(
+                f"record label {label:g} differs from manifest label {expected.labels[row]}"
+            )
         label = float(expected.labels[row])
     if not label.is_integer() or (num_classes is not None and not 0 <= label < num_classes):
         reasons.append(f"label {label:g} out of range [0, {num_classes})")
@@ -160,7 +180,9 @@ def decode_problem(image: bytes) -> str | None:
     return None
 
 
-def verify_shard_set(root: str, decode: bool = True, workers: int = 1) -> tuple[int, list[BadRecord]]:
+def verify_shard_set(
+    root: str, decode: bool = True, workers: int = 1
+) -> tuple[int, list[BadRecord]]:
     """Scan every shard of a shard set against its manifest and ``meta.json``.
 
     Returns:
@@ -176,8 +198,13 @@ def verify_shard_set(root: str, decode: bool = True, workers: int = 1) -> tuple[
     for s, info in enumerate(shards.meta.shards):
         rows = shards.shard_ids == s
         exp = Expected(
-            shards.offsets[rows], shards.lengths[rows], shards.labels[rows], shards.crc32s[rows],
-            shards.meta.labels_in_records, info.rec_bytes, info.rec_crc32,
+            shards.offsets[rows],
+            shards.lengths[rows],
+            shards.labels[rows],
+            shards.crc32s[rows],
+            shards.meta.labels_in_records,
+            info.rec_bytes,
+            info.records_crc32,
         )
         jobs.append((shards.rec_path(s), shards.idx_path(s), shards.num_classes, exp, decode))
     return _run_jobs(jobs, workers)

@@ -78,7 +78,7 @@ def test_verify_reports_each_bad_record(packed, capsys) -> None:
     name = Path(path).as_posix()
     assert f"BAD {name} key=4 offset={shards.offsets[rows[4]]}: not a recognised image" in out
     assert f"BAD {name} key=1 offset={shards.offsets[rows[1]]}: not a recognised image" in out
-    assert "file CRC-32 differs" in out and "payload CRC-32 differs" in out
+    assert "shard checksum differs from meta.json" in out and "payload CRC-32 differs" in out
 
 
 def test_verify_plain_rec_framing_and_labels(tmp_path: Path, capsys) -> None:
