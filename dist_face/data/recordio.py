@@ -20,62 +20,45 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-MAGIC = 0xCED7230A
-"""dmlc-core's record magic word (bytes on disk ``0A 23 D7 CE``)."""
-MAX_LENGTH = (1 << 29) - 1
-"""Largest payload part a record header can describe, in bytes."""
-_MAGIC_BYTES = struct.pack("<I", MAGIC)
-_HEAD = struct.Struct("<II")
-_HEAD_UNPACK = _HEAD.unpack_from
-_PADDING = [b"", b"\0", b"\0\0", b"\0\0\0"]
+from dist_face.data.framing import (
+    HEAD_UNPACK,
+    ITER_CHUNK,
+    MAGIC,
+    MAX_LENGTH,
+    CorruptRecordError,
+    frame,
+    frame_pieces,
+    read_frame,
+    read_index,
+    read_payload,
+    scan,
+    single_part_ends,
+)
+
+__all__ = [
+    "HEAD_UNPACK",
+    "IR_SIZE",
+    "MAGIC",
+    "MAX_LENGTH",
+    "CorruptRecordError",
+    "IRHeader",
+    "MappedFile",
+    "RecordReader",
+    "RecordWriter",
+    "frame",
+    "pack_record",
+    "read_frame",
+    "read_index",
+    "read_payload",
+    "scalar_label",
+    "scan",
+    "unpack_record",
+]
+
 _IR = struct.Struct("<IfQQ")
 IR_SIZE = _IR.size
 """Bytes of the IRHeader at the start of an image payload (24)."""
 _FLOAT32_EXACT = 1 << 24  # integers above this are not all representable in float32
-
-
-class CorruptRecordError(ValueError):
-    """A record cannot be read or decoded; names the file, key and byte offset.
-
-    Loaders catch this class to skip-and-count or to fail on a bad record.
-
-    Attributes:
-        path: The ``.rec`` file (or None when only a payload was given).
-        key: The record's key from the ``.idx`` (or None when unknown).
-        offset: Byte offset of the record's first header in ``path`` (or None).
-        reason: What is wrong, without the location.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        path: str | os.PathLike[str] | None = None,
-        key: int | None = None,
-        offset: int | None = None,
-    ) -> None:
-        self.path = None if path is None else os.fspath(path)
-        self.key = key
-        self.offset = offset
-        self.reason = reason
-        where = []
-        if self.path is not None:
-            where.append(self.path)
-        if key is not None:
-            where.append(f"key {key}")
-        if offset is not None:
-            where.append(f"offset {offset}")
-        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
-
-    def located(
-        self, path: str | os.PathLike[str] | None, key: int | None, offset: int | None
-    ) -> CorruptRecordError:
-        """The same error with the location filled in where it was missing."""
-        return CorruptRecordError(
-            self.reason,
-            self.path if self.path is not None else path,
-            self.key if self.key is not None else key,
-            self.offset if self.offset is not None else offset,
-        )
 
 
 class IRHeader(NamedTuple):
@@ -173,206 +156,6 @@ def _check_float32_label(value: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Framing
-# ---------------------------------------------------------------------------------------------
-def frame(payload: bytes | memoryview) -> bytes:
-    """The on-disk bytes of one record, split around aligned magic words like dmlc-core.
-
-    Args:
-        payload: The record payload (< 2^29 bytes).
-
-    Returns:
-        One or more ``magic | lrecord | part`` frames; only the last part is zero-padded.
-    """
-    return b"".join(frame_pieces(bytes(payload)))
-
-
-def frame_pieces(payload: bytes) -> list[bytes]:
-    """:func:`frame` as a list of pieces to write in order (avoids copying the payload)."""
-    size = len(payload)
-    if size > MAX_LENGTH:
-        raise ValueError(f"record payload of {size} bytes exceeds the 2^29 - 1 byte limit")
-    out = []
-    start = 0
-    # Only magic words at 4-byte-aligned offsets split a record (dmlc-core scans words);
-    # one vectorised compare is faster than bytes.find on image data.
-    words = np.frombuffer(payload, dtype="<u4", count=size // 4)
-    for pos in (np.flatnonzero(words == MAGIC) * 4).tolist():
-        out.append(_HEAD.pack(MAGIC, ((1 if start == 0 else 2) << 29) | (pos - start)))
-        out.append(payload[start:pos])
-        start = pos + 4
-    out.append(_HEAD.pack(MAGIC, ((3 if start else 0) << 29) | (size - start)))
-    out.append(payload[start:] if start else payload)
-    out.append(_PADDING[-(size - start) % 4])
-    return out
-
-
-def read_frame(
-    buf: Any, offset: int, path: str | None = None, key: int | None = None
-) -> tuple[bytes, int]:
-    """Decode the record that starts at ``offset`` of a buffer (an mmap or bytes).
-
-    Args:
-        buf: The whole ``.rec`` contents (supports ``len``, slicing and ``struct.unpack_from``).
-        offset: Byte offset of the record's first magic word.
-        path: File name for error messages.
-        key: Record key for error messages.
-
-    Returns:
-        ``(payload, end)`` where ``end`` is the offset just past the record's padding.
-
-    Raises:
-        CorruptRecordError: Truncated header, wrong magic, a part running past the end of
-            the file, or an offset that points into the middle of a split record.
-    """
-    # Fast path: a complete single-part record (cflag 0 <=> lrecord < 2^29).
-    if offset + 8 <= len(buf):
-        magic, lrec = _HEAD_UNPACK(buf, offset)
-        end = offset + 8 + lrec
-        if magic == MAGIC and lrec <= MAX_LENGTH and end <= len(buf):
-            return buf[offset + 8 : end], end + (-lrec & 3)
-    return _read_parts(buf, offset, path, key)
-
-
-def read_payload(buf: Any, offset: int, path: str | None = None, key: int | None = None) -> bytes:
-    """The payload of the record at ``offset`` (:func:`read_frame` without the end offset).
-
-    This is the per-record hot path of every reader: one header unpack and one slice (the
-    only copy) for a single-part record; split records and errors take the slow path.
-    """
-    try:
-        magic, lrec = _HEAD_UNPACK(buf, offset)
-    except struct.error:  # fewer than 8 bytes left: the slow path names the problem
-        magic = lrec = -1
-    if magic == MAGIC and lrec <= MAX_LENGTH:
-        data = buf[offset + 8 : offset + 8 + lrec]
-        if len(data) == lrec:
-            return data
-    return _read_parts(buf, offset, path, key)[0]
-
-
-def _read_parts(buf: Any, offset: int, path: str | None, key: int | None) -> tuple[bytes, int]:
-    """Slow path of :func:`read_frame`: split records and every error case."""
-    size = len(buf)
-    parts: list[bytes] = []
-    pos = offset
-    while True:
-        if pos + 8 > size:
-            what = "record header" if pos == offset else "next part of a split record"
-            raise CorruptRecordError(
-                f"truncated file: {what} needs 8 bytes at offset {pos}, file has {size}",
-                path,
-                key,
-                offset,
-            )
-        magic, lrec = _HEAD.unpack_from(buf, pos)
-        if magic != MAGIC:
-            raise CorruptRecordError(
-                f"wrong magic 0x{magic:08X} at offset {pos} (expected 0x{MAGIC:08X}); "
-                "the .idx offset may point into the middle of a record",
-                path,
-                key,
-                offset,
-            )
-        cflag, length = lrec >> 29, lrec & MAX_LENGTH
-        if cflag > 3 or (pos == offset and cflag in (2, 3)) or (pos != offset and cflag in (0, 1)):
-            raise CorruptRecordError(
-                f"unexpected part flag {cflag} at offset {pos}; the .idx offset may point "
-                "into the middle of a split record",
-                path,
-                key,
-                offset,
-            )
-        end = pos + 8 + length
-        if end > size:
-            raise CorruptRecordError(
-                f"record length {length} at offset {pos} runs past the end of the file "
-                f"({size} bytes): truncated file or corrupt length",
-                path,
-                key,
-                offset,
-            )
-        parts.append(bytes(buf[pos + 8 : end]))
-        pos = end + (-length % 4)
-        if cflag in (0, 3):
-            return (_MAGIC_BYTES.join(parts) if len(parts) > 1 else parts[0]), pos
-
-
-def scan(buf: Any, path: str | None = None) -> Iterator[tuple[int, bytes | CorruptRecordError]]:
-    """Walk every record of a ``.rec`` buffer in file order, without an index.
-
-    Yields:
-        ``(offset, payload)`` for each record, or ``(offset, error)`` for the first record that
-        cannot be framed; the scan stops after an error (the rest cannot be located).
-    """
-    pos, size = 0, len(buf)
-    while pos < size:
-        try:
-            payload, end = read_frame(buf, pos, path)
-        except CorruptRecordError as err:
-            yield pos, err
-            return
-        yield pos, payload
-        pos = end
-
-
-# ---------------------------------------------------------------------------------------------
-# Index files
-# ---------------------------------------------------------------------------------------------
-def read_index(idx_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Parse a ``.idx`` file of ``key<whitespace>offset`` lines.
-
-    Returns:
-        ``(keys, offsets)``, both int64 arrays in file-line order.
-
-    Raises:
-        ValueError: A line that is not two integers, naming the file and line.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    if os.path.getsize(idx_path) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    try:
-        table = pacsv.read_csv(
-            idx_path,
-            read_options=pacsv.ReadOptions(column_names=["key", "offset"]),
-            parse_options=pacsv.ParseOptions(delimiter="\t"),
-            convert_options=pacsv.ConvertOptions(
-                column_types={"key": pa.int64(), "offset": pa.int64()}
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        _diagnose_index(idx_path)
-        raise
-    keys = table.column("key").to_numpy()
-    offsets = table.column("offset").to_numpy()
-    if (offsets < 0).any():
-        line = int(np.flatnonzero(offsets < 0)[0]) + 1
-        raise ValueError(f"{os.fspath(idx_path)}:{line}: negative offset {offsets[line - 1]}")
-    return keys.astype(np.int64, copy=False), offsets.astype(np.int64, copy=False)
-
-
-def _diagnose_index(idx_path: str | os.PathLike[str]) -> None:
-    """Raise a ValueError naming the first malformed line of an index file."""
-    with open(idx_path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            fields = line.split()
-            if len(fields) != 2 or not all(_is_int(x) for x in fields):
-                raise ValueError(
-                    f"{os.fspath(idx_path)}:{line_no}: expected 'key\\toffset', got {line[:80]!r}"
-                )
-
-
-def _is_int(token: bytes) -> bool:
-    try:
-        int(token)
-    except ValueError:
-        return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
 # Writer and reader
 # ---------------------------------------------------------------------------------------------
 class RecordWriter:
@@ -423,31 +206,32 @@ class RecordWriter:
         self.close()
 
 
-class _Mapped:
+class MappedFile:
     """A read-only memory map of one file, opened lazily once per process.
 
     The map is dropped when pickled (spawned workers) and in forked children, so every
     process maps the file itself.
     """
 
-    _live: ClassVar[weakref.WeakSet[_Mapped]] = weakref.WeakSet()
+    _live: ClassVar[weakref.WeakSet[MappedFile]] = weakref.WeakSet()
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._buf: Any = None
 
     def get(self) -> Any:
+        """The mapped file (``mmap``, or ``b""`` for an empty file), mapping it if needed."""
         if self._buf is None:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 # mmap refuses empty files; an empty bytes object behaves the same for reads.
                 self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            _Mapped._live.add(self)
+            MappedFile._live.add(self)
         return self._buf
 
     @staticmethod
     def _forget_all() -> None:
-        for mapped in list(_Mapped._live):
+        for mapped in list(MappedFile._live):
             mapped._buf = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -457,7 +241,7 @@ class _Mapped:
         self.__init__(state["path"])  # type: ignore[misc]
 
 
-os.register_at_fork(after_in_child=_Mapped._forget_all)
+os.register_at_fork(after_in_child=MappedFile._forget_all)
 
 
 class RecordReader:
@@ -484,7 +268,7 @@ class RecordReader:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"record file {p} does not exist")
         keys, offsets = read_index(self.idx_path)
-        self._map = _Mapped(self.rec_path)
+        self._map = MappedFile(self.rec_path)
         self._keys = keys
         self._offsets = offsets
         self._lookup = _KeyLookup(keys, self.idx_path)
@@ -528,10 +312,10 @@ class RecordReader:
         """``(key, payload)`` for every indexed record, in file (offset) order."""
         buf, path = self._map.get(), self.rec_path
         order = np.argsort(self._offsets, kind="stable")
-        for start in range(0, order.size, _ITER_CHUNK):
-            chunk = order[start : start + _ITER_CHUNK]
+        for start in range(0, order.size, ITER_CHUNK):
+            chunk = order[start : start + ITER_CHUNK]
             keys, offsets = self._keys[chunk], self._offsets[chunk]
-            ends = _single_part_ends(buf, offsets)  # validated headers, -1 where not simple
+            ends = single_part_ends(buf, offsets)  # validated headers, -1 where not simple
             if (ends >= 0).all():  # all single-part: slice in C, no Python frame per record
                 slices = map(slice, (offsets + 8).tolist(), ends.tolist())
                 yield from zip(keys.tolist(), map(buf.__getitem__, slices))
@@ -550,31 +334,6 @@ class RecordReader:
     def buffer(self) -> Any:
         """The read-only mapped ``.rec`` (for sequential scans)."""
         return self._map.get()
-
-
-_ITER_CHUNK = 1 << 16  # records whose headers are checked at once while iterating
-
-
-def _single_part_ends(buf: Any, offsets: np.ndarray) -> np.ndarray:
-    """Payload end of each record at ``offsets`` that is a valid single-part record, else -1.
-
-    Reads the 8-byte headers with one vectorised gather, so iteration needs no per-record
-    header parsing in Python.
-    """
-    size = len(buf)
-    ends = np.full(offsets.size, -1, dtype=np.int64)
-    fits = offsets + 8 <= size
-    if size == 0 or not fits.any():
-        return ends
-    view = np.frombuffer(buf, dtype=np.uint8)
-    at = offsets[fits]
-    words = [view[at + j].astype(np.uint32) << np.uint32(8 * (j % 4)) for j in range(8)]
-    magic = words[0] | words[1] | words[2] | words[3]
-    lrec = (words[4] | words[5] | words[6] | words[7]).astype(np.int64)
-    end = at + 8 + lrec
-    ok = (magic == MAGIC) & (lrec <= MAX_LENGTH) & (end <= size)
-    ends[np.flatnonzero(fits)[ok]] = end[ok]
-    return ends
 
 
 class _KeyLookup:

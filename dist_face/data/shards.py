@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from dist_face.data.recordio import (
-    _HEAD_UNPACK,
+    HEAD_UNPACK,
     MAGIC,
     CorruptRecordError,
+    MappedFile,
     RecordWriter,
-    _Mapped,
     read_frame,
     unpack_record,
 )
@@ -118,7 +118,7 @@ class ShardSet:
         self.lengths = columns["length"].astype(np.int64, copy=False)
         self.labels = columns["label"].astype(np.int64, copy=False)
         self.crc32s = columns["crc32"].astype(np.uint32, copy=False)
-        self._maps = [_Mapped(self.rec_path(s)) for s in range(len(meta.shards))]
+        self._maps = [MappedFile(self.rec_path(s)) for s in range(len(meta.shards))]
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> ShardSet:
@@ -207,7 +207,7 @@ class ShardSet:
         shard, offset, length = int(self.shard_ids[i]), int(self.offsets[i]), int(self.lengths[i])
         buf = self._maps[shard].get()
         # Fast path: the header must be exactly (magic, length) of a single-part record.
-        if offset + 8 + length <= len(buf) and _HEAD_UNPACK(buf, offset) == (MAGIC, length):
+        if offset + 8 + length <= len(buf) and HEAD_UNPACK(buf, offset) == (MAGIC, length):
             return buf[offset + 8 : offset + 8 + length]
         key, path = int(self.keys[i]), self.rec_path(shard)
         payload, _ = read_frame(buf, offset, path, key)

@@ -16,7 +16,7 @@ import numpy as np
 
 from dist_face.data.recordio import (
     CorruptRecordError,
-    _Mapped,
+    MappedFile,
     read_index,
     scalar_label,
     scan,
@@ -84,7 +84,7 @@ def verify_rec(
         return 0, [BadRecord(idx_path, None, None, str(err))]
     key_at = dict(zip(offsets.tolist(), keys.tolist()))
     rows = {} if expected is None else {int(o): i for i, o in enumerate(expected.offsets)}
-    buf = _Mapped(rec_path).get()
+    buf = MappedFile(rec_path).get()
     if expected is not None:
         bad += _check_file(rec_path, buf, expected)
     seen: set[int] = set()
