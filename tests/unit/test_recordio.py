@@ -214,3 +214,21 @@ def test_non_integer_label_is_named(tmp_path: Path) -> None:
     write(tmp_path, [(0, pack_record(1, b"a")), (1, pack_record(2.5, b"b"))], "frac")
     with pytest.raises(CorruptRecordError, match=r"key 1.*label 2\.5"):
         RecSource(str(tmp_path / "frac.rec"))
+
+
+def _read_in_child(reader: RecordReader, key: int, queue) -> None:
+    queue.put(reader.read(key))
+
+
+def test_forked_child_maps_the_file_itself(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    reader = write(tmp_path, [(0, b"parent"), (1, b"child")])
+    assert reader.read(0) == b"parent"  # the parent's map exists before the fork
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_read_in_child, args=(reader, 1, queue))
+    proc.start()
+    got = queue.get(timeout=30)
+    proc.join(30)
+    assert got == b"child" and proc.exitcode == 0

@@ -155,3 +155,20 @@ def test_shard_set_pickles_small(tmp_path: Path, folder) -> None:
     assert clone.read(0) == first and np.array_equal(clone.labels, shards.labels)
     with pytest.raises(IndexError, match="outside"):
         shards.read(len(shards))
+
+
+def test_split_records_read_through_the_shard_set(tmp_path: Path) -> None:
+    from dist_face.data.shards import ShardWriter, commit_shard_set
+
+    magic = bytes.fromhex("0a23d7ce")
+    images = [b"\xff\xd8" + bytes(6) + magic * 3, b"plain", magic + b"ab"]
+    (tmp_path / "out").mkdir()
+    writer = ShardWriter(str(tmp_path / "out"), 0, 1)
+    for label, image in enumerate(images):
+        writer.add(pack_record(label, image), label, f"img{label}")
+    commit_shard_set(
+        str(tmp_path / "out"), [writer.finish()], num_classes=3, image_shape=None,
+        shuffled=False, seed=None,
+    )  # fmt: skip
+    shards = ShardSet.open(tmp_path / "out")
+    assert [shards.read_image(i) for i in range(3)] == [(b, i) for i, b in enumerate(images)]
