@@ -301,7 +301,7 @@ class RecordReader:
             KeyError: ``key`` is not in the ``.idx``.
             CorruptRecordError: The record cannot be framed (names file, key and offset).
         """
-        offset = int(self._offsets[self._lookup.position(key)])
+        offset = self._offsets.item(self._lookup.position(key))
         return read_payload(self._map.get(), offset, self.rec_path, key)
 
     def read_at(self, offset: int, key: int | None = None) -> bytes:

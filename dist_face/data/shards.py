@@ -202,9 +202,9 @@ class ShardSet:
             CorruptRecordError: The record cannot be framed or its length disagrees with
                 the manifest (names the shard file, key and offset).
         """
-        if not 0 <= i < len(self):
+        if not 0 <= i < self.labels.size:
             raise IndexError(f"record {i} is outside [0, {len(self)}) of {self.root}")
-        shard, offset, length = int(self.shard_ids[i]), int(self.offsets[i]), int(self.lengths[i])
+        shard, offset, length = self.shard_ids.item(i), self.offsets.item(i), self.lengths.item(i)
         buf = self._maps[shard].get()
         # Fast path: the header must be exactly (magic, length) of a single-part record.
         if offset + 8 + length <= len(buf) and HEAD_UNPACK(buf, offset) == (MAGIC, length):
