@@ -121,8 +121,13 @@ class ShardSet:
         self._maps = [MappedFile(self.rec_path(s)) for s in range(len(meta.shards))]
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str]) -> ShardSet:
+    def open(cls, root: str | os.PathLike[str], check_labels: bool = True) -> ShardSet:
         """Open the shard set in directory ``root``.
+
+        Args:
+            root: The shard set directory.
+            check_labels: Refuse a manifest label outside ``[0, num_classes)`` (``verify``
+                turns this off to report every such record instead).
 
         Raises:
             FileNotFoundError: No ``meta.json`` (not a shard set, or packing did not finish),
@@ -143,13 +148,23 @@ class ShardSet:
         table = pq.read_table(os.path.join(root, MANIFEST_NAME), columns=_NUMERIC)
         columns = {name: table.column(name).to_numpy() for name in _NUMERIC}
         shard_set = cls(root, meta, columns)
-        shard_set._check_consistent()
+        shard_set._check_consistent(check_labels)
         return shard_set
 
-    def _check_consistent(self) -> None:
+    def _check_consistent(self, check_labels: bool) -> None:
         where = os.path.join(self.root, MANIFEST_NAME)
         if len(self) != self.meta.num_images:
             raise ValueError(f"{where}: {len(self)} rows but meta.json says {self.meta.num_images}")
+        if (
+            check_labels
+            and self.labels.size
+            and (self.labels.min() < 0 or self.labels.max() >= self.num_classes)
+        ):
+            bad = int(np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))[0])
+            raise ValueError(
+                f"{where}: row {bad} (shard {self.shard_ids[bad]}, key {self.keys[bad]}) has "
+                f"label {self.labels[bad]}, outside [0, {self.num_classes}) of meta.json"
+            )
         counts = np.bincount(self.shard_ids, minlength=len(self.meta.shards))
         for s, info in enumerate(self.meta.shards):
             for path in (self.rec_path(s), self.idx_path(s)):

@@ -191,7 +191,7 @@ def verify_shard_set(
     from dist_face.data.shards import ShardSet
 
     try:
-        shards = ShardSet.open(root)
+        shards = ShardSet.open(root, check_labels=False)
     except (OSError, ValueError) as err:
         return 0, [BadRecord(root, None, None, str(err))]
     jobs = []

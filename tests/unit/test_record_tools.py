@@ -81,6 +81,15 @@ def test_verify_reports_each_bad_record(packed, capsys) -> None:
     assert "shard checksum differs from meta.json" in out and "payload CRC-32 differs" in out
 
 
+def test_verify_reports_manifest_labels_out_of_range(packed, capsys) -> None:
+    root, _ = packed
+    meta = root / "meta.json"
+    meta.write_text(meta.read_text().replace('"num_classes": 6', '"num_classes": 5'))
+    assert verify.main([str(root), "--no-decode"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("label 5 out of range [0, 5)") == 4  # class 5 has 4 images
+
+
 def test_verify_plain_rec_framing_and_labels(tmp_path: Path, capsys) -> None:
     good = make_image_folder(tmp_path / "img", classes=1, per_class=2)
     images = [b for b, _ in good.values()]

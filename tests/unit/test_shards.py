@@ -144,6 +144,11 @@ def test_relabel_rewrites_only_the_manifest(tmp_path: Path, folder) -> None:
     assert (tmp_path / "out" / "shard-00000-of-00002.rec").read_bytes() == before
     with pytest.raises(ValueError, match="outside"):
         relabel(str(tmp_path / "out"), new, 3)
+    # a manifest whose labels exceed meta.json's class count is refused by name
+    meta_path = tmp_path / "out" / "meta.json"
+    meta_path.write_text(meta_path.read_text().replace('"num_classes": 7', '"num_classes": 2'))
+    with pytest.raises(ValueError, match=r"manifest.parquet: row \d+ .* outside \[0, 2\)"):
+        ShardSet.open(tmp_path / "out")
 
 
 def test_shard_set_pickles_small(tmp_path: Path, folder) -> None:
