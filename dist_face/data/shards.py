@@ -38,6 +38,14 @@ META_NAME = "meta.json"
 MANIFEST_NAME = "manifest.parquet"
 FORMAT = "dist_face.shards"
 _NUMERIC = ["shard", "key", "offset", "length", "label", "crc32"]
+_DTYPES = {
+    "shard": np.int32,
+    "key": np.int64,
+    "offset": np.int64,
+    "length": np.int64,
+    "label": np.int64,
+    "crc32": np.uint32,
+}
 
 
 def shard_name(index: int, num_shards: int) -> str:
@@ -295,7 +303,12 @@ class ShardWriter:
         self._writer.close()
         crcs = self._cols["crc32"]
         info = ShardInfo(self.name, len(crcs), self._writer.tell, records_checksum(crcs))
-        return ShardResult(self.index, info, self._cols)
+        # numpy columns pickle compactly when a packing process hands them back
+        columns: dict[str, Any] = {
+            name: np.asarray(self._cols[name], dtype=dtype) for name, dtype in _DTYPES.items()
+        }
+        columns["source"] = self._cols["source"]
+        return ShardResult(self.index, info, columns)
 
     def abort(self) -> None:
         """Close and delete the temporary files."""
@@ -353,16 +366,15 @@ def commit_shard_set(
         tmp_rec, tmp_idx = temp_paths(out_dir, r.info.name)
         os.replace(tmp_rec, os.path.join(out_dir, r.info.name + ".rec"))
         os.replace(tmp_idx, os.path.join(out_dir, r.info.name + ".idx"))
-    types = {
-        "shard": pa.int32(),
-        "key": pa.int64(),
-        "offset": pa.int64(),
-        "length": pa.int64(),
-        "label": pa.int64(),
-        "source": pa.string(),
-        "crc32": pa.uint32(),
+    arrays = {
+        name: pa.array(np.concatenate([r.columns[name] for r in results]).astype(dtype))
+        for name, dtype in _DTYPES.items()
     }
-    arrays = {n: pa.array([v for r in results for v in r.columns[n]], t) for n, t in types.items()}
+    arrays["source"] = pa.array([v for r in results for v in r.columns["source"]], pa.string())
+    arrays = {
+        name: arrays[name]
+        for name in ("shard", "key", "offset", "length", "label", "source", "crc32")
+    }
     labels = np.asarray(arrays["label"])
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(

@@ -195,19 +195,10 @@ def record_labels(reader: RecordReader, keys: np.ndarray) -> np.ndarray:
     offsets = reader.offsets[reader.positions(keys)]
     labels = np.empty(keys.size, dtype=np.float64)
     view = np.frombuffer(buf, dtype=np.uint8) if len(buf) else np.zeros(0, np.uint8)
-    fits = offsets + 8 + IR_SIZE + 4 <= view.size
     simple = np.zeros(keys.size, dtype=bool)
-    if fits.any():
-        o = offsets[fits]
-        lrec = _gather_u32(view, o + 4)
-        flag = _gather_u32(view, o + 8)
-        simple[fits] = (
-            (_gather_u32(view, o) == 0xCED7230A)
-            & (lrec >> 29 == 0)
-            & ((lrec & ((1 << 29) - 1)) >= IR_SIZE + 4 * np.minimum(flag, 1))
-        )
-        where = np.where(flag == 0, o + 12, o + 8 + IR_SIZE)
-        labels[fits] = _gather_u32(view, where).view(np.float32)
+    for start in range(0, keys.size, _LABEL_CHUNK):  # bounded temporaries for huge files
+        part = slice(start, start + _LABEL_CHUNK)
+        simple[part] = _gather_labels(view, offsets[part], labels[part])
     for i in np.flatnonzero(~simple).tolist():
         key = int(keys[i])
         payload = read_frame(buf, int(offsets[i]), reader.rec_path, key)[0]
@@ -225,6 +216,28 @@ def record_labels(reader: RecordReader, keys: np.ndarray) -> np.ndarray:
             int(offsets[i]),
         )
     return labels.astype(np.int64)
+
+
+_LABEL_CHUNK = 1 << 20
+
+
+def _gather_labels(view: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Fill ``labels`` for single-part image records at ``offsets``; True where it could."""
+    simple = np.zeros(offsets.size, dtype=bool)
+    fits = offsets + 8 + IR_SIZE + 4 <= view.size
+    if not fits.any():
+        return simple
+    o = offsets[fits]
+    lrec = _gather_u32(view, o + 4)
+    flag = _gather_u32(view, o + 8)
+    simple[fits] = (
+        (_gather_u32(view, o) == 0xCED7230A)
+        & (lrec >> 29 == 0)
+        & ((lrec & ((1 << 29) - 1)) >= IR_SIZE + 4 * np.minimum(flag, 1))
+    )
+    where = np.where(flag == 0, o + 12, o + 8 + IR_SIZE)
+    labels[fits] = _gather_u32(view, where).view(np.float32)
+    return simple
 
 
 def _gather_u32(view: np.ndarray, at: np.ndarray) -> np.ndarray:
