@@ -1,0 +1,1 @@
+"""Datasets: RecordIO shards, their manifest, and the sample partition across ranks."""

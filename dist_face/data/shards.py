@@ -1,0 +1,442 @@
+"""A sharded dataset: N headerless ``.rec/.idx`` pairs, a Parquet manifest and a JSON summary.
+
+Layout of a shard set directory::
+
+    shard-00000-of-00004.rec / .idx    image records only (DALI reads them as they are)
+    manifest.parquet                   one row per record, in global order
+    meta.json                          written last: its presence marks a complete set
+
+Manifest columns: ``shard`` (int32), ``key`` (int64, the record's key in its ``.idx``),
+``offset`` (int64, byte offset in the ``.rec``), ``length`` (int64, payload bytes), ``label``
+(int64), ``source`` (string, where the image came from) and ``crc32`` (uint32 of the payload).
+Labels are read from the manifest, so relabelling rewrites the manifest and never the images
+(``meta.labels_in_records`` then turns False: record headers keep the old labels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dist_face.data.recordio import (
+    HEAD_UNPACK,
+    MAGIC,
+    CorruptRecordError,
+    MappedFile,
+    RecordWriter,
+    read_frame,
+    unpack_record,
+)
+
+META_NAME = "meta.json"
+MANIFEST_NAME = "manifest.parquet"
+FORMAT = "dist_face.shards"
+_NUMERIC = ["shard", "key", "offset", "length", "label", "crc32"]
+_DTYPES = {
+    "shard": np.int32,
+    "key": np.int64,
+    "offset": np.int64,
+    "length": np.int64,
+    "label": np.int64,
+    "crc32": np.uint32,
+}
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    """File stem of shard ``index`` of ``num_shards`` (``shard-00003-of-00008``)."""
+    return f"shard-{index:05d}-of-{num_shards:05d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """One shard's summary in ``meta.json``."""
+
+    name: str
+    """File stem; the files are ``<name>.rec`` and ``<name>.idx``."""
+    num_records: int
+    """Records in the shard."""
+    rec_bytes: int
+    """Size of the ``.rec`` in bytes."""
+    records_crc32: int
+    """Checksum of the shard's content: zlib CRC-32 of its records' payload CRC-32s
+    (little-endian uint32, in key order). Cheaper than a whole-file CRC while packing, and
+    ``verify`` recomputes it from the payloads it reads."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardMeta:
+    """The contents of ``meta.json``."""
+
+    num_classes: int
+    """Number of identities; every label is in ``[0, num_classes)``."""
+    num_images: int
+    """Records over all shards (= manifest rows)."""
+    image_shape: list[int] | None
+    """``[height, width, channels]`` shared by all images checked, or None if mixed/unknown."""
+    shards: list[ShardInfo]
+    """Per-shard names, counts and checksums, in shard order."""
+    labels_in_records: bool = True
+    """Whether record headers still hold the manifest labels (False after a relabel)."""
+    shuffled: bool = False
+    """Whether records were globally shuffled when packed."""
+    seed: int | None = None
+    """Shuffle seed."""
+    format: str = FORMAT
+    """Format tag."""
+    version: int = 1
+    """Format version."""
+
+    def to_json(self) -> str:
+        """Serialize to indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, path: str) -> ShardMeta:
+        """Parse ``meta.json`` text; ValueError naming ``path`` if it is not a shard set."""
+        try:
+            raw = json.loads(text)
+            if raw.get("format") != FORMAT:
+                raise ValueError(f"format is {raw.get('format')!r}, expected {FORMAT!r}")
+            raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"{path}: not a valid shard set summary: {err}") from err
+
+
+class ShardSet:
+    """Read access to a shard set: global record ``i`` in manifest order via memory maps.
+
+    Only the numeric manifest columns are held in memory (about 40 bytes per record); the
+    source column is read on demand by :attr:`manifest`. Maps open lazily per process and are
+    dropped on pickling, so DataLoader workers can share one instance.
+    """
+
+    def __init__(self, root: str, meta: ShardMeta, columns: dict[str, np.ndarray]) -> None:
+        self.root = root
+        self.meta = meta
+        self.shard_ids = columns["shard"].astype(np.int32, copy=False)
+        self.keys = columns["key"].astype(np.int64, copy=False)
+        self.offsets = columns["offset"].astype(np.int64, copy=False)
+        self.lengths = columns["length"].astype(np.int64, copy=False)
+        self.labels = columns["label"].astype(np.int64, copy=False)
+        self.crc32s = columns["crc32"].astype(np.uint32, copy=False)
+        self._maps = [MappedFile(self.rec_path(s)) for s in range(len(meta.shards))]
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], check_labels: bool = True) -> ShardSet:
+        """Open the shard set in directory ``root``.
+
+        Args:
+            root: The shard set directory.
+            check_labels: Refuse a manifest label outside ``[0, num_classes)`` (``verify``
+                turns this off to report every such record instead).
+
+        Raises:
+            FileNotFoundError: No ``meta.json`` (not a shard set, or packing did not finish),
+                or a shard file is missing.
+            ValueError: The manifest disagrees with ``meta.json``.
+        """
+        import pyarrow.parquet as pq
+
+        root = os.fspath(root)
+        meta_path = os.path.join(root, META_NAME)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(
+                f"{meta_path} does not exist: {root} is not a complete shard set "
+                "(packing may not have finished)"
+            )
+        with open(meta_path) as f:
+            meta = ShardMeta.from_json(f.read(), meta_path)
+        table = pq.read_table(os.path.join(root, MANIFEST_NAME), columns=_NUMERIC)
+        columns = {name: table.column(name).to_numpy() for name in _NUMERIC}
+        shard_set = cls(root, meta, columns)
+        shard_set._check_consistent(check_labels)
+        return shard_set
+
+    def _check_consistent(self, check_labels: bool) -> None:
+        where = os.path.join(self.root, MANIFEST_NAME)
+        if len(self) != self.meta.num_images:
+            raise ValueError(f"{where}: {len(self)} rows but meta.json says {self.meta.num_images}")
+        if (
+            check_labels
+            and self.labels.size
+            and (self.labels.min() < 0 or self.labels.max() >= self.num_classes)
+        ):
+            bad = int(np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))[0])
+            raise ValueError(
+                f"{where}: row {bad} (shard {self.shard_ids[bad]}, key {self.keys[bad]}) has "
+                f"label {self.labels[bad]}, outside [0, {self.num_classes}) of meta.json"
+            )
+        counts = np.bincount(self.shard_ids, minlength=len(self.meta.shards))
+        for s, info in enumerate(self.meta.shards):
+            for path in (self.rec_path(s), self.idx_path(s)):
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"shard file {path} listed in meta.json is missing")
+            if counts[s] != info.num_records:
+                raise ValueError(
+                    f"{where}: shard {info.name} has {counts[s]} rows, meta.json says "
+                    f"{info.num_records}"
+                )
+            if os.path.getsize(self.rec_path(s)) != info.rec_bytes:
+                raise ValueError(
+                    f"{self.rec_path(s)}: {os.path.getsize(self.rec_path(s))} bytes, "
+                    f"meta.json says {info.rec_bytes} (truncated or replaced?)"
+                )
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of identities."""
+        return self.meta.num_classes
+
+    @property
+    def num_shards(self) -> int:
+        """Number of ``.rec/.idx`` pairs."""
+        return len(self.meta.shards)
+
+    def rec_path(self, shard: int) -> str:
+        """Path of shard ``shard``'s ``.rec``."""
+        return os.path.join(self.root, self.meta.shards[shard].name + ".rec")
+
+    def idx_path(self, shard: int) -> str:
+        """Path of shard ``shard``'s ``.idx``."""
+        return os.path.join(self.root, self.meta.shards[shard].name + ".idx")
+
+    @property
+    def manifest(self) -> Any:
+        """The whole manifest as a ``pyarrow.Table`` (read from disk on each access)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(os.path.join(self.root, MANIFEST_NAME))
+
+    def read(self, i: int) -> bytes:
+        """Payload of global record ``i`` (IRHeader + image bytes).
+
+        Raises:
+            IndexError: ``i`` outside ``[0, len)``.
+            CorruptRecordError: The record cannot be framed or its length disagrees with
+                the manifest (names the shard file, key and offset).
+        """
+        if not 0 <= i < self.labels.size:
+            raise IndexError(f"record {i} is outside [0, {len(self)}) of {self.root}")
+        shard, offset, length = self.shard_ids.item(i), self.offsets.item(i), self.lengths.item(i)
+        buf = self._maps[shard].get()
+        # Fast path: the header must be exactly (magic, length) of a single-part record.
+        if offset + 8 + length <= len(buf) and HEAD_UNPACK(buf, offset) == (MAGIC, length):
+            return buf[offset + 8 : offset + 8 + length]
+        key, path = int(self.keys[i]), self.rec_path(shard)
+        payload, _ = read_frame(buf, offset, path, key)
+        if len(payload) != length:
+            raise CorruptRecordError(
+                f"payload has {len(payload)} bytes, the manifest says {self.lengths[i]}",
+                path,
+                key,
+                offset,
+            )
+        return payload
+
+    def read_image(self, i: int) -> tuple[bytes, int]:
+        """``(encoded image bytes, label)`` of global record ``i``; the label is the manifest's."""
+        payload = self.read(i)
+        try:
+            _, image = unpack_record(payload)
+        except CorruptRecordError as err:
+            shard = int(self.shard_ids[i])
+            raise err.located(
+                self.rec_path(shard), int(self.keys[i]), int(self.offsets[i])
+            ) from None
+        return image, int(self.labels[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ShardResult:
+    """What writing one shard produced: its summary and its manifest rows."""
+
+    index: int
+    info: ShardInfo
+    columns: dict[str, Any]
+
+
+class ShardWriter:
+    """Write one shard under a temporary name; :func:`commit_shard_set` renames it.
+
+    Args:
+        out_dir: The shard set directory.
+        index: Shard number.
+        num_shards: Total shards in the set.
+    """
+
+    def __init__(self, out_dir: str, index: int, num_shards: int) -> None:
+        self.index = index
+        self.name = shard_name(index, num_shards)
+        self._writer = RecordWriter(*temp_paths(out_dir, self.name))
+        self._cols: dict[str, list[Any]] = {c: [] for c in (*_NUMERIC, "source")}
+
+    def add(self, payload: bytes, label: int, source: str) -> None:
+        """Append one record; its key is its position in the shard."""
+        key = len(self._cols["key"])
+        offset = self._writer.write(key, payload)
+        for name, value in (
+            ("shard", self.index),
+            ("key", key),
+            ("offset", offset),
+            ("length", len(payload)),
+            ("label", int(label)),
+            ("crc32", zlib.crc32(payload)),
+            ("source", source),
+        ):
+            self._cols[name].append(value)
+
+    def finish(self) -> ShardResult:
+        """Close the temporary files and return the shard's summary and rows."""
+        self._writer.close()
+        crcs = self._cols["crc32"]
+        info = ShardInfo(self.name, len(crcs), self._writer.tell, records_checksum(crcs))
+        # numpy columns pickle compactly when a packing process hands them back
+        columns: dict[str, Any] = {
+            name: np.asarray(self._cols[name], dtype=dtype) for name, dtype in _DTYPES.items()
+        }
+        columns["source"] = self._cols["source"]
+        return ShardResult(self.index, info, columns)
+
+    def abort(self) -> None:
+        """Close and delete the temporary files."""
+        self._writer.close()
+        for path in (self._writer.rec_path, self._writer.idx_path):
+            if path and os.path.exists(path):
+                os.remove(path)
+
+
+def records_checksum(crcs: Sequence[int] | np.ndarray) -> int:
+    """A shard's checksum from its records' payload CRC-32s (in key order)."""
+    return zlib.crc32(np.asarray(crcs, dtype="<u4").tobytes())
+
+
+def temp_paths(out_dir: str, name: str) -> tuple[str, str]:
+    """Temporary ``.rec``/``.idx`` paths of a shard being written."""
+    return (os.path.join(out_dir, f".{name}.rec.tmp"), os.path.join(out_dir, f".{name}.idx.tmp"))
+
+
+def prepare_output(out_dir: str, overwrite: bool) -> None:
+    """Create ``out_dir``; refuse a non-empty one unless ``overwrite`` (then empty it first)."""
+    os.makedirs(out_dir, exist_ok=True)
+    existing = os.listdir(out_dir)
+    if existing and not overwrite:
+        raise FileExistsError(f"output directory {out_dir} is not empty (pass --overwrite)")
+    if META_NAME in existing:  # drop the completeness marker first: a crash now reads incomplete
+        os.remove(os.path.join(out_dir, META_NAME))
+    for name in existing:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path) and (
+            name.startswith(("shard-", ".shard-")) or name == MANIFEST_NAME
+        ):
+            os.remove(path)
+
+
+def commit_shard_set(
+    out_dir: str,
+    results: Sequence[ShardResult],
+    *,
+    num_classes: int,
+    image_shape: list[int] | None,
+    shuffled: bool,
+    seed: int | None,
+    labels_in_records: bool = True,
+) -> ShardMeta:
+    """Rename the finished shards, write the manifest, then ``meta.json`` last.
+
+    Until ``meta.json`` exists the directory is not a shard set, so a crash at any point
+    leaves nothing that :meth:`ShardSet.open` accepts.
+    """
+    import pyarrow as pa
+
+    results = sorted(results, key=lambda r: r.index)
+    for r in results:
+        tmp_rec, tmp_idx = temp_paths(out_dir, r.info.name)
+        os.replace(tmp_rec, os.path.join(out_dir, r.info.name + ".rec"))
+        os.replace(tmp_idx, os.path.join(out_dir, r.info.name + ".idx"))
+    arrays = {
+        name: pa.array(np.concatenate([r.columns[name] for r in results]).astype(dtype))
+        for name, dtype in _DTYPES.items()
+    }
+    arrays["source"] = pa.array([v for r in results for v in r.columns["source"]], pa.string())
+    arrays = {
+        name: arrays[name]
+        for name in ("shard", "key", "offset", "length", "label", "source", "crc32")
+    }
+    labels = np.asarray(arrays["label"])
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes})"
+        )
+    write_manifest(out_dir, pa.table(arrays))
+    meta = ShardMeta(
+        num_classes=num_classes,
+        num_images=int(labels.size),
+        image_shape=image_shape,
+        shards=[r.info for r in results],
+        labels_in_records=labels_in_records,
+        shuffled=shuffled,
+        seed=seed,
+    )
+    write_meta(out_dir, meta)
+    return meta
+
+
+def write_manifest(out_dir: str, table: Any) -> None:
+    """Atomically (write + rename) store the manifest table."""
+    import pyarrow.parquet as pq
+
+    tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST_NAME))
+
+
+def write_meta(out_dir: str, meta: ShardMeta) -> None:
+    """Atomically (write + rename) store ``meta.json``."""
+    tmp = os.path.join(out_dir, f".{META_NAME}.tmp")
+    with open(tmp, "w") as f:
+        f.write(meta.to_json())
+    os.replace(tmp, os.path.join(out_dir, META_NAME))
+
+
+def relabel(root: str, labels: np.ndarray, num_classes: int) -> ShardMeta:
+    """Replace every label of a shard set by rewriting its manifest (images are untouched).
+
+    Args:
+        root: The shard set directory.
+        labels: int array, shape ``(num_images,)``, in manifest order.
+        num_classes: New number of identities; every label must be in ``[0, num_classes)``.
+
+    Returns:
+        The new summary, with ``labels_in_records`` False: readers that take labels from the
+        record headers (DALI) must be re-packed with ``reshard`` to see the new labels.
+    """
+    import pyarrow as pa
+
+    shard_set = ShardSet.open(root)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(shard_set),):
+        raise ValueError(f"need {len(shard_set)} labels, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes})"
+        )
+    table = shard_set.manifest
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
+    os.remove(os.path.join(root, META_NAME))  # incomplete while the manifest changes
+    write_manifest(root, table)
+    meta = dataclasses.replace(shard_set.meta, num_classes=num_classes, labels_in_records=False)
+    write_meta(root, meta)
+    return meta

@@ -1,0 +1,292 @@
+"""Where images to pack come from: an image folder, an MXNet ``.lst``, a ``.rec``, a shard set.
+
+Each source is a picklable, lazily opened list of ``(image bytes, label)`` items, so packing
+workers in other processes can read it. :func:`open_source` picks the kind from the path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import numpy as np
+
+from dist_face.data.recordio import (
+    IR_SIZE,
+    CorruptRecordError,
+    RecordReader,
+    read_frame,
+    scalar_label,
+    unpack_record,
+)
+from dist_face.data.shards import META_NAME, ShardSet
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class Source(Protocol):
+    """A dataset to pack: ``len`` items with integer labels in ``[0, num_classes)``."""
+
+    labels: np.ndarray
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    def read(self, i: int) -> bytes:
+        """Encoded image bytes of item ``i``."""
+        ...
+
+    def describe(self, i: int) -> str:
+        """Where item ``i`` came from (stored in the manifest's ``source`` column)."""
+        ...
+
+
+class FolderSource:
+    """One subfolder per identity; labels follow the sorted folder names (im2rec's rule)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        if not classes:
+            raise ValueError(f"image folder {root} has no identity subfolders")
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            for file in sorted(os.listdir(os.path.join(self.root, name))):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(f"{name}/{file}")
+                    labels.append(label)
+        if not paths:
+            raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.num_classes = len(classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, i: int) -> bytes:
+        """Encoded image bytes of item ``i``."""
+        with open(os.path.join(self.root, self.paths[i]), "rb") as f:
+            return f.read()
+
+    def describe(self, i: int) -> str:
+        """The image path relative to the folder."""
+        return self.paths[i]
+
+
+class ListSource(FolderSource):
+    """An MXNet ``.lst``: ``index<TAB>label[<TAB>more labels]<TAB>path`` per line.
+
+    Paths are relative to ``root`` (default: the ``.lst``'s directory); the label is the
+    first label column and must be a non-negative integer.
+    """
+
+    def __init__(self, lst_path: str, root: str | None = None) -> None:
+        self.root = os.path.abspath(root or os.path.dirname(lst_path))
+        paths, labels = [], []
+        with open(lst_path) as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.rstrip("\n").split("\t")
+                if not line.strip():
+                    continue
+                label = _parse_label(fields, lst_path, line_no)
+                paths.append(fields[-1])
+                labels.append(label)
+        if not paths:
+            raise ValueError(f"{lst_path} lists no images")
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.num_classes = int(self.labels.max()) + 1
+
+
+def _parse_label(fields: list[str], path: str, line_no: int) -> int:
+    if len(fields) < 3:
+        raise ValueError(f"{path}:{line_no}: expected 'index<TAB>label<TAB>path', got {fields}")
+    try:
+        value = float(fields[1])
+    except ValueError:
+        raise ValueError(f"{path}:{line_no}: label {fields[1]!r} is not a number") from None
+    if value < 0 or not value.is_integer():
+        raise ValueError(f"{path}:{line_no}: label {fields[1]} is not a non-negative integer")
+    return int(value)
+
+
+class RecSource:
+    """An existing ``.rec``: InsightFace style (header + identity records) or headerless.
+
+    InsightFace files are recognised by record 0: ``flag > 0`` and no image bytes; its label
+    ``[N+1, N+1+K]`` gives the image keys ``1..N`` and the identity records ``N+1..N+K``.
+    Otherwise every indexed record is an image. The label of a record is its scalar label,
+    or the first entry of its label array (MXNet's rule).
+    """
+
+    def __init__(self, rec_path: str, idx_path: str | None = None) -> None:
+        self.reader = RecordReader(rec_path, idx_path)
+        self.identity_ranges: np.ndarray | None = None
+        self.image_keys = self._layout()
+        self.labels = record_labels(self.reader, self.image_keys)
+        if self.labels.size == 0:
+            raise ValueError(f"{rec_path} holds no image records")
+        self.num_classes = int(self.labels.max()) + 1
+        if self.identity_ranges is not None:
+            self.num_classes = max(self.num_classes, len(self.identity_ranges))
+
+    def _layout(self) -> np.ndarray:
+        in_file_order = self.reader.keys[np.argsort(self.reader.offsets, kind="stable")]
+        try:
+            header, image = unpack_record(self.reader.read(0))
+        except (KeyError, CorruptRecordError):
+            return in_file_order  # no readable record 0: not an InsightFace header
+        if header.flag < 2 or image:
+            return in_file_order
+        first_id, end_id = (int(x) for x in header.label[:2])  # type: ignore[index]
+        self.identity_ranges = (
+            np.stack([_identity_range(self.reader, k) for k in range(first_id, end_id)])
+            if end_id > first_id
+            else np.zeros((0, 2), np.int64)
+        )
+        image_keys = np.arange(1, first_id, dtype=np.int64)
+        missing = np.setdiff1d(image_keys, self.reader.keys)
+        if missing.size:
+            raise ValueError(
+                f"{self.reader.idx_path}: header record says images are keys 1..{first_id - 1}, "
+                f"but key {missing[0]} is not indexed"
+            )
+        return image_keys
+
+    def __len__(self) -> int:
+        return int(self.image_keys.size)
+
+    def read(self, i: int) -> bytes:
+        """Image bytes of the ``i``-th image record."""
+        key = int(self.image_keys[i])
+        try:
+            return unpack_record(self.reader.read(key))[1]
+        except CorruptRecordError as err:
+            raise err.located(self.reader.rec_path, key, self.reader.offset_of(key)) from None
+
+    def describe(self, i: int) -> str:
+        """``<rec file name>:<key>``."""
+        return f"{os.path.basename(self.reader.rec_path)}:{int(self.image_keys[i])}"
+
+
+def _identity_range(reader: RecordReader, key: int) -> np.ndarray:
+    header, _ = unpack_record(reader.read(key))
+    if header.flag < 2:
+        raise CorruptRecordError(
+            f"identity record has flag {header.flag}; expected a [first, end) label pair",
+            reader.rec_path,
+            key,
+            reader.offset_of(key),
+        )
+    return np.asarray(header.label[:2], dtype=np.int64)  # type: ignore[index]
+
+
+def record_labels(reader: RecordReader, keys: np.ndarray) -> np.ndarray:
+    """Class labels (int64) of the records with ``keys``, read straight from the map.
+
+    Single-part records are read with vectorised gathers of the IRHeader fields; split
+    records fall back to a full read.
+
+    Raises:
+        CorruptRecordError: A label that is negative or not an integer, naming the record.
+    """
+    buf = reader.buffer()
+    offsets = reader.offsets[reader.positions(keys)]
+    labels = np.empty(keys.size, dtype=np.float64)
+    view = np.frombuffer(buf, dtype=np.uint8) if len(buf) else np.zeros(0, np.uint8)
+    simple = np.zeros(keys.size, dtype=bool)
+    for start in range(0, keys.size, _LABEL_CHUNK):  # bounded temporaries for huge files
+        part = slice(start, start + _LABEL_CHUNK)
+        simple[part] = _gather_labels(view, offsets[part], labels[part])
+    for i in np.flatnonzero(~simple).tolist():
+        key = int(keys[i])
+        payload = read_frame(buf, int(offsets[i]), reader.rec_path, key)[0]
+        try:
+            labels[i] = scalar_label(unpack_record(payload)[0])
+        except CorruptRecordError as err:
+            raise err.located(reader.rec_path, key, int(offsets[i])) from None
+    bad = np.flatnonzero((labels < 0) | (labels != np.round(labels)))
+    if bad.size:
+        i = int(bad[0])
+        raise CorruptRecordError(
+            f"label {labels[i]} is not a non-negative integer class id",
+            reader.rec_path,
+            int(keys[i]),
+            int(offsets[i]),
+        )
+    return labels.astype(np.int64)
+
+
+_LABEL_CHUNK = 1 << 20
+
+
+def _gather_labels(view: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Fill ``labels`` for single-part image records at ``offsets``; True where it could."""
+    simple = np.zeros(offsets.size, dtype=bool)
+    fits = offsets + 8 + IR_SIZE + 4 <= view.size
+    if not fits.any():
+        return simple
+    o = offsets[fits]
+    lrec = _gather_u32(view, o + 4)
+    flag = _gather_u32(view, o + 8)
+    simple[fits] = (
+        (_gather_u32(view, o) == 0xCED7230A)
+        & (lrec >> 29 == 0)
+        & ((lrec & ((1 << 29) - 1)) >= IR_SIZE + 4 * np.minimum(flag, 1))
+    )
+    where = np.where(flag == 0, o + 12, o + 8 + IR_SIZE)
+    labels[fits] = _gather_u32(view, where).view(np.float32)
+    return simple
+
+
+def _gather_u32(view: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Little-endian uint32 at byte positions ``at`` (any alignment)."""
+    b = [view[at + j].astype(np.uint32) for j in range(4)]
+    return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
+
+
+class ShardSetSource:
+    """A shard set (for resharding and unpacking); labels come from its manifest."""
+
+    def __init__(self, root: str) -> None:
+        self.shard_set = ShardSet.open(root)
+        self.labels = self.shard_set.labels
+        self.num_classes = self.shard_set.num_classes
+        self._sources: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.shard_set)
+
+    def read(self, i: int) -> bytes:
+        """Image bytes of global record ``i``."""
+        return self.shard_set.read_image(i)[0]
+
+    def describe(self, i: int) -> str:
+        """The record's original source, from the manifest."""
+        if self._sources is None:
+            self._sources = self.shard_set.manifest.column("source").to_pylist()
+        return self._sources[i]
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_sources": None}
+
+
+def open_source(path: str, root: str | None = None) -> Source:
+    """The source at ``path``: a shard set directory, an image folder, a ``.lst`` or a ``.rec``.
+
+    Args:
+        path: The dataset to read.
+        root: Image root for a ``.lst`` (default: the ``.lst``'s directory).
+    """
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, META_NAME)):
+            return ShardSetSource(path)
+        return FolderSource(path)
+    if path.endswith(".lst"):
+        return ListSource(path, root)
+    if path.endswith(".rec"):
+        return RecSource(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset source {path} does not exist")
+    raise ValueError(f"{path}: expected an image folder, a shard set, a .lst or a .rec file")
