@@ -211,7 +211,8 @@ class PartialFC(nn.Module):
             raise TypeError(f"labels: expected an integer dtype, got {labels.dtype}")
         batch = embeddings.shape[0]
         if batch != self._checked_batch:  # a collective only when the batch size changes
-            sizes = comm.all_gather_object(batch, self.group)
+            mine = torch.tensor([batch], device=embeddings.device)
+            sizes = comm.all_gather(mine, self.group).tolist()
             if len(set(sizes)) != 1:
                 raise ValueError(f"batch size differs across ranks: {sizes} (use drop_last)")
             self._checked_batch = batch
