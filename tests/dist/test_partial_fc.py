@@ -45,9 +45,10 @@ def _cases(world_size: int) -> list[dict[str, Any]]:
         "one_rank": torch.randint(last[0], last[1], (n,), generator=gen),
         "duplicates": torch.tensor([4, 4, 11] * world_size)[:n],
     }
-    # every margin: three layouts at three sample rates; the margins with their own
-    # communication (class bias, target all-reduce, UCE) also get the other combinations
-    plan = [("random", 1.0), ("one_rank", 0.5), ("duplicates", 0.0)]
+    # every margin: three layouts at three sample rates ("duplicates" at 0.5 leaves a rank
+    # with fewer positives than its budget); the margins with their own communication (class
+    # bias, target all-reduce, UCE) also get the other combinations
+    plan = [("random", 1.0), ("one_rank", 0.5), ("duplicates", 0.5), ("duplicates", 0.0)]
     extra = [("one_rank", 1.0), ("random", 0.5), ("duplicates", 1.0)]
     cases = []
     for name in MARGINS.names():
