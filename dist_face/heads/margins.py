@@ -47,8 +47,8 @@ class MarginInput:
         z: ``[N, K]`` float32 projections (see the module table).
         labels: ``[N]`` int64, column of row ``i``'s target in this block, ``-1`` if the target
             lives in another rank's block (sampling always keeps positives).
-        x_norm: ``[N]`` float32 ``‖x_i‖``.
-        w_norm: ``[K]`` float32 ``‖w_j‖``.
+        x_norm: ``[N]`` float32 ``‖x_i‖`` (None for cosine margins, which never read it).
+        w_norm: ``[K]`` float32 ``‖w_j‖`` (None for cosine margins).
         bias: ``[K]`` float32 per-class bias (only for margins with ``class_bias``), else None.
         target_cos: ``[N]`` float32 ``cos θ_{i,y_i}`` of every row, detached, identical on all
             ranks (only for margins with ``needs_target_cos``), else None.
@@ -57,8 +57,8 @@ class MarginInput:
 
     z: torch.Tensor
     labels: torch.Tensor
-    x_norm: torch.Tensor
-    w_norm: torch.Tensor
+    x_norm: torch.Tensor | None
+    w_norm: torch.Tensor | None
     bias: torch.Tensor | None = None
     target_cos: torch.Tensor | None = None
     group: ProcessGroup | None = None

@@ -41,6 +41,7 @@ from dist_face.dist import comm
 from dist_face.heads import shard_io
 from dist_face.heads.dist_ops import dist_cross_entropy, scale_grad, sum_across_ranks
 from dist_face.heads.margins import MARGINS, Margin, MarginInput, filter_interclass
+from dist_face.heads.projection import cosine_project
 from dist_face.heads.sampling import (
     init_class_centers,
     num_sampled,
@@ -154,31 +155,30 @@ class PartialFC(nn.Module):
 
     def _project(
         self, x: torch.Tensor, w: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``z = x' w'ᵀ`` ``[N, K]`` and the norms ``‖x‖`` ``[N]``, ``‖w‖`` ``[K]``.
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``z = x' w'ᵀ`` ``[N, K]``, norms ``‖x‖`` ``[N]``, ``‖w‖`` ``[K]`` (None for cosines).
 
         Float32 (float64 if the inputs are): fp16/bf16 embeddings are upcast first.
         """
         dtype = torch.promote_types(torch.promote_types(x.dtype, w.dtype), torch.float32)
         xf, wf = x.to(dtype), w.to(dtype)
+        if self.margin.normalize_embedding and self.margin.normalize_weight:
+            return cosine_project(xf, wf), None, None  # cosine margins read no norms
         x_norm = torch.linalg.vector_norm(xf, dim=1)
         w_norm = torch.linalg.vector_norm(wf, dim=1)
-        # same as F.normalize (eps 1e-12), reusing the norms
         if self.margin.normalize_embedding:
             xf = xf / x_norm.clamp_min(1e-12)[:, None]
-        if self.margin.normalize_weight:
-            wf = wf / w_norm.clamp_min(1e-12)[:, None]
         z = F.linear(xf, wf).to(dtype)  # autocast may run this GEMM in fp16/bf16
-        if self.margin.normalize_embedding and self.margin.normalize_weight:
-            z = z.clamp(-1.0, 1.0)
+        if self.margin.normalize_weight:
+            z = z / w_norm.clamp_min(1e-12)[None, :]
         return z, x_norm, w_norm
 
     def _loss(
         self,
         z: torch.Tensor,
         labels: torch.Tensor,
-        x_norm: torch.Tensor,
-        w_norm: torch.Tensor,
+        x_norm: torch.Tensor | None,
+        w_norm: torch.Tensor | None,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         cosine = self.margin.normalize_embedding and self.margin.normalize_weight
