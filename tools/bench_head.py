@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import socket
 import statistics
 import time
@@ -32,7 +31,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timeit(fn, device: torch.device, iters: int, warmup: int = 2) -> float:
+def _timeit(fn, device: torch.device, iters: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -72,7 +71,7 @@ def _measure(rank: int, world: int, b: int, d: int, c: int, r: float, iters: int
 
 
 def _worker(rank: int, world: int, port: int, args: tuple, out: mp.Queue) -> None:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(1)  # one core per rank, as for the single-rank points
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
@@ -112,13 +111,14 @@ def _bytes_per_rank(b: int, d: int, c: int, world: int, k: int) -> tuple[int, in
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, nargs="+", default=[64], help="B per rank")
+    p.add_argument("--batch", type=int, nargs="+", default=[256], help="B per rank")
     p.add_argument("--dim", type=int, nargs="+", default=[256], help="embedding size D")
     p.add_argument("--classes", type=int, nargs="+", default=[16384], help="class count C")
     p.add_argument("--world", type=int, nargs="+", default=[1, 2], help="world sizes W")
     p.add_argument("--rate", type=float, nargs="+", default=[1.0, 0.1], help="sample rates r")
     p.add_argument("--iters", type=int, default=5, help="timed steps per point (median)")
     args = p.parse_args(argv)
+    torch.set_num_threads(1)  # per-core figures: the machine is shared, ranks get one core each
     print(
         "| B | D | C | W | r | dev | K/rank | head ms | GFLOP/s | GEMM ms | eff | "
         "KiB sent/rank | naive KiB | naive/ours |"
