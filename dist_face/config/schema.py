@@ -46,20 +46,47 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class HeadConfig:
-    """Margin loss and class-center sharding."""
+    """Margin loss and class-center sharding.
+
+    Which margin reads which value: arcface, curricularface → m2; cosface, uniface → m3;
+    combined → m1, m2, m3; sphereface, lsoftmax → m1 (an integer); normface, softmax → none.
+    """
 
     margin: str = "arcface"
     """Registered margin name (see ``dist_face.heads``)."""
     scale: float = 64.0
-    """Logit scale s."""
+    """Logit scale s (not used by softmax, lsoftmax, sphereface)."""
     m1: float = 1.0
-    """Multiplicative angular margin (SphereFace / combined margin)."""
+    """Multiplicative angular margin (SphereFace / L-Softmax integer m; combined margin)."""
     m2: float = 0.5
-    """Additive angular margin (ArcFace / combined margin)."""
+    """Additive angular margin in radians (ArcFace, CurricularFace, combined margin)."""
     m3: float = 0.0
-    """Additive cosine margin (CosFace / combined margin)."""
+    """Additive cosine margin (CosFace, UniFace, combined margin)."""
     sample_rate: float = 1.0
-    """Partial FC: fraction of each rank's class centers kept per step (1.0 = all)."""
+    """Partial FC: fraction of each rank's class centers kept per step (1.0 = all; UniFace's r)."""
+    easy_margin: bool = False
+    """ArcFace: apply the margin only where cos θ_y > 0 (else the th/mm fallback)."""
+    straight_through: bool = False
+    """ArcFace: arcface_torch's margin, constant in backward (∂logit/∂cos θ = s)."""
+    lambda_base: float = 1000.0
+    """SphereFace / L-Softmax: initial blend weight λ of the annealing schedule."""
+    lambda_gamma: float = 0.12
+    """SphereFace / L-Softmax: λ = max(lambda_min, base·(1 + gamma·step)^(−power))."""
+    lambda_power: float = 1.0
+    """SphereFace / L-Softmax: power of the λ decay."""
+    lambda_min: float = 5.0
+    """SphereFace / L-Softmax: floor of λ."""
+    curricular_momentum: float = 0.01
+    """CurricularFace: EMA weight of the batch's mean target cosine in t."""
+    uniface_lambda: float = 1.0
+    """UniFace: weight λ of the negative terms (paper: 0.7 on large data)."""
+    uniface_bias_init: float = 0.0
+    """UniFace: initial shared bias b̃; 0 = log(10 · C · sample_rate) as in the official code."""
+    interclass_filtering_threshold: float = 0.0
+    """Zero non-target cosines above this value (noisy labels; 0 = off, arcface_torch uses 0.4)."""
+    check_labels: bool = False
+    """Verify each step that labels are in [0, C); costs one host sync per step, so it is off by
+    default: shard sets are range-checked when opened (debugging aid)."""
 
     def __post_init__(self) -> None:
         require(self.scale > 0, "scale", f"must be > 0, got {self.scale}")
@@ -67,6 +94,30 @@ class HeadConfig:
             0.0 <= self.sample_rate <= 1.0,
             "sample_rate",
             f"must be in [0, 1], got {self.sample_rate}",
+        )
+        if self.margin in ("sphereface", "lsoftmax"):
+            require(
+                self.m1 >= 1 and float(self.m1).is_integer(),
+                "m1",
+                f"must be an integer >= 1 for {self.margin}, got {self.m1}",
+            )
+        require(0.0 <= self.m2 < 3.1416, "m2", f"must be in [0, π), got {self.m2}")
+        require(-1.0 < self.m3 < 1.0, "m3", f"must be in (-1, 1), got {self.m3}")
+        require(self.lambda_min >= 0, "lambda_min", f"must be >= 0, got {self.lambda_min}")
+        require(self.lambda_base >= 0, "lambda_base", f"must be >= 0, got {self.lambda_base}")
+        require(self.lambda_gamma >= 0, "lambda_gamma", f"must be >= 0, got {self.lambda_gamma}")
+        require(
+            0.0 < self.curricular_momentum <= 1.0,
+            "curricular_momentum",
+            f"must be in (0, 1], got {self.curricular_momentum}",
+        )
+        require(
+            self.uniface_lambda > 0, "uniface_lambda", f"must be > 0, got {self.uniface_lambda}"
+        )
+        require(
+            0.0 <= self.interclass_filtering_threshold < 1.0,
+            "interclass_filtering_threshold",
+            f"must be in [0, 1), got {self.interclass_filtering_threshold}",
         )
 
 

@@ -1,0 +1,94 @@
+"""Build a margin and the sharded head from the ``head`` config section."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch.distributed import ProcessGroup
+
+from dist_face.config.base import ConfigError
+from dist_face.config.schema import HeadConfig
+from dist_face.heads.margins import MARGINS, Margin
+from dist_face.heads.partial_fc import PartialFC
+from dist_face.heads.uniface import uniface_default_bias
+
+# margin name -> keyword arguments taken from the config (num_classes for UniFace's bias init)
+_ARGS: dict[str, Callable[[HeadConfig, int], dict[str, object]]] = {
+    "softmax": lambda c, n: {},
+    "normface": lambda c, n: {"scale": c.scale},
+    "cosface": lambda c, n: {"scale": c.scale, "margin": c.m3},
+    "arcface": lambda c, n: {
+        "scale": c.scale,
+        "margin": c.m2,
+        "easy_margin": c.easy_margin,
+        "straight_through": c.straight_through,
+    },
+    "combined": lambda c, n: {"scale": c.scale, "m1": c.m1, "m2": c.m2, "m3": c.m3},
+    "lsoftmax": lambda c, n: _annealing(c),
+    "sphereface": lambda c, n: _annealing(c),
+    "curricularface": lambda c, n: {
+        "scale": c.scale,
+        "margin": c.m2,
+        "momentum": c.curricular_momentum,
+    },
+    "uniface": lambda c, n: {
+        "scale": c.scale,
+        "margin": c.m3,
+        "neg_weight": c.uniface_lambda,
+        "bias_init": c.uniface_bias_init or uniface_default_bias(n, c.sample_rate),
+    },
+}
+
+
+def _annealing(c: HeadConfig) -> dict[str, object]:
+    return {
+        "m": int(c.m1),
+        "lambda_base": c.lambda_base,
+        "lambda_gamma": c.lambda_gamma,
+        "lambda_power": c.lambda_power,
+        "lambda_min": c.lambda_min,
+    }
+
+
+def build_margin(cfg: HeadConfig, num_classes: int) -> Margin:
+    """The margin named by ``cfg.margin`` with its options from ``cfg``.
+
+    Raises:
+        ConfigError: unknown margin name (the message lists the known ones).
+    """
+    if cfg.margin not in MARGINS:
+        raise ConfigError(f"head.margin: unknown margin {cfg.margin!r}; known: {MARGINS.names()}")
+    args = _ARGS[cfg.margin](cfg, num_classes) if cfg.margin in _ARGS else {}
+    return MARGINS.get(cfg.margin)(**args)
+
+
+def build_head(
+    cfg: HeadConfig,
+    embedding_size: int,
+    num_classes: int,
+    group: ProcessGroup | None = None,
+    *,
+    seed: int = 0,
+    grad_scale_for_dp_average: bool = True,
+) -> PartialFC:
+    """The sharded head of a run.
+
+    Args:
+        cfg: the ``head`` config section.
+        embedding_size: D (``model.embedding_size``).
+        num_classes: C.
+        group: process group the classes are split over (None = default group / no group).
+        seed: center initialisation and sampling seed (e.g. ``train.seed``).
+        grad_scale_for_dp_average: False for engines that sum, not average, gradients.
+    """
+    return PartialFC(
+        embedding_size,
+        num_classes,
+        build_margin(cfg, num_classes),
+        cfg.sample_rate,
+        group,
+        grad_scale_for_dp_average=grad_scale_for_dp_average,
+        seed=seed,
+        interclass_filtering_threshold=cfg.interclass_filtering_threshold,
+        check_labels=cfg.check_labels,
+    )

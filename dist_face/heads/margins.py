@@ -1,0 +1,273 @@
+"""Margin functions: turn projections of embeddings on class centers into logits.
+
+A margin sees one block of columns of the ``[N, C]`` score matrix (all classes on one device,
+or one rank's slice of them) and the target column of each row that falls in that block. It
+never communicates; the head gathers embeddings, reduces the softmax and hands a margin the
+one cross-rank quantity it may need (every row's target cosine, ``needs_target_cos``).
+
+Notation: ``x`` embedding, ``w_j`` class center ``j``, ``cos θ_j = w_jᵀx / (‖w_j‖‖x‖)``,
+``y`` the label, ``s`` the scale. What the head projects, ``z``, depends on two class flags:
+
+=====================  ====================  ==================  ===========================
+``normalize_embedding``  ``normalize_weight``  ``z_ij``             used by
+=====================  ====================  ==================  ===========================
+True                   True                  ``cos θ_ij``        NormFace, CosFace, ArcFace…
+False                  True                  ``‖x_i‖ cos θ_ij``  SphereFace (A-Softmax)
+False                  False                 ``w_jᵀ x_i``        softmax, L-Softmax
+=====================  ====================  ==================  ===========================
+
+Cosine scores are clamped to ``[-1, 1]`` by the head. Every margin here is registered in
+:data:`MARGINS`; per-step state (λ annealing, CurricularFace's ``t``) lives in buffers that
+evolve identically on every rank and travel in ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed import ProcessGroup
+
+from dist_face.registry import Registry
+
+MARGINS: Registry[type[Margin]] = Registry("margin")
+
+# Keeps d/dc sqrt(1 - c²) and d/dc acos(c) finite at |c| = 1 (the head clamps cosines there).
+_SIN_EPS = 1e-12
+_ACOS_EPS = 1e-7
+
+
+@dataclass
+class MarginInput:
+    """What a margin receives for one block of ``K`` columns of the global ``[N, C]`` scores.
+
+    Attributes:
+        z: ``[N, K]`` float32 projections (see the module table).
+        labels: ``[N]`` int64, column of row ``i``'s target in this block, ``-1`` if the target
+            lives in another rank's block (sampling always keeps positives).
+        x_norm: ``[N]`` float32 ``‖x_i‖`` (None for cosine margins, which never read it).
+        w_norm: ``[K]`` float32 ``‖w_j‖`` (None for cosine margins).
+        bias: ``[K]`` float32 per-class bias (only for margins with ``class_bias``), else None.
+        target_cos: ``[N]`` float32 ``cos θ_{i,y_i}`` of every row, detached, identical on all
+            ranks (only for margins with ``needs_target_cos``), else None.
+        group: the head's process group (None on one device), for replicated parameters.
+    """
+
+    z: torch.Tensor
+    labels: torch.Tensor
+    x_norm: torch.Tensor | None
+    w_norm: torch.Tensor | None
+    bias: torch.Tensor | None = None
+    target_cos: torch.Tensor | None = None
+    group: ProcessGroup | None = None
+
+    def targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of this block that own their target and the target's column: ``[T]``, ``[T]``."""
+        rows = torch.nonzero(self.labels >= 0, as_tuple=True)[0]
+        return rows, self.labels[rows]
+
+
+class Margin(nn.Module):
+    """Base class. ``forward(MarginInput) -> [N, K] logits`` for softmax objectives.
+
+    Class flags tell the head what to compute: ``normalize_embedding``, ``normalize_weight``
+    (the projection ``z``), ``class_bias`` (a per-class bias sharded with the centers),
+    ``needs_target_cos`` (every row's target cosine, all-reduced) and ``objective``:
+    ``"softmax"`` (cross-entropy over all classes, with all-reduced max and denominator) or
+    ``"uce"`` (``forward`` returns ``[N]`` per-row loss sums over this block's columns).
+    """
+
+    normalize_embedding: bool = True
+    normalize_weight: bool = True
+    class_bias: bool = False
+    needs_target_cos: bool = False
+    objective: str = "softmax"
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:  # pragma: no cover - abstract
+        """Logits ``[N, K]`` (float32) of this block."""
+        raise NotImplementedError
+
+
+def replace_targets(
+    logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Write ``values`` ``[T]`` at ``(rows, cols)`` of a fresh ``logits`` tensor, in place.
+
+    Differentiable: the old entries get zero gradient, ``values`` gets theirs.
+    """
+    return logits.index_put_((rows, cols), values.to(logits.dtype))
+
+
+def sin_from_cos(c: torch.Tensor) -> torch.Tensor:
+    """``sin θ = sqrt(1 - cos² θ)`` with a finite gradient at ``|c| = 1``."""
+    return torch.sqrt((1.0 - c * c).clamp_min(_SIN_EPS))
+
+
+def safe_acos(c: torch.Tensor) -> torch.Tensor:
+    """``acos`` of ``c`` clamped just inside ``[-1, 1]`` so the gradient stays finite."""
+    return torch.acos(c.clamp(-1.0 + _ACOS_EPS, 1.0 - _ACOS_EPS))
+
+
+def filter_interclass(z: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Zero non-target cosines above ``threshold`` (arcface_torch's inter-class filtering).
+
+    Noisy datasets hold the same person under two labels; such near-duplicate centers get
+    ``cos > threshold``. Filtered entries become 0 (not -inf, so they stay in the denominator)
+    with zero gradient. Targets are never filtered. ``threshold <= 0`` disables it.
+
+    Args:
+        z: ``[N, K]`` cosines.
+        labels: ``[N]`` target column or -1.
+        threshold: cosine above which a non-target entry is filtered.
+    """
+    if threshold <= 0:
+        return z
+    with torch.no_grad():
+        dirty = z > threshold
+        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
+        dirty[rows, labels[rows]] = False
+    return z.masked_fill(dirty, 0.0)
+
+
+@MARGINS.register("softmax")
+class Softmax(Margin):
+    """Plain softmax with a per-class bias (the baseline): ``logit_j = w_jᵀx + b_j``.
+
+    Neither embeddings nor centers are normalized and there is no scale. The bias is a
+    parameter of the head (``[num_local]`` per rank, sharded like the centers) and is excluded
+    from weight decay by ``PartialFC.no_weight_decay``.
+    """
+
+    normalize_embedding = False
+    normalize_weight = False
+    class_bias = True
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """``z + b`` (``[N, K]``)."""
+        assert inp.bias is not None, "softmax needs the head's class bias"
+        return inp.z + inp.bias
+
+
+@MARGINS.register("normface")
+class NormFace(Margin):
+    """Normalized softmax (NormFace): ``logit_j = s · cos θ_j``, no margin.
+
+    Args:
+        scale: s (16–64 in the literature; 64 by default here).
+    """
+
+    def __init__(self, scale: float = 64.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """``s · cos θ``."""
+        return inp.z * self.scale
+
+
+@MARGINS.register("cosface")
+class CosFace(Margin):
+    """AM-Softmax / CosFace (LMCL): target ``s (cos θ_y − m)``, others ``s cos θ_j``.
+
+    Args:
+        scale: s (CosFace paper 64, AM-Softmax 30).
+        margin: m, the additive cosine margin (paper 0.35; insightface uses 0.4).
+    """
+
+    def __init__(self, scale: float = 64.0, margin: float = 0.4) -> None:
+        super().__init__()
+        self.scale, self.margin = scale, margin
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """Scaled cosines with the target shifted by ``-m``."""
+        rows, cols = inp.targets()
+        logits = inp.z * self.scale
+        return replace_targets(logits, rows, cols, (inp.z[rows, cols] - self.margin) * self.scale)
+
+
+def arcface_target(c: torch.Tensor, margin: float, easy_margin: bool) -> torch.Tensor:
+    """ArcFace's target cosine ``cos(θ + m)`` in the exact analytic form, with its guards.
+
+    ``cos(θ + m) = cos θ cos m − sin θ sin m``. Past ``θ > π − m`` the curve turns up again, so
+    the default falls back to ``cos θ − m sin m`` there (insightface's ``th``/``mm``), which keeps
+    the logit decreasing in θ. ``easy_margin`` instead applies the margin only when
+    ``cos θ > 0``.
+    """
+    cos_m, sin_m = math.cos(margin), math.sin(margin)
+    phi = c * cos_m - sin_from_cos(c) * sin_m
+    if easy_margin:
+        return torch.where(c > 0, phi, c)
+    th = math.cos(math.pi - margin)
+    mm = math.sin(math.pi - margin) * margin
+    return torch.where(c > th, phi, c - mm)
+
+
+@MARGINS.register("arcface")
+class ArcFace(Margin):
+    """ArcFace (additive angular margin): target ``s cos(θ_y + m)``, others ``s cos θ_j``.
+
+    The default is the exact, differentiable analytic form of :func:`arcface_target`
+    (``th``/``mm`` fallback, or ``easy_margin``). ``straight_through=True`` is arcface_torch's
+    variant since Dec 2022: the forward value is the same, but the margin is treated as a
+    constant offset in backward (``∂logit/∂cos θ = s`` for the target too), which its authors
+    found more stable for ViTs.
+
+    Args:
+        scale: s (64).
+        margin: m in radians (0.5).
+        easy_margin: only apply the margin where ``cos θ_y > 0``.
+        straight_through: gradient of the target as if there were no margin.
+    """
+
+    def __init__(
+        self,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        easy_margin: bool = False,
+        straight_through: bool = False,
+    ) -> None:
+        super().__init__()
+        self.scale, self.margin = scale, margin
+        self.easy_margin, self.straight_through = easy_margin, straight_through
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """Scaled cosines with the target replaced by ``cos(θ + m)``."""
+        rows, cols = inp.targets()
+        c = inp.z[rows, cols]
+        if self.straight_through:
+            with torch.no_grad():
+                shift = arcface_target(c, self.margin, self.easy_margin) - c
+            target = c + shift
+        else:
+            target = arcface_target(c, self.margin, self.easy_margin)
+        return replace_targets(inp.z * self.scale, rows, cols, target * self.scale)
+
+
+@MARGINS.register("combined")
+class CombinedMargin(Margin):
+    """InsightFace's combined margin: target ``s (cos(m1 θ_y + m2) − m3)``, others ``s cos θ_j``.
+
+    Any ``m1, m2, m3``: (1, m, 0) is ArcFace without its fallback, (1, 0, m) is CosFace,
+    (m, 0, 0) a SphereFace-like multiplicative margin, (1, 0.3, 0.2) insightface's combined
+    recipe. θ comes from ``acos`` of the clamped cosine. No fallback: where ``m1 θ + m2 > π``
+    the target is no longer monotonic in θ (harmless in practice, where ``θ_y ≪ π``).
+
+    Args:
+        scale: s (64).
+        m1: multiplicative angular margin (1.0).
+        m2: additive angular margin in radians (0.3).
+        m3: additive cosine margin (0.2).
+    """
+
+    def __init__(self, scale: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2):
+        super().__init__()
+        self.scale, self.m1, self.m2, self.m3 = scale, m1, m2, m3
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """Scaled cosines with the target replaced by ``cos(m1 θ + m2) − m3``."""
+        rows, cols = inp.targets()
+        theta = safe_acos(inp.z[rows, cols])
+        target = torch.cos(self.m1 * theta + self.m2) - self.m3
+        return replace_targets(inp.z * self.scale, rows, cols, target * self.scale)

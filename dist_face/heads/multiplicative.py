@@ -1,0 +1,142 @@
+"""Multiplicative angular margins with λ annealing: L-Softmax and A-Softmax (SphereFace).
+
+Both replace the target's ``cos θ`` by ``ψ(θ) = (−1)^k cos(mθ) − 2k`` for
+``θ ∈ [kπ/m, (k+1)π/m]``, a monotonically decreasing function below ``cos θ``. ``cos(mθ)`` is
+the Chebyshev polynomial ``T_m(cos θ)``, so the gradient needs no ``acos``; only the branch
+index ``k`` does, and it is piecewise constant. Training starts close to plain softmax by
+blending ``f_y = (λ·cos-term + ψ-term) / (1 + λ)`` with a large λ annealed per step:
+
+    ``λ = max(λ_min, base · (1 + γ · iteration)^(−power))``
+
+(SphereFace's schedule, defaults base 1000, γ 0.12, power 1, λ_min 5). ``iteration`` is a
+buffer incremented once per forward in training mode, before λ is computed, so every rank
+holds the same value and a resumed run continues the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dist_face.heads.margins import MARGINS, Margin, MarginInput, replace_targets, safe_acos
+
+
+def chebyshev_cos(c: torch.Tensor, m: int) -> torch.Tensor:
+    """``cos(m θ)`` from ``c = cos θ`` by the recurrence ``T_{n+1} = 2c T_n − T_{n−1}``."""
+    prev, cur = torch.ones_like(c), c
+    if m == 0:
+        return prev
+    for _ in range(m - 1):
+        prev, cur = cur, 2 * c * cur - prev
+    return cur
+
+
+def psi(c: torch.Tensor, m: int) -> torch.Tensor:
+    """``ψ(θ) = (−1)^k cos(mθ) − 2k`` with ``k = ⌊mθ/π⌋``, from ``c = cos θ`` (``[T]``)."""
+    with torch.no_grad():
+        k = torch.floor(m * safe_acos(c) / math.pi).clamp(0, max(m - 1, 0))
+        sign = 1.0 - 2.0 * torch.remainder(k, 2)
+    return sign * chebyshev_cos(c, m) - 2.0 * k
+
+
+class _Annealed(Margin):
+    """A margin whose blend weight λ decays with the step count kept in a buffer."""
+
+    def __init__(
+        self,
+        m: int,
+        lambda_base: float,
+        lambda_gamma: float,
+        lambda_power: float,
+        lambda_min: float,
+    ) -> None:
+        super().__init__()
+        if int(m) != m or m < 1:
+            raise ValueError(f"multiplicative margin m must be an integer >= 1, got {m}")
+        self.m = int(m)
+        self.lambda_base, self.lambda_gamma = lambda_base, lambda_gamma
+        self.lambda_power, self.lambda_min = lambda_power, lambda_min
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    def current_lambda(self) -> float:
+        """λ for the current ``iteration``."""
+        it = int(self.iteration)
+        lam = self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power)
+        return max(self.lambda_min, lam)
+
+    def _step_lambda(self) -> float:
+        if self.training:
+            self.iteration += 1
+        return self.current_lambda()
+
+
+@MARGINS.register("lsoftmax")
+class LSoftmax(_Annealed):
+    """L-Softmax (Liu et al. 2016): target ``‖w_y‖‖x‖ ψ(θ_y)``, others ``w_jᵀx``.
+
+    No normalization, no bias, no scale. Annealed target:
+    ``f_y = (λ w_yᵀx + ‖w_y‖‖x‖ ψ(θ_y)) / (1 + λ)``.
+
+    Args:
+        m: integer margin (paper 1–4; default 4).
+        lambda_base, lambda_gamma, lambda_power, lambda_min: the λ schedule (module doc).
+    """
+
+    normalize_embedding = False
+    normalize_weight = False
+
+    def __init__(
+        self,
+        m: int = 4,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 0.12,
+        lambda_power: float = 1.0,
+        lambda_min: float = 5.0,
+    ) -> None:
+        super().__init__(m, lambda_base, lambda_gamma, lambda_power, lambda_min)
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """Raw inner products with the annealed ψ target."""
+        lam = self._step_lambda()
+        rows, cols = inp.targets()
+        zy = inp.z[rows, cols]
+        norms = inp.x_norm[rows] * inp.w_norm[cols]
+        c = (zy / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
+        target = (lam * zy + norms * psi(c, self.m)) / (1.0 + lam)
+        return replace_targets(inp.z.clone(), rows, cols, target)
+
+
+@MARGINS.register("sphereface")
+class SphereFace(_Annealed):
+    """A-Softmax / SphereFace (Liu et al. 2017): ``‖w‖ = 1``, no bias, ``‖x‖`` kept.
+
+    Logits ``‖x‖ cos θ_j``; annealed target ``f_y = ‖x‖ (λ cos θ_y + ψ(θ_y)) / (1 + λ)``.
+
+    Args:
+        m: integer margin (paper 4).
+        lambda_base, lambda_gamma, lambda_power, lambda_min: the λ schedule (module doc).
+    """
+
+    normalize_embedding = False
+    normalize_weight = True
+
+    def __init__(
+        self,
+        m: int = 4,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 0.12,
+        lambda_power: float = 1.0,
+        lambda_min: float = 5.0,
+    ) -> None:
+        super().__init__(m, lambda_base, lambda_gamma, lambda_power, lambda_min)
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """``‖x‖ cos θ`` with the annealed ψ target."""
+        lam = self._step_lambda()
+        rows, cols = inp.targets()
+        zy = inp.z[rows, cols]
+        xn = inp.x_norm[rows]
+        c = (zy / xn.clamp_min(1e-12)).clamp(-1.0, 1.0)
+        target = (lam * zy + xn * psi(c, self.m)) / (1.0 + lam)
+        return replace_targets(inp.z.clone(), rows, cols, target)

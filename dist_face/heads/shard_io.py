@@ -1,0 +1,94 @@
+"""Export and re-split the class-sharded tensors of a head, for any world size.
+
+A shard is a plain dict (``torch.save``-able)::
+
+    {"class_start": int, "class_end": int, "num_classes": int, "rank": int, "world_size": int,
+     "weight": [end-start, D] float32, "bias": [end-start] or None,
+     "replicated": {name: tensor}}   # margin state identical on all ranks (b̃, λ step, t)
+
+Loading picks the rows ``class_range(C, r, W_new)`` out of the shards of any old world size
+(each shard covers a contiguous class range), so a run can resume on a different number of
+ranks without ever materialising the full ``[C, D]`` matrix.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from dist_face.heads.partial_fc import PartialFC
+
+
+def export_shard(head: PartialFC) -> dict[str, Any]:
+    """This rank's shard dict (tensors detached and cloned to CPU)."""
+    replicated = {k: v.detach().cpu().clone() for k, v in head.margin.state_dict().items()}
+    return {
+        "class_start": head.class_start,
+        "class_end": head.class_end,
+        "num_classes": head.num_classes,
+        "rank": head.rank,
+        "world_size": head.world_size,
+        "weight": head.weight.detach().cpu().clone(),
+        "bias": None if head.bias is None else head.bias.detach().cpu().clone(),
+        "replicated": replicated,
+    }
+
+
+def rows_from_shards(shards: list[dict[str, Any]], key: str, start: int, end: int) -> torch.Tensor:
+    """Rows ``[start, end)`` of the concatenation of ``shard[key]`` over contiguous shards.
+
+    Raises:
+        ValueError: the shards do not cover ``[start, end)`` or a shard's size is inconsistent.
+    """
+    parts, covered = [], start
+    for shard in sorted(shards, key=lambda s: s["class_start"]):
+        lo, hi, rows = shard["class_start"], shard["class_end"], shard[key]
+        if rows is None or rows.shape[0] != hi - lo:
+            raise ValueError(f"shard [{lo}, {hi}): {key!r} has no {hi - lo} rows")
+        a, b = max(lo, covered), min(hi, end)
+        if a < b:
+            if a != covered:
+                raise ValueError(f"shards leave classes [{covered}, {a}) uncovered")
+            parts.append(rows[a - lo : b - lo])
+            covered = b
+    if covered != end:
+        raise ValueError(f"shards leave classes [{covered}, {end}) uncovered")
+    return torch.cat(parts, dim=0)
+
+
+def load_shards(head: PartialFC, shards: list[dict[str, Any]]) -> None:
+    """Fill ``head`` from the shards of a run with any world size.
+
+    Raises:
+        ValueError: the shards are of another class count or do not cover this rank's range.
+    """
+    counts = {s["num_classes"] for s in shards}
+    if counts != {head.num_classes}:
+        raise ValueError(f"shards hold {sorted(counts)} classes, this head {head.num_classes}")
+    start, end = head.class_start, head.class_end
+    with torch.no_grad():
+        head.weight.copy_(rows_from_shards(shards, "weight", start, end))
+        if head.bias is not None:
+            head.bias.copy_(rows_from_shards(shards, "bias", start, end))
+    head.margin.load_state_dict(shards[0]["replicated"])
+
+
+def load_full(head: PartialFC, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Fill ``head`` with its rows of full ``[C, D]`` centers (and ``[C]`` bias).
+
+    Raises:
+        ValueError: wrong shape.
+    """
+    expected = (head.num_classes, head.embedding_size)
+    if tuple(weight.shape) != expected:
+        raise ValueError(f"full weight: expected {list(expected)}, got {list(weight.shape)}")
+    start, end = head.class_start, head.class_end
+    with torch.no_grad():
+        head.weight.copy_(weight[start:end])
+        if head.bias is not None:
+            if bias is None or bias.shape != (head.num_classes,):
+                got = None if bias is None else list(bias.shape)
+                raise ValueError(f"full bias: expected [{head.num_classes}], got {got}")
+            head.bias.copy_(bias[start:end])
