@@ -17,7 +17,7 @@ from torch import nn
 
 from dist_face.models.base import Backbone
 from dist_face.models.registry import BACKBONES
-from dist_face.models.vit import DropPath
+from dist_face.models.vit import DropPath, drop_path_rates
 
 _FINAL_SIDE = 7  # 112 / 2 (stem) / 2**3 (downsamples)
 
@@ -74,7 +74,7 @@ class ConvNeXt(Backbone):
             self.downsample.append(
                 nn.Sequential(LayerNorm2d(c_in, eps=1e-6), nn.Conv2d(c_in, c_out, 2, 2))
             )
-        rates = iter(torch.linspace(0, drop_path, sum(depths)).tolist())
+        rates = iter(drop_path_rates(drop_path, sum(depths)))
         self.stages = nn.ModuleList(
             nn.Sequential(*[ConvNeXtBlock(dim, next(rates)) for _ in range(depth)])
             for depth, dim in zip(depths, dims)

@@ -39,6 +39,11 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 (first block) to ``max_rate`` (last)."""
+    return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with an fp32 softmax."""
 
@@ -130,7 +135,7 @@ class VisionTransformer(Backbone):
         self.mask_ratio = mask_ratio
         self.patch_embed = PatchEmbed(embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, NUM_PATCHES, embed_dim))
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = drop_path_rates(drop_path, depth)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
