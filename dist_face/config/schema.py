@@ -33,12 +33,26 @@ class ModelConfig:
     """Recompute activations in backward to save memory (large backbones)."""
     init_backbone: str = ""
     """Path of a backbone-only checkpoint to start from (fine-tuning); empty for random init."""
+    drop_path: float | None = None
+    """Stochastic-depth rate of the last block (ViT, ConvNeXt); None keeps the backbone's 0.1."""
+    mask_ratio: float | None = None
+    """Fraction of patches dropped in training (ViT); None keeps the backbone's 0.1."""
 
     def __post_init__(self) -> None:
         require(
             self.embedding_size > 0, "embedding_size", f"must be > 0, got {self.embedding_size}"
         )
         require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(
+            self.drop_path is None or 0.0 <= self.drop_path < 1.0,
+            "drop_path",
+            f"must be in [0, 1) or None, got {self.drop_path}",
+        )
+        require(
+            self.mask_ratio is None or 0.0 <= self.mask_ratio < 1.0,
+            "mask_ratio",
+            f"must be in [0, 1) or None, got {self.mask_ratio}",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
