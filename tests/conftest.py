@@ -18,3 +18,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
         if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """60 identities x 12 images packed into 2 shards, plus a 300-pair val.bin."""
+    from tests.helpers.datasets import embedded_shards
+
+    return embedded_shards(tmp_path_factory.mktemp("embedded"))

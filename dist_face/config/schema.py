@@ -154,6 +154,16 @@ class DataConfig:
     """Loader worker processes (torch) or threads (dali) per rank."""
     image_size: int = 112
     """Side of the square, aligned face crop in pixels."""
+    drop_last: bool = False
+    """Per epoch, drop the last N mod W samples instead of padding every rank to ceil(N/W)."""
+    on_corrupt: str = "skip"
+    """A record that fails to decode: skip (count it, use another sample) or fail."""
+    hflip: bool = True
+    """Random horizontal mirror with probability 0.5."""
+    synthetic_samples: int = 65536
+    """Samples per epoch of the synthetic backend (its images are fixed random tensors)."""
+    prefetch: int = 2
+    """Batches prepared ahead, per worker and on the device."""
 
     def __post_init__(self) -> None:
         require_choice(self.backend, "backend", ["auto", "dali", "torch", "synthetic"])
@@ -161,6 +171,9 @@ class DataConfig:
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         require(self.image_size > 0, "image_size", f"must be > 0, got {self.image_size}")
+        require_choice(self.on_corrupt, "on_corrupt", ["skip", "fail"])
+        require(self.synthetic_samples > 0, "synthetic_samples", "must be > 0")
+        require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ from dist_face.checkpoint import (
     save_checkpoint,
 )
 from dist_face.config import RunConfig, save_config, to_yaml
-from dist_face.data import build_loader, dataset_size
+from dist_face.data.loader import build_loader
 from dist_face.dist import Topology
 from dist_face.heads import build_head
 from dist_face.heads.shard_math import class_range
 from dist_face.metrics import ConsoleSink, JsonlSink, MultiSink, Sink
-from dist_face.models import build_backbone, load_backbone_weights
+from dist_face.models import build_backbone, model_kwargs, save_backbone
 from dist_face.train.hooks import CheckpointHook, EvalHook, LogHook
 from dist_face.train.loop import Trainer, TrainState
 from dist_face.train.optim import build_optimizer, build_scheduler, param_groups
@@ -50,21 +50,17 @@ def build_trainer(
     cfg: RunConfig, topology: Topology, device: torch.device, sink: Sink | None = None
 ) -> tuple[Trainer, RunPlan]:
     """Build every component of a run, resume if asked, and return the trainer and its plan."""
-    num_samples, num_classes = dataset_size(cfg.data)
-    loader_factory, batches_per_epoch = build_loader(
-        cfg.data, topology, device, seed=cfg.train.seed, num_samples=num_samples
-    )
-    plan = RunPlan.create(cfg, topology, num_classes, batches_per_epoch)
+    data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
+    num_classes = data.num_classes
+    plan = RunPlan.create(cfg, topology, num_classes, data.batches_per_epoch)
     if topology.is_main:
         save_config(cfg, plan.run_dir / "config.yaml")
 
     seed_everything(cfg.train.seed, topology.rank)
-    backbone = build_backbone(cfg.model).to(device)
-    if cfg.model.init_backbone:
-        load_backbone_weights(backbone, cfg.model.init_backbone)
-        logger.info("backbone initialised from %s", cfg.model.init_backbone)
+    backbone = build_backbone(cfg.model).to(device)  # honours model.init_backbone
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
-    head = build_head(cfg.head, cfg.model.embedding_size, num_classes).to(device)
+    head = build_head(cfg.head, cfg.model.embedding_size, num_classes, seed=cfg.train.seed)
+    head = head.to(device)
     model = wrap_backbone(backbone, cfg.dist, topology, device)
 
     head_lr = cfg.optim.head_lr or cfg.optim.lr
@@ -112,6 +108,10 @@ def build_trainer(
             "schedulers": [s.state_dict() for s in scheds],
             "scaler": scaler.state_dict(),
         }
+        if topology.is_main:  # the backbone alone, for evaluation, export and fine-tuning
+            save_backbone(
+                backbone, plan.run_dir / "model.pt", cfg.model.name, **model_kwargs(cfg.model)
+            )
         return save_checkpoint(
             plan.run_dir,
             trainer.state.step,
@@ -147,7 +147,7 @@ def build_trainer(
     ]
     trainer = Trainer(
         step_fn=step_fn,
-        loader_factory=loader_factory,
+        loader_factory=data.epoch,
         steps_per_epoch=plan.steps_per_epoch,
         total_steps=plan.total_steps,
         samples_per_step=cfg.data.batch_size * cfg.train.grad_accum,

@@ -46,16 +46,13 @@ class LogHook(Hook):
             lr,
             device,
         )
-        self._t = self._wait = 0.0
+        self._t = self._wait = self._pause = 0.0
         self._step = 0
 
     def before_train(self, trainer: Trainer) -> None:
         """Start the clock."""
-        self._t, self._wait, self._step = (
-            time.perf_counter(),
-            trainer.data_wait_s,
-            trainer.state.step,
-        )
+        self._t, self._wait = time.perf_counter(), trainer.data_wait_s
+        self._step, self._pause = trainer.state.step, trainer.pause_s
 
     def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
         """Emit one record on log steps and on the last step."""
@@ -63,7 +60,7 @@ class LogHook(Hook):
         if state.step % self.every and state.step != trainer.total_steps:
             return
         now = time.perf_counter()
-        elapsed = max(now - self._t, 1e-9)
+        elapsed = max(now - self._t - (trainer.pause_s - self._pause), 1e-9)
         steps = state.step - self._step
         rate = steps * trainer.samples_per_step / elapsed
         wait_share = (trainer.data_wait_s - self._wait) / elapsed
@@ -94,6 +91,7 @@ class LogHook(Hook):
         }
         self.sink.log(record, state.step)
         self._t, self._wait, self._step = now, trainer.data_wait_s, state.step
+        self._pause = trainer.pause_s
 
 
 class CheckpointHook(Hook):
@@ -115,7 +113,9 @@ class CheckpointHook(Hook):
             self._save(trainer)
 
     def _save(self, trainer: Trainer) -> None:
+        start = time.perf_counter()
         path = self.save(trainer)
+        trainer.pause_s += time.perf_counter() - start
         if path is not None:
             self.last_saved = trainer.state.step
             logger.info("checkpoint step %d -> %s", trainer.state.step, path)
@@ -168,6 +168,7 @@ class EvalHook(Hook):
 
     def evaluate(self, trainer: Trainer) -> None:
         """Score every target now (rank 0) and synchronise the ranks."""
+        start = time.perf_counter()
         if self.topology.is_main and self._data:
             record: dict[str, float] = {}
             for name, (images, issame) in self._data.items():
@@ -179,6 +180,7 @@ class EvalHook(Hook):
             self.sink.log(record, trainer.state.step)
             self._write_report(trainer, record)
         barrier()
+        trainer.pause_s += time.perf_counter() - start
 
     def _write_report(self, trainer: Trainer, record: dict[str, Any]) -> None:
         report = {"step": trainer.state.step, "latest": record, "best": trainer.state.best}

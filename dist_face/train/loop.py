@@ -84,6 +84,8 @@ class Trainer:
         self.state = state or TrainState()
         self.data_wait_s = 0.0
         """Host seconds spent waiting for batches since the start (read by the log hook)."""
+        self.pause_s = 0.0
+        """Seconds hooks spent outside training (evaluation, checkpoints): not throughput."""
 
     def fit(self) -> TrainState:
         """Train to ``total_steps`` and return the final state."""

@@ -17,16 +17,16 @@ def wrap_backbone(
     """Wrap ``backbone`` in DDP when there is more than one rank.
 
     DDP runs with a static graph (every parameter is used every step) and gradients as views
-    of its buckets (no extra copy). Buffers (BatchNorm statistics) are not broadcast: each
-    rank keeps its own, as in arcface_torch. The sharded head is never wrapped: its
-    parameters are rank-local.
+    of its buckets (no extra copy). Buffers (BatchNorm statistics) are synchronised once at
+    construction and not before every forward: each rank then keeps its own, as in
+    arcface_torch. The sharded head is never wrapped: its parameters are rank-local.
     """
     if topology.world_size == 1:
         return backbone
     ddp = DistributedDataParallel(
         backbone,
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
+        forward_sync_buffers=False,
         gradient_as_bucket_view=True,
         static_graph=True,
     )

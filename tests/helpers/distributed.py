@@ -93,7 +93,7 @@ def run_distributed(
     results = _CTX.Queue()
     procs = [
         _CTX.Process(
-            target=_worker, args=(fn, r, world_size, port, env or {}, args, results), daemon=True
+            target=_worker, args=(fn, r, world_size, port, env or {}, args, results), daemon=False
         )
         for r in range(world_size)
     ]

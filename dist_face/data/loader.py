@@ -1,0 +1,257 @@
+"""Training data: the same contract for every backend.
+
+:func:`build_loader` returns a :class:`DataSource`; ``source.epoch(epoch, offset)`` iterates
+this rank's batches of one epoch from a sample offset: ``(images, labels)`` with images float
+``[B, 3, H, W]`` in [-1, 1] and labels int64 ``[B]``, both on the training device.
+
+* Every rank yields the same number of full batches per epoch (the sharded head runs
+  collectives every step): the partition pads or drops to equal counts, and a trailing partial
+  batch is never yielded.
+* The order is a pure function of (seed, epoch); ``offset`` (samples this rank already
+  consumed in the epoch) resumes with exactly the samples not yet seen.
+* A record that fails to decode is counted and replaced by another sample of the same batch,
+  or raises :class:`~dist_face.data.framing.CorruptRecordError` naming shard, key and offset
+  when ``data.on_corrupt=fail``.
+
+Backends: ``torch`` (DataLoader workers reading the memory-mapped shards, Pillow decoding,
+flips on the CPU, a background thread moving batches to the device) and ``synthetic`` (fixed
+random tensors on the device, to measure the model and the collectives without I/O).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dist_face.config import ConfigError, DataConfig
+from dist_face.data.framing import CorruptRecordError
+from dist_face.data.partition import partition, samples_per_rank
+from dist_face.data.shards import ShardSet
+from dist_face.dist import Topology
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSource:
+    """One rank's training data; ``epoch(e, offset)`` iterates the rest of epoch ``e``."""
+
+    cfg: DataConfig
+    topology: Topology
+    device: torch.device
+    seed: int
+    num_samples: int
+    num_classes: int
+    backend: str
+    corrupt_records: int = 0
+    """Records skipped because they failed to decode (host counter, exported as a metric)."""
+    _synthetic: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def samples_per_rank(self) -> int:
+        """Samples each rank reads per epoch (after padding or dropping)."""
+        return samples_per_rank(self.num_samples, self.topology.world_size, self.cfg.drop_last)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Full batches each rank yields per epoch."""
+        return self.samples_per_rank // self.cfg.batch_size
+
+    def epoch(self, epoch: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of ``epoch``, after the first ``offset`` samples."""
+        remaining = (self.samples_per_rank - offset) // self.cfg.batch_size
+        if self.backend == "synthetic":
+            return self._synthetic_batches(remaining)
+        return _to_device(self._torch_batches(epoch, offset), self.device, self.cfg.prefetch, self)
+
+    def _synthetic_batches(self, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._synthetic is None:
+            gen = torch.Generator().manual_seed(self.seed + self.topology.rank)
+            b, s = self.cfg.batch_size, self.cfg.image_size
+            images = torch.rand(b, 3, s, s, generator=gen).mul_(2).sub_(1)
+            labels = torch.randint(self.num_classes, (b,), generator=gen)
+            self._synthetic = (images.to(self.device), labels.to(self.device))
+        for _ in range(count):
+            yield self._synthetic
+
+    def _torch_batches(self, epoch: int, offset: int) -> DataLoader:
+        dataset = ShardBatches(self.cfg, self.topology, self.seed, epoch, offset, self.num_samples)
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.cfg.prefetch if workers else None,
+        )
+
+
+class ShardBatches(IterableDataset):
+    """Worker side of the torch backend: uint8 batches of this (rank, worker)'s samples."""
+
+    def __init__(
+        self, cfg: DataConfig, topology: Topology, seed: int, epoch: int, offset: int, n: int
+    ) -> None:
+        """Describe one epoch of one rank; nothing is opened until a worker iterates."""
+        super().__init__()
+        self.cfg, self.topology, self.seed, self.epoch, self.offset, self.n = (
+            cfg,
+            topology,
+            seed,
+            epoch,
+            offset,
+            n,
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Yield ``(images uint8 [B, 3, H, W], labels int64 [B], corrupt count)``."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        cfg, b = self.cfg, self.cfg.batch_size
+        indices = partition(
+            self.n,
+            world_size=self.topology.world_size,
+            rank=self.topology.rank,
+            num_workers=workers,
+            worker_id=worker,
+            batch_size=b,
+            seed=self.seed,
+            epoch=self.epoch,
+            offset=self.offset,
+            drop_last=cfg.drop_last,
+        )
+        shards = ShardSet.open(cfg.root, check_labels=False)
+        rng = np.random.default_rng(
+            [self.seed, self.epoch, self.topology.rank, worker, self.offset]
+        )
+        for start in range(0, len(indices) - b + 1, b):
+            yield self._batch(shards, indices[start : start + b], rng)
+
+    def _batch(
+        self, shards: ShardSet, indices: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        size = self.cfg.image_size
+        images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+        labels = np.empty(len(indices), dtype=np.int64)
+        good: list[int] = []
+        flips = rng.random(len(indices)) < 0.5
+        for slot, i in enumerate(indices):
+            try:
+                data, labels[slot] = shards.read_image(int(i))
+                images[slot] = _decode(data, size)
+            except (CorruptRecordError, OSError, ValueError) as exc:
+                if self.cfg.on_corrupt == "fail":
+                    raise _located(exc, shards, int(i)) from None
+                logger.warning("skipping record %d: %s", int(i), _located(exc, shards, int(i)))
+                continue
+            if self.cfg.hflip and flips[slot]:
+                images[slot] = images[slot, :, ::-1]
+            good.append(slot)
+        kept = set(good)
+        bad = [s for s in range(len(indices)) if s not in kept]
+        if bad and not good:
+            raise RuntimeError(f"every record of a batch failed to decode (records {indices})")
+        for k, slot in enumerate(bad):  # keep the batch full: reuse good samples of this batch
+            images[slot], labels[slot] = images[good[k % len(good)]], labels[good[k % len(good)]]
+        return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), len(bad)
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img)
+
+
+def _located(exc: Exception, shards: ShardSet, i: int) -> CorruptRecordError:
+    if isinstance(exc, CorruptRecordError) and exc.path is not None:
+        return exc
+    shard = int(shards.shard_ids[i])
+    return CorruptRecordError(
+        f"image does not decode: {exc}",
+        path=shards.rec_path(shard),
+        key=int(shards.keys[i]),
+        offset=int(shards.offsets[i]),
+    )
+
+
+def _to_device(
+    batches: DataLoader, device: torch.device, depth: int, source: DataSource
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Move batches to ``device`` and normalise them in a background thread, ``depth`` ahead."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for images, labels, bad in batches:
+                source.corrupt_records += bad
+                x = images.to(device, non_blocking=True).float().sub_(127.5).div_(127.5)
+                out.put((x, labels.to(device, non_blocking=True)))
+        except BaseException as exc:  # re-raised in the consumer
+            out.put(exc)
+            return
+        out.put(done)
+
+    thread = threading.Thread(target=produce, name="dist_face-prefetch", daemon=True)
+    thread.start()
+    while True:
+        item = out.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def dataset_size(cfg: DataConfig) -> tuple[int, int]:
+    """``(num_samples, num_classes)`` of the configured data.
+
+    Raises:
+        ConfigError: the shard set is missing or disagrees with ``data.num_classes``.
+    """
+    if cfg.backend == "synthetic" or cfg.root == "synthetic":
+        if cfg.num_classes <= 0:
+            raise ConfigError("data.num_classes: the synthetic backend needs a class count > 0")
+        return cfg.synthetic_samples, cfg.num_classes
+    try:
+        shards = ShardSet.open(cfg.root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"data.root: cannot open shard set {cfg.root!r}: {exc}") from None
+    if cfg.num_classes and cfg.num_classes != shards.num_classes:
+        raise ConfigError(
+            f"data.num_classes: {cfg.num_classes}, but the shard set {cfg.root} "
+            f"has {shards.num_classes} classes"
+        )
+    return len(shards), shards.num_classes
+
+
+def build_loader(
+    cfg: DataConfig, topology: Topology, device: torch.device, *, seed: int
+) -> DataSource:
+    """The training data of this rank; ``auto`` picks torch (see the module docstring)."""
+    num_samples, num_classes = dataset_size(cfg)
+    backend = "synthetic" if cfg.root == "synthetic" else cfg.backend
+    if backend in ("auto", "dali"):
+        logger.info(
+            "data.backend=%s: using the torch backend (DALI decoding is not part of this build)",
+            cfg.backend,
+        )
+        backend = "torch"
+    source = DataSource(cfg, topology, device, seed, num_samples, num_classes, backend)
+    if source.batches_per_epoch == 0:
+        raise ConfigError(
+            f"data.batch_size: {cfg.batch_size} is larger than the "
+            f"{source.samples_per_rank} samples each rank reads per epoch"
+        )
+    return source

@@ -1,0 +1,29 @@
+"""Small embedded datasets packed into record shards, shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dist_face.cli.pack import main as pack_main
+from dist_face.data.embedded import EmbeddedSpec, generate_embedded_dataset
+
+SMALL = EmbeddedSpec(identities=60, images_per_identity=12, val_identities=30, val_pairs=300)
+
+
+def embedded_shards(root: Path, spec: EmbeddedSpec = SMALL, shards: int = 2) -> Path:
+    """Generate ``spec`` under ``root`` and pack it into ``root/shards``; returns ``root``."""
+    if not (root / "shards" / "meta.json").exists():
+        generate_embedded_dataset(root, spec, workers=2)
+        code = pack_main(
+            [
+                str(root / "train"),
+                str(root / "shards"),
+                "--shards",
+                str(shards),
+                "--shuffle",
+                "--seed",
+                "0",
+            ]
+        )
+        assert code == 0
+    return root
