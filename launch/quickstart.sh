@@ -20,7 +20,6 @@ else
 fi
 ran=()
 skipped=()
-has() { python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)"; }
 
 echo "== 1/4 embedded dataset: $IDS identities x $PER_ID images -> $DATA"
 if [ -f "$DATA/dataset.json" ] && grep -q "\"identities\": $IDS," "$DATA/dataset.json" \
@@ -33,31 +32,27 @@ fi
 ran+=("dataset: $DATA/train (images), $DATA/val.bin (held-out pairs)")
 
 echo "== 2/4 pack into record shards"
-if has dist_face.cli.pack; then
-  python tools/pack.py "$DATA/train" "$DATA/shards" --shards 4 --shuffle --seed 0
-  ran+=("shards: $DATA/shards")
-else
-  skipped+=("packing into record shards (tools/pack.py is not part of this build yet)")
-fi
+rm -rf "$DATA/shards"
+python tools/pack.py "$DATA/train" "$DATA/shards" --shards 4 --shuffle --seed 0
+python tools/verify.py "$DATA/shards"
+ran+=("shards: $DATA/shards (packed, verified)")
 
-echo "== 3/4 train on $NPROC processes"
-if has dist_face.train; then
-  torchrun --standalone --nproc_per_node="$NPROC" -m dist_face.train --config quickstart \
-    --data.root="$DATA/shards" --eval.targets="[$DATA/val.bin]"
-  ran+=("training: runs/quickstart (checkpoints, config.yaml, metrics)")
-else
-  skipped+=("distributed training (dist_face.train is not part of this build yet)")
-fi
+RUN="${QUICKSTART_RUN:-runs/quickstart}"
+echo "== 3/4 train on $NPROC processes with torchrun"
+rm -rf "$RUN"
+CONFIG=quickstart NPROC_PER_NODE="$NPROC" RESUME=none LOG_RANKS=0 bash launch/torchrun.sh \
+  --output_root="$(dirname "$RUN")" --name="$(basename "$RUN")" \
+  --data.root="$DATA/shards" --eval.targets="[$DATA/val.bin]"
+ran+=("training: $RUN (config.yaml, checkpoints/, model.pt, metrics-rank*.jsonl)")
 
-echo "== 4/4 verification on held-out identities"
-if has dist_face.cli.evaluate; then
-  python -m dist_face.cli.evaluate --bin "$DATA/val.bin" --run runs/quickstart
-  ran+=("evaluation: runs/quickstart/eval.json")
-else
-  skipped+=("verification of a trained model (the evaluation CLI is not part of this build yet)")
-fi
+echo "== 4/4 verification on held-out identities (trained vs untrained backbone)"
+python tools/evaluate.py --run "$RUN" --bin "$DATA/val.bin" --untrained-baseline
+ran+=("evaluation: $RUN/eval_report.json (and $RUN/eval.json, written during training)")
+
+skipped+=("Prometheus metrics endpoint (not part of this build yet; metrics are in $RUN/metrics-rank*.jsonl)")
 
 echo
 echo "== quickstart summary"
 for r in "${ran[@]}"; do echo "   RAN      $r"; done
 for s in "${skipped[@]}"; do echo "   SKIPPED  $s"; done
+echo "   checkpoint: $(ls -d "$RUN"/checkpoints/step_* 2>/dev/null | tail -n 1)"

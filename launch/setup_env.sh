@@ -31,7 +31,7 @@ _df_missing=""
 for _df_e in ${_df_extras//,/ }; do
   case ",${_df_have_extras:-}," in *",$_df_e,"*) ;; *) _df_missing="$_df_missing $_df_e" ;; esac
 done
-if [ "${_df_have_hash:-}" = "$_df_hash" ] && [ -n "${_df_have_extras:-}" ]; then
+if [ -n "${_df_have_extras:-}" ]; then  # never drop extras this environment already has
   _df_extras="$(echo "$_df_have_extras,$_df_extras" | tr ',' '\n' | sort -u | paste -sd, -)"
 fi
 
@@ -41,10 +41,16 @@ if [ ! -x "$_df_venv/bin/python" ]; then
 fi
 if [ "${_df_have_hash:-}" != "$_df_hash" ] || [ -n "$_df_missing" ]; then
   echo "[setup_env] installing dist_face[$_df_extras] with $_df_torch (this takes a minute)"
-  # pip's notes about absent local mirrors are noise; real errors still fail the script.
-  _df_pip() { "$_df_venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
-    | { grep -v -e "is ignored: it is neither" -e "BuildBackendWarning" || true; }; }
-  set -o pipefail
+  # install output goes to a log that is shown only when the install fails
+  _df_log="$_df_venv/install.log"
+  _df_pip() {
+    if ! "$_df_venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >>"$_df_log" 2>&1; then
+      cat "$_df_log" >&2
+      echo "[setup_env] pip install $* failed (log: $_df_log)" >&2
+      return 1
+    fi
+  }
+  : >"$_df_log"
   _df_pip "$_df_torch"
   _df_pip -e "$_df_root[$_df_extras]" "$_df_torch"
   echo "$_df_hash $_df_extras" >"$_df_stamp"

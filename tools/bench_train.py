@@ -1,0 +1,141 @@
+"""End-to-end training throughput and the time share of each step phase.
+
+Runs the real trainer components (backbone, DDP when W > 1, sharded head, fused optimizer)
+twice in the same process: once on the synthetic source (no I/O) and once on record shards
+(read + decode + flip), and reports samples/s of each and their ratio. A third pass times the
+phases of a step (data wait, backbone forward, head forward incl. collectives, backward,
+optimizer) with a device synchronisation after each, which the trainer itself never does.
+
+    python tools/bench_train.py --shards data/quickstart/shards
+    torchrun --standalone --nproc_per_node=2 tools/bench_train.py --shards data/quickstart/shards
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from dist_face.config import load_config
+from dist_face.dist import Topology, barrier, destroy_distributed, init_distributed
+from dist_face.train.build import build_trainer
+from dist_face.train.precision import autocast
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _throughput(cfg, topology, device, steps: int) -> float:
+    trainer, _ = build_trainer(cfg, topology, device, sink=_Null())
+    trainer.hooks = []  # no logging, evaluation or checkpoints: the step and the data only
+    batches = iter(trainer.loader_factory(0, 0))
+    for _ in range(2):  # warm-up: allocator, DDP buckets, loader workers
+        trainer.step_fn([next(batches)])
+    _sync(device)
+    barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.step_fn([next(batches)])
+    _sync(device)
+    barrier()
+    return steps * cfg.data.batch_size / (time.perf_counter() - start)
+
+
+def _phases(cfg, topology, device, steps: int) -> dict[str, float]:
+    trainer, _ = build_trainer(cfg, topology, device, sink=_Null())
+    step = trainer.step_fn
+    batches = iter(trainer.loader_factory(0, 0))
+    totals = dict.fromkeys(("data", "forward", "head", "backward", "optimizer"), 0.0)
+    for i in range(steps + 2):
+        marks = [time.perf_counter()]
+        images, labels = next(batches)
+        _sync(device)
+        marks.append(time.perf_counter())
+        with autocast(step.precision, device):
+            emb = step.backbone(images)
+        _sync(device)
+        marks.append(time.perf_counter())
+        loss = step.loss_fn(emb.float(), labels)
+        _sync(device)
+        marks.append(time.perf_counter())
+        step.scaler.scale_loss(loss).backward()
+        _sync(device)
+        marks.append(time.perf_counter())
+        found = step.scaler.unscale_and_check(step._params)
+        for opt in step.optimizers:
+            opt.found_inf, opt.grad_scale = found, None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        _sync(device)
+        marks.append(time.perf_counter())
+        if i >= 2:
+            for name, a, b in zip(totals, marks, marks[1:]):
+                totals[name] += b - a
+    whole = sum(totals.values())
+    return {k: v / whole for k, v in totals.items()}
+
+
+class _Null:
+    def log(self, metrics, step) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--shards", required=True, help="record shard set (tools/pack.py output)")
+    p.add_argument("--config", default="debug_cpu")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1)
+    args, overrides = p.parse_known_args(argv)
+    topology = Topology.from_env()
+    device = init_distributed(topology)
+    common = [
+        f"--data.batch_size={args.batch_size}",
+        f"--data.num_workers={args.workers}",
+        "--eval.targets=[]",
+        "--output_root=/tmp/dist_face_bench",
+        *overrides,
+    ]
+    try:
+        shards = load_config(args.config, [f"--data.root={args.shards}", *common])
+        synthetic = load_config(
+            args.config,
+            ["--data.root=synthetic", f"--data.num_classes={_classes(args.shards)}", *common],
+        )
+        rates = {
+            name: _throughput(cfg, topology, device, args.steps)
+            for name, cfg in (("synthetic", synthetic), ("shards", shards))
+        }
+        phases = _phases(shards, topology, device, max(args.steps // 2, 5))
+    finally:
+        destroy_distributed()
+    if topology.is_main:
+        w = topology.world_size
+        print(
+            f"# {args.config}, {w} rank(s) on {device.type}, batch {args.batch_size}/rank, "
+            f"{args.workers} loader worker(s)/rank, {args.steps} steps"
+        )
+        print("| source | samples/s (all ranks) | vs synthetic |\n|---|---:|---:|")
+        for name, rate in rates.items():
+            print(f"| {name} | {rate * w:,.1f} | {rate / rates['synthetic']:.2f} |")
+        print("\n| phase | share of step time |\n|---|---:|")
+        for name, share in phases.items():
+            print(f"| {name} | {100 * share:.1f}% |")
+    return 0
+
+
+def _classes(root: str) -> int:
+    from dist_face.data.shards import ShardSet
+
+    return ShardSet.open(root).num_classes
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
