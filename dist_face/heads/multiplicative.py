@@ -45,11 +45,11 @@ class _Annealed(Margin):
 
     def __init__(
         self,
-        m: int,
-        lambda_base: float,
-        lambda_gamma: float,
-        lambda_power: float,
-        lambda_min: float,
+        m: int = 4,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 0.12,
+        lambda_power: float = 1.0,
+        lambda_min: float = 5.0,
     ) -> None:
         super().__init__()
         if int(m) != m or m < 1:
@@ -86,16 +86,6 @@ class LSoftmax(_Annealed):
     normalize_embedding = False
     normalize_weight = False
 
-    def __init__(
-        self,
-        m: int = 4,
-        lambda_base: float = 1000.0,
-        lambda_gamma: float = 0.12,
-        lambda_power: float = 1.0,
-        lambda_min: float = 5.0,
-    ) -> None:
-        super().__init__(m, lambda_base, lambda_gamma, lambda_power, lambda_min)
-
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """Raw inner products with the annealed ψ target."""
         lam = self._step_lambda()
@@ -120,16 +110,6 @@ class SphereFace(_Annealed):
 
     normalize_embedding = False
     normalize_weight = True
-
-    def __init__(
-        self,
-        m: int = 4,
-        lambda_base: float = 1000.0,
-        lambda_gamma: float = 0.12,
-        lambda_power: float = 1.0,
-        lambda_min: float = 5.0,
-    ) -> None:
-        super().__init__(m, lambda_base, lambda_gamma, lambda_power, lambda_min)
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """``‖x‖ cos θ`` with the annealed ψ target."""

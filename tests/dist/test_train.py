@@ -73,9 +73,10 @@ def test_two_ranks_learn_and_beat_the_untrained_network(small_dataset: Path, tmp
     assert (tmp_path / "learn" / "model.pt").exists() and (tmp_path / "learn" / "eval.json").exists()
 
 
-def test_three_ranks_train(small_dataset: Path, tmp_path) -> None:
+def test_three_ranks_train_in_bf16_with_accumulation(small_dataset: Path, tmp_path) -> None:
     args = _overrides(str(small_dataset), str(tmp_path), "three", "--train.epochs=3",
-                      "--eval.every=0", "--train.log_every=7")
+                      "--eval.every=0", "--train.log_every=3", "--train.precision=bf16",
+                      "--train.grad_accum=2", "--data.batch_size=16")
     outs = run_distributed(_train, 3, args, timeout=300)
     losses = [v for _, v in outs[0]["loss"]]
     assert losses[-1] < losses[0], losses
