@@ -61,7 +61,7 @@ def build_trainer(
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
     head = build_head(cfg.head, cfg.model.embedding_size, num_classes, seed=cfg.train.seed)
     head = head.to(device)
-    model = wrap_backbone(backbone, cfg.dist, topology, device)
+    model = wrap_backbone(backbone, cfg.dist, topology, device, cfg.train.grad_accum)
 
     head_lr = cfg.optim.head_lr or cfg.optim.lr
     head_wd = (

@@ -74,8 +74,8 @@ def test_two_ranks_learn_and_beat_the_untrained_network(small_dataset: Path, tmp
 
 
 def test_three_ranks_train_in_bf16_with_accumulation(small_dataset: Path, tmp_path) -> None:
-    args = _overrides(str(small_dataset), str(tmp_path), "three", "--train.epochs=3",
-                      "--eval.every=0", "--train.log_every=3", "--train.precision=bf16",
+    args = _overrides(str(small_dataset), str(tmp_path), "three", "--train.epochs=1",
+                      "--eval.every=0", "--train.log_every=2", "--train.precision=bf16",
                       "--train.grad_accum=2", "--data.batch_size=16")
     outs = run_distributed(_train, 3, args, timeout=300)
     losses = [v for _, v in outs[0]["loss"]]

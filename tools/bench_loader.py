@@ -1,0 +1,117 @@
+"""Loader throughput against its parts, measured in the same run.
+
+For a shard set (default: generated on the fly), reports images/s of
+  * read-only: ``ShardSet.read_image`` over the records (memory-mapped reads, no decode);
+  * decode-only: Pillow decoding the same bytes in a tight loop on one core;
+  * the torch backend with K = 0 (in-process), 1, 2, … workers, normalised batches delivered;
+  * the synthetic backend (no I/O, the ceiling of the loop itself);
+and the efficiency of the torch backend, rate / (K × single-core decode rate); the target is
+≥ 0.8 with K workers (K ≤ cores).
+
+    python tools/bench_loader.py                       # 2,000 generated 112x112 JPEGs
+    python tools/bench_loader.py --shards data/quickstart/shards --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dist_face.cli.pack import main as pack_main
+from dist_face.config import DataConfig
+from dist_face.data.loader import build_loader
+from dist_face.data.shards import ShardSet
+from dist_face.data.synthetic_faces import sample_jpeg
+from dist_face.dist import Topology
+
+
+def _generate(root: Path, images: int) -> Path:
+    for i in range(images):
+        folder = root / "train" / f"{i % 100:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:05d}.jpg").write_bytes(sample_jpeg(0, i % 100, i))
+    pack_main([str(root / "train"), str(root / "shards"), "--shards", "4", "--shuffle"])
+    return root / "shards"
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / max(seconds, 1e-9)
+
+
+def _read_only(shards: ShardSet, n: int) -> float:
+    start = time.perf_counter()
+    total = sum(len(shards.read_image(i)[0]) for i in range(n))
+    assert total > 0
+    return _rate(n, time.perf_counter() - start)
+
+
+def _decode_only(shards: ShardSet, n: int) -> float:
+    blobs = [shards.read_image(i)[0] for i in range(n)]
+    start = time.perf_counter()
+    for data in blobs:
+        with Image.open(io.BytesIO(data)) as img:
+            np.asarray(img.convert("RGB"))
+    return _rate(n, time.perf_counter() - start)
+
+
+def _loader(root: str, backend: str, workers: int, batch: int, classes: int) -> float:
+    cfg = DataConfig(
+        root=root,
+        backend=backend,
+        batch_size=batch,
+        num_workers=workers,
+        num_classes=classes if backend == "synthetic" else 0,
+    )
+    source = build_loader(cfg, Topology(), torch.device("cpu"), seed=0)
+    batches = iter(source.epoch(0))
+    next(batches)  # worker start-up is not throughput
+    start = time.perf_counter()
+    count = sum(images.shape[0] for images, _ in batches)
+    return _rate(count, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--shards", help="shard set to read (default: generate --images JPEGs)")
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.shards) if args.shards else _generate(Path(tmp), args.images)
+        shards = ShardSet.open(root)
+        n = min(len(shards), 2000)
+        read = _read_only(shards, n)
+        decode = _decode_only(shards, n)
+        rows = [
+            ("read-only (mmap, no decode)", read, ""),
+            ("decode-only (Pillow, 1 core)", decode, ""),
+        ]
+        for k in args.workers:
+            rate = _loader(str(root), "torch", k, args.batch_size, 0)
+            eff = rate / (max(k, 1) * decode)
+            rows.append((f"torch backend, {k} worker(s)", rate, f"{eff:.2f}"))
+        rows.append(
+            (
+                "synthetic backend",
+                _loader("synthetic", "synthetic", 0, args.batch_size, shards.num_classes),
+                "",
+            )
+        )
+    print(f"# {len(shards)} records, batch {args.batch_size}, images/s")
+    print("| source | images/s | rate / (K x decode-only) |\n|---|---:|---:|")
+    for name, rate, eff in rows:
+        print(f"| {name} | {rate:,.0f} | {eff} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
