@@ -26,3 +26,11 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from tests.helpers.datasets import embedded_shards
 
     return embedded_shards(tmp_path_factory.mktemp("embedded"))
+
+
+@pytest.fixture(scope="session")
+def color_shards(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """60 colour-coded PNG records of 7 classes in 3 shards (see tests/helpers/datasets.py)."""
+    from tests.helpers.datasets import color_coded_shards
+
+    return color_coded_shards(tmp_path_factory.mktemp("color"), records=60, classes=7)

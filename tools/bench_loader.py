@@ -4,6 +4,7 @@ For a shard set (default: generated on the fly), reports images/s of
   * read-only: ``ShardSet.read_image`` over the records (memory-mapped reads, no decode);
   * decode-only: Pillow decoding the same bytes in a tight loop on one core;
   * the torch backend with K = 0 (in-process), 1, 2, … workers, normalised batches delivered;
+  * the DALI backend on the CPU with K threads (when nvidia-dali is installed);
   * the synthetic backend (no I/O, the ceiling of the loop itself);
 and the efficiency of the torch backend, rate / (K × single-core decode rate); the target is
 ≥ 0.8 with K workers (K ≤ cores).
@@ -26,6 +27,7 @@ from PIL import Image
 
 from dist_face.cli.pack import main as pack_main
 from dist_face.config import DataConfig
+from dist_face.data.dali_loader import dali_available
 from dist_face.data.loader import build_loader
 from dist_face.data.shards import ShardSet
 from dist_face.data.synthetic_faces import sample_jpeg
@@ -99,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             rate = _loader(str(root), "torch", k, args.batch_size, 0)
             eff = rate / (max(k, 1) * decode)
             rows.append((f"torch backend, {k} worker(s)", rate, f"{eff:.2f}"))
+        if dali_available():
+            for k in sorted({max(k, 1) for k in args.workers}):
+                rate = _loader(str(root), "dali", k, args.batch_size, 0)
+                eff = rate / (k * decode)
+                rows.append((f"dali backend (CPU decoder), {k} thread(s)", rate, f"{eff:.2f}"))
         rows.append(
             (
                 "synthetic backend",

@@ -14,8 +14,9 @@ this rank's batches of one epoch from a sample offset: ``(images, labels)`` with
   when ``data.on_corrupt=fail``.
 
 Backends: ``torch`` (DataLoader workers reading the memory-mapped shards, Pillow decoding,
-flips on the CPU, a background thread moving batches to the device) and ``synthetic`` (fixed
-random tensors on the device, to measure the model and the collectives without I/O).
+flips on the CPU, a background thread moving batches to the device), ``dali`` (see
+:mod:`dist_face.data.dali_loader`) and ``synthetic`` (fixed random tensors on the device, to
+measure the model and the collectives without I/O).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dist_face.config import ConfigError, DataConfig
+from dist_face.data.dali_loader import dali_available, dali_batches_per_epoch, dali_epoch
 from dist_face.data.framing import CorruptRecordError
 from dist_face.data.partition import partition, samples_per_rank
 from dist_face.data.shards import ShardSet
@@ -64,6 +66,10 @@ class DataSource:
     @property
     def batches_per_epoch(self) -> int:
         """Full batches each rank yields per epoch."""
+        if self.backend == "dali":
+            return dali_batches_per_epoch(
+                self.num_samples, self.topology.world_size, self.cfg.batch_size
+            )
         return self.samples_per_rank // self.cfg.batch_size
 
     def epoch(self, epoch: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -71,6 +77,19 @@ class DataSource:
         remaining = (self.samples_per_rank - offset) // self.cfg.batch_size
         if self.backend == "synthetic":
             return self._synthetic_batches(remaining)
+        if self.backend == "dali":
+            return dali_epoch(
+                ShardSet.open(self.cfg.root, check_labels=False),
+                self.topology,
+                self.device,
+                batch_size=self.cfg.batch_size,
+                epoch=epoch,
+                offset=offset,
+                seed=self.seed,
+                hflip=self.cfg.hflip,
+                threads=self.cfg.num_workers,
+                prefetch=self.cfg.prefetch,
+            )
         return _to_device(self._torch_batches(epoch, offset), self.device, self.cfg.prefetch, self)
 
     def _synthetic_batches(self, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -239,15 +258,9 @@ def dataset_size(cfg: DataConfig) -> tuple[int, int]:
 def build_loader(
     cfg: DataConfig, topology: Topology, device: torch.device, *, seed: int
 ) -> DataSource:
-    """The training data of this rank; ``auto`` picks torch (see the module docstring)."""
+    """The training data of this rank; ``auto`` is DALI with CUDA and DALI, else torch."""
     num_samples, num_classes = dataset_size(cfg)
-    backend = "synthetic" if cfg.root == "synthetic" else cfg.backend
-    if backend in ("auto", "dali"):
-        logger.info(
-            "data.backend=%s: using the torch backend (DALI decoding is not part of this build)",
-            cfg.backend,
-        )
-        backend = "torch"
+    backend = _resolve_backend(cfg, device)
     source = DataSource(cfg, topology, device, seed, num_samples, num_classes, backend)
     if source.batches_per_epoch == 0:
         raise ConfigError(
@@ -255,3 +268,31 @@ def build_loader(
             f"{source.samples_per_rank} samples each rank reads per epoch"
         )
     return source
+
+
+def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
+    """The backend to run: ``auto`` is DALI with CUDA and DALI installed, else torch."""
+    if cfg.root == "synthetic":
+        return "synthetic"
+    if cfg.backend == "auto":
+        if device.type == "cuda" and dali_available():
+            return "dali"
+        why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
+        logger.info("data.backend=auto: torch loader (%s for DALI GPU decoding)", why)
+        return "torch"
+    if cfg.backend == "dali":
+        if not dali_available():
+            raise ConfigError("data.backend: dali needs nvidia-dali (pip install dist_face[dali])")
+        shards = ShardSet.open(cfg.root, check_labels=False)
+        if not shards.meta.labels_in_records:
+            raise ConfigError(
+                f"data.backend: dali reads labels from the record headers, but "
+                f"{cfg.root} was relabelled in its manifest only; rewrite it with "
+                "tools/reshard.py or use data.backend=torch"
+            )
+        if cfg.on_corrupt == "skip":
+            logger.warning(
+                "data.backend=dali cannot skip undecodable records; check new shard "
+                "sets with tools/verify.py"
+            )
+    return cfg.backend

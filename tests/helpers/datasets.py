@@ -27,3 +27,22 @@ def embedded_shards(root: Path, spec: EmbeddedSpec = SMALL, shards: int = 2) -> 
         )
         assert code == 0
     return root
+
+
+def color_coded_shards(root: Path, records: int, classes: int, shards: int = 3) -> Path:
+    """Solid-colour PNG records whose red channel is the record number, label ``number % classes``.
+
+    PNG is lossless and a flip leaves a solid colour unchanged, so any decoder and any
+    augmentation give back the record number from one pixel.
+    """
+    from PIL import Image
+
+    for i in range(records):
+        folder = root / "train" / f"{i % classes:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (112, 112), (i, 255 - i, 7)).save(folder / f"{i:03d}.png")
+    code = pack_main(
+        [str(root / "train"), str(root / "shards"), "--shards", str(shards), "--shuffle"]
+    )
+    assert code == 0
+    return root / "shards"

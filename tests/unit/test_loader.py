@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_face.cli.pack import main as pack_main
 from dist_face.config import ConfigError, DataConfig
 from dist_face.data.framing import CorruptRecordError
 from dist_face.data.loader import build_loader
@@ -20,16 +19,9 @@ from dist_face.dist import Topology
 N, C, B = 60, 7, 4  # 60 records of 7 classes; batches of 4
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Solid-colour PNGs whose colour encodes the record number: lossless, flip-invariant."""
-    root = tmp_path_factory.mktemp("loader")
-    for i in range(N):
-        folder = root / "train" / f"{i % C:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (112, 112), (i, 255 - i, 7)).save(folder / f"{i:03d}.png")
-    assert pack_main([str(root / "train"), str(root / "shards"), "--shards", "3", "--shuffle"]) == 0
-    return root / "shards"
+@pytest.fixture
+def shards(color_shards: Path) -> Path:
+    return color_shards
 
 
 def _source(root: Path, rank: int, world: int, **kw: object):

@@ -1,0 +1,156 @@
+"""The DALI backend: record shards decoded by NVIDIA DALI (nvJPEG on a GPU, libjpeg-turbo on a CPU).
+
+One pipeline per rank and epoch: ``fn.readers.mxnet`` over every shard of the set, split into
+W contiguous pieces by DALI, of which this rank reads piece ``(rank + epoch) mod W`` (the
+GLOBAL rank: sharding by local rank would make every node read the same data). Shards are
+globally shuffled when packed, and the reader shuffles within a window of
+``initial_fill`` records with a seed derived from (seed, epoch, rank), so the order is a pure
+function of those. Images are decoded with ``device="mixed"`` on CUDA (the CPU decoder
+otherwise), mirrored with probability 0.5 and normalised to [-1, 1] in CHW.
+
+DALI reads one index file per reader, so the shards' indexes are combined into one whose
+offsets run over the concatenated ``.rec`` files; it is written once to a cache directory,
+never into the dataset.
+
+Semantics compared with the torch backend:
+* equal batches: DALI's pieces differ by up to one record, so every rank yields
+  ``floor(floor(N / W) / B)`` full batches per epoch;
+* resume: the reader cannot seek, so ``epoch(e, offset)`` reads and discards the first
+  ``offset // B`` batches of the epoch (exact, at the cost of decoding them);
+* corrupt records: the DALI decoder cannot skip one; an undecodable record stops the run with
+  DALI's error. Run ``tools/verify.py`` on a new shard set before training with DALI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from dist_face.data.shards import ShardSet
+from dist_face.dist import Topology
+
+logger = logging.getLogger(__name__)
+
+
+def dali_available() -> bool:
+    """True when ``nvidia.dali`` imports."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def dali_batches_per_epoch(num_samples: int, world_size: int, batch_size: int) -> int:
+    """Full batches every rank yields per epoch: DALI's smallest piece, ``⌊N/W⌋``, over B."""
+    return (num_samples // world_size) // batch_size
+
+
+def combined_index(shards: ShardSet, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """One ``.idx`` for all shards, offsets shifted by the sizes of the earlier ``.rec`` files.
+
+    Keys are the global record numbers in shard order. The file is keyed by a hash of the
+    shard set's ``meta.json`` and written atomically, so concurrent ranks can share it.
+    """
+    meta = (Path(shards.root) / "meta.json").read_bytes()
+    digest = hashlib.sha256(meta + os.fsencode(os.path.abspath(shards.root))).hexdigest()[:16]
+    folder = Path(cache_dir or Path(tempfile.gettempdir()) / "dist_face_dali")
+    path = folder / f"{digest}.idx"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, base, n = [], 0, 0
+    for s in range(shards.num_shards):
+        with open(shards.idx_path(s)) as f:
+            offsets = sorted(int(line.split()[1]) for line in f if line.strip())
+        for off in offsets:
+            lines.append(f"{n}\t{off + base}\n")
+            n += 1
+        base += os.path.getsize(shards.rec_path(s))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
+    return path
+
+
+def dali_epoch(
+    shards: ShardSet,
+    topology: Topology,
+    device: torch.device,
+    *,
+    batch_size: int,
+    epoch: int,
+    offset: int,
+    seed: int,
+    hflip: bool,
+    threads: int,
+    prefetch: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's ``(images [B,3,H,W] float, labels [B] int64)`` of one epoch on ``device``."""
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    world, n = topology.world_size, len(shards)
+    batches = dali_batches_per_epoch(n, world, batch_size)
+    recs = [shards.rec_path(s) for s in range(shards.num_shards)]
+    index = str(combined_index(shards))
+    cuda = device.type == "cuda"
+
+    @pipeline_def
+    def pipeline():
+        jpegs, labels = fn.readers.mxnet(
+            path=recs,
+            index_path=[index],
+            shard_id=(topology.rank + epoch) % world,
+            num_shards=world,
+            random_shuffle=True,
+            initial_fill=min(32768, max(n // world, 1)),
+            pad_last_batch=False,
+            name="reader",
+        )
+        images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
+        mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
+        images = fn.crop_mirror_normalize(
+            images,
+            dtype=types.FLOAT,
+            output_layout="CHW",
+            mean=[127.5] * 3,
+            std=[127.5] * 3,
+            mirror=mirror,
+        )
+        return images, labels
+
+    pipe = pipeline(
+        batch_size=batch_size,
+        num_threads=max(threads, 1),
+        device_id=device.index if cuda else None,
+        prefetch_queue_depth=prefetch,
+        seed=_seed(seed, epoch, topology.rank),
+    )
+    pipe.build()
+    it = DALIGenericIterator(
+        [pipe],
+        ["images", "labels"],
+        reader_name="reader",
+        last_batch_policy=LastBatchPolicy.DROP,
+        auto_reset=False,
+    )
+    skip = offset // batch_size
+    for b, out in enumerate(it):
+        if b >= batches:
+            break
+        if b < skip:
+            continue
+        images, labels = out[0]["images"], out[0]["labels"]
+        yield images.to(device, non_blocking=True), labels.view(-1).long().to(device)
+
+
+def _seed(seed: int, epoch: int, rank: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{epoch}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
