@@ -26,7 +26,8 @@ _df_hash="$(cat "$_df_root/pyproject.toml" "$_df_root/launch/setup_env.sh" \
   | { cat; echo "$_df_torch"; } | sha256sum | cut -c1-16)"
 _df_stamp="$_df_venv/.dist_face_stamp"
 # The stamp holds "<hash> <extras>"; an environment with more extras than asked for is reused.
-read -r _df_have_hash _df_have_extras <"$_df_stamp" 2>/dev/null || true
+_df_have_hash="" _df_have_extras=""
+if [ -f "$_df_stamp" ]; then read -r _df_have_hash _df_have_extras <"$_df_stamp" || true; fi
 _df_missing=""
 for _df_e in ${_df_extras//,/ }; do
   case ",${_df_have_extras:-}," in *",$_df_e,"*) ;; *) _df_missing="$_df_missing $_df_e" ;; esac
