@@ -47,6 +47,11 @@ if [ -n "${DRY_RUN:-}" ]; then
   exit 0
 fi
 cd "$root"
-# shellcheck source=launch/setup_env.sh
-source launch/setup_env.sh "${DIST_FACE_EXTRAS:-dev}" >&2
+# Use the active environment when it has dist_face (a cluster image, a job script that already
+# activated one); otherwise build/reuse the project's. Several launchers on one machine must
+# not install into the same environment at once.
+if ! python -c "import dist_face.train" >/dev/null 2>&1; then
+  # shellcheck source=launch/setup_env.sh
+  source launch/setup_env.sh "${DIST_FACE_EXTRAS:-dev}" >&2
+fi
 exec "${cmd[@]}"
