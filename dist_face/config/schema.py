@@ -164,6 +164,14 @@ class DataConfig:
     """Samples per epoch of the synthetic backend (its images are fixed random tensors)."""
     prefetch: int = 2
     """Batches prepared ahead, per worker and on the device."""
+    aug_downscale_p: float = 0.0
+    """Probability of downscale-blur: resize to U(56, 89) px and back (arcface_torch: 0.1)."""
+    aug_blur_p: float = 0.0
+    """Probability of a Gaussian blur with σ 0.5 or 1.0 px (arcface_torch: 0.2)."""
+    aug_hsv_p: float = 0.0
+    """Probability of HSV jitter: hue +U(0, 20)°, saturation ×U(1, 1.2) (arcface_torch: 0.2)."""
+    aug_gray_p: float = 0.0
+    """Probability of converting to grayscale (arcface_torch: 0.1)."""
 
     def __post_init__(self) -> None:
         require_choice(self.backend, "backend", ["auto", "dali", "torch", "synthetic"])
@@ -174,6 +182,14 @@ class DataConfig:
         require_choice(self.on_corrupt, "on_corrupt", ["skip", "fail"])
         require(self.synthetic_samples > 0, "synthetic_samples", "must be > 0")
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
+        for name in ("aug_downscale_p", "aug_blur_p", "aug_hsv_p", "aug_gray_p"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")
+
+    @property
+    def augments(self) -> bool:
+        """True when any augmentation besides the mirror is enabled."""
+        return any((self.aug_downscale_p, self.aug_blur_p, self.aug_hsv_p, self.aug_gray_p))
 
 
 # ---------------------------------------------------------------------------------------------

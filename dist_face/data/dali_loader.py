@@ -91,6 +91,8 @@ def dali_epoch(
     hflip: bool,
     threads: int,
     prefetch: int,
+    augment: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+    image_size: int = 112,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's ``(images [B,3,H,W] float, labels [B] int64)`` of one epoch on ``device``."""
     from nvidia.dali import fn, pipeline_def, types
@@ -102,8 +104,8 @@ def dali_epoch(
     index = str(combined_index(shards))
     cuda = device.type == "cuda"
 
-    @pipeline_def
-    def pipeline():
+    @pipeline_def(enable_conditionals=True)
+    def pipeline():  # DALI graph definition
         jpegs, labels = fn.readers.mxnet(
             path=recs,
             index_path=[index],
@@ -115,6 +117,7 @@ def dali_epoch(
             name="reader",
         )
         images = fn.decoders.image(jpegs, device="mixed" if cuda else "cpu", output_type=types.RGB)
+        images = _augment(images, augment, image_size, fn, types)
         mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
         images = fn.crop_mirror_normalize(
             images,
@@ -154,3 +157,31 @@ def dali_epoch(
 def _seed(seed: int, epoch: int, rank: int) -> int:
     digest = hashlib.sha256(f"{seed}:{epoch}:{rank}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _augment(images, probabilities, size, fn, types):
+    """arcface_torch's augmentations as DALI conditionals (CPU predicates, data on any device).
+
+    The Python ``if p > 0`` is decided when the graph is built; the inner ``if`` on a coin flip
+    becomes a per-sample DALI conditional (the pipeline enables conditionals).
+    """
+    down, blur, hsv, gray = probabilities
+    if down > 0:
+        if fn.random.coin_flip(probability=down, dtype=types.BOOL):
+            side = fn.random.uniform(range=(56.0, 90.0))
+            small = fn.resize(images, resize_x=side, resize_y=side)
+            images = fn.resize(small, resize_x=float(size), resize_y=float(size))
+    if blur > 0:
+        if fn.random.coin_flip(probability=blur, dtype=types.BOOL):
+            images = fn.gaussian_blur(images, sigma=fn.random.uniform(values=[0.5, 1.0]))
+    if hsv > 0:
+        if fn.random.coin_flip(probability=hsv, dtype=types.BOOL):
+            images = fn.hsv(
+                images,
+                hue=fn.random.uniform(range=(0.0, 20.0)),
+                saturation=fn.random.uniform(range=(1.0, 1.2)),
+            )
+    if gray > 0:
+        if fn.random.coin_flip(probability=gray, dtype=types.BOOL):
+            images = fn.hsv(images, saturation=0.0)
+    return images

@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dist_face.config import ConfigError, DataConfig
+from dist_face.data.augment import augment
 from dist_face.data.dali_loader import dali_available, dali_batches_per_epoch, dali_epoch
 from dist_face.data.framing import CorruptRecordError
 from dist_face.data.partition import partition, samples_per_rank
@@ -89,6 +90,13 @@ class DataSource:
                 hflip=self.cfg.hflip,
                 threads=self.cfg.num_workers,
                 prefetch=self.cfg.prefetch,
+                augment=(
+                    self.cfg.aug_downscale_p,
+                    self.cfg.aug_blur_p,
+                    self.cfg.aug_hsv_p,
+                    self.cfg.aug_gray_p,
+                ),
+                image_size=self.cfg.image_size,
             )
         return _to_device(self._torch_batches(epoch, offset), self.device, self.cfg.prefetch, self)
 
@@ -166,7 +174,10 @@ class ShardBatches(IterableDataset):
         for slot, i in enumerate(indices):
             try:
                 data, labels[slot] = shards.read_image(int(i))
-                images[slot] = _decode(data, size)
+                img = _decode(data, size)
+                if self.cfg.augments:
+                    img = augment(img, rng, self.cfg)
+                images[slot] = np.asarray(img)
             except (CorruptRecordError, OSError, ValueError) as exc:
                 if self.cfg.on_corrupt == "fail":
                     raise _located(exc, shards, int(i)) from None
@@ -184,12 +195,12 @@ class ShardBatches(IterableDataset):
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), len(bad)
 
 
-def _decode(data: bytes, size: int) -> np.ndarray:
+def _decode(data: bytes, size: int) -> Image.Image:
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(img)
+        return img
 
 
 def _located(exc: Exception, shards: ShardSet, i: int) -> CorruptRecordError:

@@ -1,0 +1,41 @@
+"""Photometric and resolution augmentations of arcface_torch's DALI pipeline, on the CPU.
+
+Each is applied independently with its probability from ``DataConfig``, in this order:
+downscale-blur (resize to U(56, 89) px and back), Gaussian blur (σ 0.5 or 1.0 px), HSV jitter
+(hue +U(0, 20)°, saturation ×U(1, 1.2)), grayscale. The DALI backend applies the same ones with
+DALI operators (:mod:`dist_face.data.dali_loader`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from dist_face.config import DataConfig
+
+
+def augment(img: Image.Image, rng: np.random.Generator, cfg: DataConfig) -> Image.Image:
+    """Return ``img`` (RGB, square) with the configured augmentations drawn from ``rng``."""
+    size = img.size
+    if rng.random() < cfg.aug_downscale_p:
+        side = int(rng.integers(56, 90))
+        img = img.resize((side, side), Image.Resampling.BILINEAR).resize(
+            size, Image.Resampling.BILINEAR
+        )
+    if rng.random() < cfg.aug_blur_p:
+        img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.choice([0.5, 1.0]))))
+    if rng.random() < cfg.aug_hsv_p:
+        img = hsv_jitter(
+            img, hue_deg=float(rng.uniform(0, 20)), saturation=float(rng.uniform(1, 1.2))
+        )
+    if rng.random() < cfg.aug_gray_p:
+        img = img.convert("L").convert("RGB")
+    return img
+
+
+def hsv_jitter(img: Image.Image, hue_deg: float, saturation: float) -> Image.Image:
+    """Rotate the hue by ``hue_deg`` degrees and scale the saturation by ``saturation``."""
+    hsv = np.asarray(img.convert("HSV")).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + hue_deg * 256.0 / 360.0) % 256.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+    return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
