@@ -11,4 +11,5 @@ def config() -> RunConfig:
     cfg.train.epochs = 4
     cfg.train.log_every = 10
     cfg.eval.every = 50
+    cfg.metrics.prometheus = True
     return cfg

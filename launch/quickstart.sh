@@ -49,7 +49,7 @@ echo "== 4/4 verification on held-out identities (trained vs untrained backbone)
 python tools/evaluate.py --run "$RUN" --bin "$DATA/val.bin" --untrained-baseline
 ran+=("evaluation: $RUN/eval_report.json (and $RUN/eval.json, written during training)")
 
-skipped+=("Prometheus metrics endpoint (not part of this build yet; metrics are in $RUN/metrics-rank*.jsonl)")
+ran+=("metrics: Prometheus at http://127.0.0.1:$((9400))/metrics for local rank 0 (9400 + r for rank r) while training; every log record in $RUN/metrics-rank*.jsonl")
 
 echo
 echo "== quickstart summary"

@@ -395,6 +395,30 @@ class AuxLossConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# metrics: Prometheus exposition (dist_face.metrics)
+# ---------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class MetricsConfig:
+    """Where the metrics of each rank are exposed."""
+
+    prometheus: bool = False
+    """Serve Prometheus metrics on ``host:base_port + local_rank`` while training."""
+    host: str = "127.0.0.1"
+    """Bind address of the exporter; 0.0.0.0 to let a cluster's Prometheus scrape it."""
+    base_port: int = 9400
+    """Port of local rank 0; local rank r serves on base_port + r."""
+    pushgateway: str = ""
+    """host:port of a Prometheus Pushgateway to push the final values to (empty: none)."""
+    job: str = ""
+    """Value of the ``job`` label (empty: the run name)."""
+
+    def __post_init__(self) -> None:
+        require(
+            0 < self.base_port < 65536, "base_port", f"must be a TCP port, got {self.base_port}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
@@ -414,6 +438,7 @@ class RunConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         require(bool(self.name), "name", "must not be empty")

@@ -23,8 +23,10 @@ from dist_face.dist import Topology
 from dist_face.heads import build_head
 from dist_face.heads.shard_math import class_range
 from dist_face.metrics import ConsoleSink, JsonlSink, MultiSink, Sink
+from dist_face.metrics.perf import memory_stats
+from dist_face.metrics.prometheus import PrometheusSink, start_exporter
 from dist_face.models import build_backbone, model_kwargs, save_backbone
-from dist_face.train.hooks import CheckpointHook, EvalHook, LogHook
+from dist_face.train.hooks import CheckpointHook, CloseSinkHook, EvalHook, LogHook
 from dist_face.train.loop import Trainer, TrainState
 from dist_face.train.optim import build_optimizer, build_scheduler, param_groups
 from dist_face.train.plan import RunPlan
@@ -125,13 +127,15 @@ def build_trainer(
         )
 
     if sink is None:
-        sinks: list[Sink] = [JsonlSink(plan.run_dir / f"metrics-rank{topology.rank}.jsonl")]
-        if topology.is_main:
-            sinks.append(ConsoleSink())
-        sink = MultiSink(sinks)
+        sink = build_sinks(cfg, topology, plan.run_dir)
     hooks = [
         LogHook(
-            cfg.train.log_every, sink, scaler.state_dict, lambda: scheds[0].get_last_lr()[0], device
+            cfg.train.log_every,
+            sink,
+            scaler.state_dict,
+            lambda: scheds[0].get_last_lr()[0],
+            device,
+            extra=lambda: {"data/corrupt_records": data.corrupt_records, **memory_stats(device)},
         ),
         EvalHook(
             cfg.eval.targets,
@@ -144,6 +148,7 @@ def build_trainer(
             device,
         ),
         CheckpointHook(cfg.checkpoint.every, save),
+        CloseSinkHook(sink),
     ]
     trainer = Trainer(
         step_fn=step_fn,
@@ -156,6 +161,48 @@ def build_trainer(
         state=state,
     )
     return trainer, plan
+
+
+def build_sinks(cfg: RunConfig, topology: Topology, run_dir: Path) -> MultiSink:
+    """JSONL on every rank, the console on rank 0, Prometheus on every rank when enabled.
+
+    The Prometheus exporter of local rank r serves on ``metrics.base_port + r``; it is a daemon
+    thread that ends with the process.
+    """
+    sinks: list[Sink] = [JsonlSink(run_dir / f"metrics-rank{topology.rank}.jsonl")]
+    if topology.is_main:
+        sinks.append(ConsoleSink())
+    m = cfg.metrics
+    if m.prometheus:
+        info = {
+            "recipe": cfg.name,
+            "world_size": str(topology.world_size),
+            "backbone": cfg.model.name,
+            "margin": cfg.head.margin,
+        }
+        prom = PrometheusSink(
+            rank=topology.rank,
+            node=topology.node_rank,
+            job=m.job or cfg.name,
+            info=info,
+            pushgateway=m.pushgateway,
+        )
+        port = m.base_port + topology.local_rank
+        try:
+            start_exporter(prom.registry, m.host, port)
+            logger.info(
+                "Prometheus metrics of rank %d: http://%s:%d/metrics", topology.rank, m.host, port
+            )
+        except OSError as exc:  # a busy port must not stop a training run
+            logger.warning(
+                "metrics.base_port: cannot serve Prometheus metrics on %s:%d (%s); "
+                "training goes on without the endpoint",
+                m.host,
+                port,
+                exc,
+            )
+        sinks.append(prom)
+    return MultiSink(sinks)
 
 
 def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:

@@ -37,8 +37,10 @@ class LogHook(Hook):
         scaler_state: Callable[[], dict[str, torch.Tensor]],
         lr: Callable[[], float],
         device: torch.device,
+        extra: Callable[[], dict[str, float]] | None = None,
     ) -> None:
-        """Log to ``sink``; ``scaler_state`` and ``lr`` are read on log steps only."""
+        """Log to ``sink``; ``scaler_state``, ``lr`` and ``extra`` are read on log steps only."""
+        self.extra = extra
         self.every, self.sink, self.scaler_state, self.lr, self.device = (
             every,
             sink,
@@ -89,6 +91,8 @@ class LogHook(Hook):
             "progress/total_steps": trainer.total_steps,
             "progress/eta_s": elapsed / max(steps, 1) * (trainer.total_steps - state.step),
         }
+        if self.extra is not None:
+            record.update(self.extra())
         self.sink.log(record, state.step)
         self._t, self._wait, self._step = now, trainer.data_wait_s, state.step
         self._pause = trainer.pause_s
@@ -188,3 +192,15 @@ class EvalHook(Hook):
         tmp = self.run_dir / "eval.json.tmp"
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         tmp.replace(self.run_dir / "eval.json")
+
+
+class CloseSinkHook(Hook):
+    """Closes the metric sink after training (flushes files, pushes to a Pushgateway)."""
+
+    def __init__(self, sink: Sink) -> None:
+        """Close ``sink`` in :meth:`after_train`; put this hook last."""
+        self.sink = sink
+
+    def after_train(self, trainer: Trainer) -> None:
+        """Close the sink."""
+        self.sink.close()

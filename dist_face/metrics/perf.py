@@ -1,0 +1,27 @@
+"""Cheap host-side readings of memory, for log steps."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    """Device memory (allocated, reserved) on CUDA; the process's resident set on the CPU.
+
+    Returns:
+        ``memory/device_allocated_bytes`` and ``memory/device_reserved_bytes`` on CUDA, else
+        ``memory/rss_bytes`` (from /proc/self/statm where it exists).
+    """
+    if device.type == "cuda":
+        return {
+            "memory/device_allocated_bytes": float(torch.cuda.memory_allocated(device)),
+            "memory/device_reserved_bytes": float(torch.cuda.memory_reserved(device)),
+        }
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return {"memory/rss_bytes": float(pages * os.sysconf("SC_PAGE_SIZE"))}
+    except (OSError, ValueError, IndexError):
+        return {}
