@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dist_face.data.shards import ShardSet
@@ -55,8 +56,22 @@ def dali_batches_per_epoch(num_samples: int, world_size: int, batch_size: int) -
 def combined_index(shards: ShardSet, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """One ``.idx`` for all shards, offsets shifted by the sizes of the earlier ``.rec`` files.
 
-    Keys are the global record numbers in shard order. The file is keyed by a hash of the
-    shard set's ``meta.json`` and written atomically, so concurrent ranks can share it.
+    Built from the manifest (already checked against ``meta.json`` by :meth:`ShardSet.open`),
+    so DALI yields the records in manifest order: key ``i`` is global record ``i``. The file is
+    keyed by a hash of the shard set's ``meta.json`` (which holds every shard's size and
+    checksum) and its path, and written atomically, so concurrent ranks can share it.
+
+    Args:
+        shards: The shard set.
+        cache_dir: Where to write; default ``<tempdir>/dist_face_dali`` (never the dataset,
+            which may be read-only).
+
+    Returns:
+        Path of the combined index (one line per record: key, a tab, byte offset).
+
+    Raises:
+        ValueError: A shard's records are not in file order in the manifest (DALI derives
+            each record's size from the next offset), naming the manifest, shard and row.
     """
     meta = (Path(shards.root) / "meta.json").read_bytes()
     digest = hashlib.sha256(meta + os.fsencode(os.path.abspath(shards.root))).hexdigest()[:16]
@@ -65,16 +80,25 @@ def combined_index(shards: ShardSet, cache_dir: str | os.PathLike[str] | None = 
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    lines, base, n = [], 0, 0
+    parts, base = [], 0
     for s in range(shards.num_shards):
-        with open(shards.idx_path(s)) as f:
-            offsets = sorted(int(line.split()[1]) for line in f if line.strip())
-        for off in offsets:
-            lines.append(f"{n}\t{off + base}\n")
-            n += 1
-        base += os.path.getsize(shards.rec_path(s))
+        rows = np.flatnonzero(shards.shard_ids == s)
+        offsets = shards.offsets[rows]
+        size = os.path.getsize(shards.rec_path(s))
+        bad = np.flatnonzero((np.diff(offsets) <= 0) | (offsets[1:] >= size))
+        if bad.size or (offsets.size and offsets[0] < 0):
+            row = int(rows[bad[0] + 1]) if bad.size else int(rows[0])
+            raise ValueError(
+                f"{Path(shards.root) / 'manifest.parquet'}: row {row} (shard {s}, key "
+                f"{shards.keys[row]}, offset {shards.offsets[row]}) is out of file order or "
+                f"beyond {shards.rec_path(s)} ({size} bytes); DALI needs ascending offsets"
+            )
+        parts.append(offsets + base)
+        base += size
+    offsets = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    text = "".join(f"{n}\t{off}\n" for n, off in enumerate(offsets.tolist()))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(lines))
+    tmp.write_text(text)
     tmp.replace(path)
     return path
 
