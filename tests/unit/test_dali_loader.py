@@ -89,3 +89,48 @@ def test_auto_on_cpu_uses_torch_and_relabelled_sets_are_refused(
     relabel(copy, ShardSet.open(copy).labels, C)
     with pytest.raises(ConfigError, match=r"data\.backend: dali reads labels"):
         _source(copy, 0, 1)
+
+
+def test_combined_index_shifts_each_shard_by_the_earlier_rec_files(
+    color_shards: Path, tmp_path: Path
+) -> None:
+    from dist_face.data.dali_loader import combined_index
+    from dist_face.data.shards import ShardSet
+
+    shards = ShardSet.open(color_shards)
+    expected, base = [], 0
+    for s in range(shards.num_shards):  # reference: the shards' own .idx files
+        with open(shards.idx_path(s)) as f:
+            expected += [base + int(line.split("\t")[1]) for line in f if line.strip()]
+        base += Path(shards.rec_path(s)).stat().st_size
+    path = combined_index(shards, tmp_path / "cache")
+    assert path.parent == tmp_path / "cache"  # never inside the dataset
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
+    assert [int(k) for k, _ in rows] == list(range(N))
+    assert [int(off) for _, off in rows] == expected
+
+
+def test_combined_index_refuses_records_out_of_file_order(
+    color_shards: Path, tmp_path: Path
+) -> None:
+    from dist_face.data.dali_loader import combined_index
+    from dist_face.data.shards import ShardSet
+
+    shards = ShardSet.open(color_shards)
+    rows = (shards.shard_ids == 1).nonzero()[0]
+    shards.offsets = shards.offsets.copy()
+    shards.offsets[rows[[2, 3]]] = shards.offsets[rows[[3, 2]]]
+    with pytest.raises(ValueError, match=r"manifest\.parquet: row \d+ \(shard 1, key"):
+        combined_index(shards, tmp_path)
+
+
+def test_dali_warns_that_it_cannot_skip_and_needs_the_package(
+    color_shards: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with caplog.at_level("WARNING", logger="dist_face.data.loader"):
+        _source(color_shards, 0, 1, on_corrupt="skip")
+    assert "cannot skip undecodable records" in caplog.text
+    assert "tools/verify.py" in caplog.text
+    monkeypatch.setattr("dist_face.data.loader.dali_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"data\.backend: dali needs nvidia-dali"):
+        _source(color_shards, 0, 1)
