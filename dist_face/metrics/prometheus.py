@@ -144,7 +144,11 @@ class PrometheusSink(Sink):
         self.labels = {"job": job, "node": str(node), "rank": str(rank)}
         self.pushgateway = pushgateway
         self._families: dict[str, Counter | Gauge] = {}
-        self._series = {key: self._child(spec) for key, spec in METRICS.items()}
+        self._series: dict[str, Counter | Gauge] = {}
+        for key, spec in METRICS.items():
+            family = self._family(spec)
+            if spec.counter:  # at 0 from the start, so rate() sees the first increment
+                self._series[key] = family.labels(**self.labels, **spec.labels)
         self._totals = {k: 0.0 for k, s in METRICS.items() if s.counter}
         self._step = Gauge(STEP_METRIC, "Optimizer steps done", LABELS, registry=self.registry)
         self._eval = Gauge(
@@ -164,14 +168,13 @@ class PrometheusSink(Sink):
             )
             self._pusher.start()
 
-    def _child(self, spec: MetricSpec) -> Counter | Gauge:
+    def _family(self, spec: MetricSpec) -> Counter | Gauge:
         family = self._families.get(spec.name)  # the step phases share one family
         if family is None:
             cls = Counter if spec.counter else Gauge
             family = cls(spec.name, spec.help, (*LABELS, *spec.labels), registry=self.registry)
             self._families[spec.name] = family
-        # created now, so counters are exported at 0 and rate() sees their first increment
-        return family.labels(**self.labels, **spec.labels)
+        return family
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Update the metrics present in ``metrics``; unknown keys are ignored.
@@ -183,17 +186,24 @@ class PrometheusSink(Sink):
         if "train/rank_samples_per_s" in metrics and "time/step_s" not in metrics:
             metrics = {**metrics, **self._step_time(step)}
         for key, value in metrics.items():
-            if key in self._series:
-                if key in self._totals:
-                    delta = float(value) - self._totals[key]
-                    if delta > 0:
-                        self._series[key].inc(delta)
-                    self._totals[key] = float(value)
-                else:
-                    self._series[key].set(float(value))
+            if key in self._totals:
+                delta = float(value) - self._totals[key]
+                if delta > 0:
+                    self._series[key].inc(delta)
+                self._totals[key] = float(value)
+            elif key in METRICS:  # gauges appear once sent: no fake zeros for unsent phases
+                self._gauge(key).set(float(value))
             elif key.startswith("eval/") and key.count("/") == 2:
                 _, target, metric = key.split("/")
                 self._eval.labels(**self.labels, target=target, metric=metric).set(value)
+
+    def _gauge(self, key: str) -> Gauge:
+        child = self._series.get(key)
+        if child is None:
+            spec = METRICS[key]
+            child = self._families[spec.name].labels(**self.labels, **spec.labels)
+            self._series[key] = child
+        return child
 
     def _step_time(self, step: int) -> dict[str, float]:
         """``time/step_s`` from the wall time between two training records, when not sent.

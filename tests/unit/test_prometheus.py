@@ -94,8 +94,18 @@ def test_values_names_and_labels() -> None:
     assert got[_key("dist_face_build_info", recipe="debug_cpu")] == 1
     ours = {name for name, _ in got if not name.startswith("process_")}
     assert {n for n in ours if not n.endswith("_created")} <= exported_names()
-    # every key of the table shows up under its documented name
-    assert {s.name + ("_total" if s.counter else "") for s in METRICS.values()} <= ours
+    # every key sent shows up under its documented name
+    sent = [METRICS[k] for k in RECORD if k in METRICS]
+    assert {s.name + ("_total" if s.counter else "") for s in sent} <= ours
+
+
+def test_unsent_gauges_are_absent_not_zero() -> None:
+    sink = PrometheusSink(rank=3, node=1, job="j")
+    sink.log({"train/loss": 1.0, "memory/rss_bytes": 1e9}, step=1)  # no phases, no CUDA memory
+    names = {name for name, _ in _samples(sink)}
+    assert {"dist_face_loss", "dist_face_resident_memory_bytes"} <= names
+    assert not names & {"dist_face_step_phase_seconds", "dist_face_device_memory_allocated_bytes"}
+    assert "dist_face_skipped_steps_total" in names  # counters start at 0 for rate()
 
 
 def test_counter_follows_a_restarted_total() -> None:
@@ -110,7 +120,7 @@ def test_step_time_is_derived_when_not_sent(monkeypatch) -> None:
     monkeypatch.setattr(prom.time, "monotonic", lambda: next(clock))
     sink = PrometheusSink(rank=3, node=1, job="j")
     sink.log({"train/rank_samples_per_s": 1.0}, step=10)
-    assert _samples(sink)[_key("dist_face_step_seconds")] == 0  # no interval yet
+    assert _key("dist_face_step_seconds") not in _samples(sink)  # no interval yet
     sink.log({"train/rank_samples_per_s": 1.0}, step=20)
     assert _samples(sink)[_key("dist_face_step_seconds")] == pytest.approx(0.5)
     sink.log({"eval/lfw/accuracy": 0.9}, step=20)  # evaluation records do not count
