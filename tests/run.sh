@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=launch/setup_env.sh
 source launch/setup_env.sh "dev,dali,deepspeed"
-# promtool (Debian's prometheus package) checks the metrics exposition; tests skip without it
-if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+# promtool and prometheus (Debian's prometheus package) check the exposition and the alert rules
+# and run the real-server test; those tests skip without them. Tolerant of failure (offline).
+if ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "[tests] installing promtool (Debian package prometheus)"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       --no-install-recommends prometheus; } >/dev/null 2>&1 || echo "[tests] promtool not installed"

@@ -409,6 +409,8 @@ class MetricsConfig:
     """Port of local rank 0; local rank r serves on base_port + r."""
     pushgateway: str = ""
     """host:port of a Prometheus Pushgateway to push the final values to (empty: none)."""
+    push_every_s: float = 0.0
+    """Also push to the Pushgateway every this many seconds while training (0: only at the end)."""
     job: str = ""
     """Value of the ``job`` label (empty: the run name)."""
 
@@ -416,6 +418,8 @@ class MetricsConfig:
         require(
             0 < self.base_port < 65536, "base_port", f"must be a TCP port, got {self.base_port}"
         )
+        require(bool(self.host), "host", "must not be empty (127.0.0.1 keeps the exporter local)")
+        require(self.push_every_s >= 0, "push_every_s", f"must be >= 0, got {self.push_every_s}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from dist_face.data.loader import build_loader
 from dist_face.dist import Topology
 from dist_face.heads import build_head
 from dist_face.heads.shard_math import class_range
-from dist_face.metrics import ConsoleSink, JsonlSink, MultiSink, Sink
+from dist_face.metrics import MultiSink, Sink
+from dist_face.metrics.build import build_info
+from dist_face.metrics.build import build_sinks as metric_sinks
 from dist_face.metrics.perf import memory_stats
-from dist_face.metrics.prometheus import PrometheusSink, start_exporter
 from dist_face.models import build_backbone, model_kwargs, save_backbone
 from dist_face.train.hooks import CheckpointHook, CloseSinkHook, EvalHook, LogHook
 from dist_face.train.loop import Trainer, TrainState
@@ -166,43 +167,12 @@ def build_trainer(
 def build_sinks(cfg: RunConfig, topology: Topology, run_dir: Path) -> MultiSink:
     """JSONL on every rank, the console on rank 0, Prometheus on every rank when enabled.
 
-    The Prometheus exporter of local rank r serves on ``metrics.base_port + r``; it is a daemon
-    thread that ends with the process.
+    The entry point serves the Prometheus sink (``dist_face.metrics.build.serve_metrics``).
     """
-    sinks: list[Sink] = [JsonlSink(run_dir / f"metrics-rank{topology.rank}.jsonl")]
-    if topology.is_main:
-        sinks.append(ConsoleSink())
-    m = cfg.metrics
-    if m.prometheus:
-        info = {
-            "recipe": cfg.name,
-            "world_size": str(topology.world_size),
-            "backbone": cfg.model.name,
-            "margin": cfg.head.margin,
-        }
-        prom = PrometheusSink(
-            rank=topology.rank,
-            node=topology.node_rank,
-            job=m.job or cfg.name,
-            info=info,
-            pushgateway=m.pushgateway,
-        )
-        port = m.base_port + topology.local_rank
-        try:
-            start_exporter(prom.registry, m.host, port)
-            logger.info(
-                "Prometheus metrics of rank %d: http://%s:%d/metrics", topology.rank, m.host, port
-            )
-        except OSError as exc:  # a busy port must not stop a training run
-            logger.warning(
-                "metrics.base_port: cannot serve Prometheus metrics on %s:%d (%s); "
-                "training goes on without the endpoint",
-                m.host,
-                port,
-                exc,
-            )
-        sinks.append(prom)
-    return MultiSink(sinks)
+    info = build_info(
+        cfg.name, topology.world_size, backbone=cfg.model.name, margin=cfg.head.margin
+    )
+    return metric_sinks(cfg.metrics, topology, run_dir, job=cfg.name, info=info)
 
 
 def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:

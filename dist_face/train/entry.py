@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from dist_face.config import ConfigError, list_recipes, load_config
 from dist_face.dist import Topology, destroy_distributed, init_distributed
@@ -49,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("bad configuration: %s", exc)
         return 2
     device = init_distributed(topology, cfg.dist.backend, cfg.dist.timeout_s)
+    exporter = None
     try:
-        from dist_face.train.build import build_trainer  # heavy imports after the cheap checks
+        from dist_face.metrics.build import serve_metrics
+        from dist_face.train.build import build_sinks, build_trainer  # heavy imports after checks
 
-        trainer, plan = build_trainer(cfg, topology, device)
+        sink = build_sinks(cfg, topology, Path(cfg.output_root) / cfg.name)
+        exporter = serve_metrics(sink, cfg.metrics, topology)
+        trainer, plan = build_trainer(cfg, topology, device, sink=sink)
         logger.info(
             "run %s: %d ranks, global batch %d, %d steps (%d per epoch), run dir %s",
             cfg.name,
@@ -65,5 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         state = trainer.fit()
         logger.info("done at step %d; best %s", state.step, state.best)
     finally:
+        if exporter is not None:
+            exporter.close()
         destroy_distributed()
     return 0
