@@ -7,11 +7,39 @@ no branches.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup, ReduceOp
+
+
+class CollectiveTimer(Protocol):
+    """Receives the spans of collectives (see ``dist_face.train.timing.StepTimer``)."""
+
+    def collective_start(self) -> object | None: ...
+
+    def collective_end(self, token: object | None) -> None: ...
+
+
+_timer: CollectiveTimer | None = None
+
+
+def time_collectives(timer: CollectiveTimer | None) -> None:
+    """Report every collective of this module to ``timer`` from now on (None: stop).
+
+    Process-wide on purpose: autograd may run backward on another thread.
+    """
+    global _timer
+    _timer = timer
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> None:
+    timer = _timer
+    token = timer.collective_start() if timer is not None else None
+    fn(*args, **kwargs)
+    if token is not None:
+        timer.collective_end(token)  # type: ignore[union-attr]
 
 
 def is_active(group: ProcessGroup | None = None) -> bool:
@@ -51,7 +79,7 @@ def all_reduce(
 ) -> torch.Tensor:
     """All-reduce ``tensor`` in place and return it."""
     if is_active(group):
-        dist.all_reduce(tensor, op=op, group=group)
+        _timed(dist.all_reduce, tensor, op=op, group=group)
     return tensor
 
 
@@ -74,7 +102,7 @@ def all_gather(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch
     if not is_active(group):
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
+    _timed(dist.all_gather, parts, tensor.contiguous(), group=group)
     return torch.cat(parts, dim=0)
 
 
@@ -107,11 +135,11 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         if backend_name(group) == "nccl":
             out = torch.empty((rows, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
-            dist.reduce_scatter_tensor(out, grad, op=ReduceOp.SUM, group=group)
+            _timed(dist.reduce_scatter_tensor, out, grad, op=ReduceOp.SUM, group=group)
             return out, None
         # gloo has no reduce-scatter: all-reduce the whole gradient and keep our rows.
         grad = grad.clone()
-        dist.all_reduce(grad, op=ReduceOp.SUM, group=group)
+        _timed(dist.all_reduce, grad, op=ReduceOp.SUM, group=group)
         return grad[rank * rows : (rank + 1) * rows].contiguous(), None
 
 

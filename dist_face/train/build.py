@@ -33,6 +33,7 @@ from dist_face.train.optim import build_optimizer, build_scheduler, param_groups
 from dist_face.train.plan import RunPlan
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep
+from dist_face.train.timing import StepTimer
 from dist_face.train.wrap import wrap_backbone
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def build_trainer(
     scaler = LossScaler(
         cfg.train.precision, device, cfg.train.loss_scale_init, cfg.train.loss_scale_growth_interval
     )
+    timer = StepTimer(device) if cfg.metrics.step_phases else None
     step_fn = TrainStep(
         backbone=model,
         loss_fn=head,
@@ -89,6 +91,7 @@ def build_trainer(
         precision=cfg.train.precision,
         clip_params=list(backbone.parameters()),
         clip_grad_norm=cfg.train.clip_grad_norm,
+        timer=timer,
     )
 
     state = TrainState()
@@ -137,6 +140,7 @@ def build_trainer(
             lambda: scheds[0].get_last_lr()[0],
             device,
             extra=lambda: {"data/corrupt_records": data.corrupt_records, **memory_stats(device)},
+            timer=timer,
         ),
         EvalHook(
             cfg.eval.targets,

@@ -18,6 +18,7 @@ from dist_face.eval.bin_format import decode_images, load_bin
 from dist_face.eval.verification import VerificationResult, evaluate_model
 from dist_face.metrics import Sink
 from dist_face.train.loop import Hook, Trainer
+from dist_face.train.timing import StepTimer
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ class LogHook(Hook):
         lr: Callable[[], float],
         device: torch.device,
         extra: Callable[[], dict[str, float]] | None = None,
+        timer: StepTimer | None = None,
     ) -> None:
-        """Log to ``sink``; ``scaler_state``, ``lr`` and ``extra`` are read on log steps only."""
-        self.extra = extra
+        """Log to ``sink``; the callables and ``timer`` are read on log steps only."""
+        self.extra, self.timer = extra, timer
         self.every, self.sink, self.scaler_state, self.lr, self.device = (
             every,
             sink,
@@ -53,6 +55,8 @@ class LogHook(Hook):
 
     def before_train(self, trainer: Trainer) -> None:
         """Start the clock."""
+        if self.timer is not None:
+            self.timer.read()  # drop anything recorded before this run's first step
         self._t, self._wait = time.perf_counter(), trainer.data_wait_s
         self._step, self._pause = trainer.state.step, trainer.pause_s
 
@@ -87,10 +91,14 @@ class LogHook(Hook):
             "train/rank_samples_per_s_min": float(per_rank[:, 0].min()),
             "train/rank_samples_per_s_max": float(per_rank[:, 0].max()),
             "time/data_wait_share": float(per_rank[:, 1].max()),
+            "time/step_s": elapsed / max(steps, 1),
+            "time/data_wait_s": (trainer.data_wait_s - self._wait) / max(steps, 1),
             "progress/epoch": state.epoch,
             "progress/total_steps": trainer.total_steps,
             "progress/eta_s": elapsed / max(steps, 1) * (trainer.total_steps - state.step),
         }
+        if self.timer is not None:
+            record.update(self.timer.read())  # the device is idle already: .tolist() waited
         if self.extra is not None:
             record.update(self.extra())
         self.sink.log(record, state.step)

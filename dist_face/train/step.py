@@ -13,7 +13,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_face.dist import comm
 from dist_face.train.precision import LossScaler, autocast
+from dist_face.train.timing import StepTimer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,6 +48,8 @@ class TrainStep:
         precision: fp32, bf16 or fp16 (autocast of the backbone; the head stays fp32).
         clip_params: parameters whose gradient norm is clipped (the backbone's).
         clip_grad_norm: maximum global L2 norm; 0 disables clipping.
+        timer: records the time of each phase (forward, head collectives, backward,
+            optimizer) without synchronising; None to not time.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class TrainStep:
         precision: str,
         clip_params: Sequence[nn.Parameter],
         clip_grad_norm: float,
+        timer: StepTimer | None = None,
     ) -> None:
         self.backbone = backbone
         self.loss_fn = loss_fn
@@ -68,6 +73,7 @@ class TrainStep:
         self.precision = precision
         self.clip_params = list(clip_params)
         self.clip_grad_norm = clip_grad_norm
+        self.timer = timer
         self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
 
     def __call__(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
@@ -77,17 +83,46 @@ class TrainStep:
             Device tensors: ``loss`` (mean over micro-batches), ``grad_norm`` (backbone, before
             clipping), ``skipped`` (1.0 if the update was skipped for inf/NaN).
         """
-        total = torch.zeros((), device=self.scaler.scale.device)
-        for i, (images, labels) in enumerate(batches):
-            last = i == len(batches) - 1
-            with self._no_sync(not last):
-                with autocast(self.precision, images.device):
-                    embeddings = self.backbone(images)
-                loss = self.loss_fn(embeddings.float(), labels) / len(batches)
-                self.scaler.scale_loss(loss).backward()
-            total += loss.detach()
+        timer = self.timer
+        comm.time_collectives(timer)
+        try:
+            total = torch.zeros((), device=self.scaler.scale.device)
+            for i, (images, labels) in enumerate(batches):
+                last = i == len(batches) - 1
+                with self._no_sync(not last):
+                    if timer is not None:
+                        timer.start("forward")
+                    with autocast(self.precision, images.device):
+                        embeddings = self.backbone(images)
+                    loss = self.loss_fn(embeddings.float(), labels) / len(batches)
+                    if timer is not None:
+                        timer.start("backward")
+                    self.backward(loss, last)
+                total += loss.detach()
+            if timer is not None:
+                timer.start("optimizer")
+            found_inf, grad_norm = self.update()
+            for sched in self.schedulers:
+                sched.step()
+            if timer is not None:
+                timer.end_step()
+        finally:
+            comm.time_collectives(None)
+        return {"loss": total, "grad_norm": grad_norm.detach(), "skipped": found_inf}
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Back-propagate one micro-batch's ``loss`` (``last``: the step's final micro-batch)."""
+        self.scaler.scale_loss(loss).backward()
+
+    def update(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check, clip and apply the accumulated gradients; zero them.
+
+        Returns:
+            ``(found_inf, grad_norm)``: the all-ranks overflow flag and the backbone's gradient
+            norm before clipping (0 when clipping is off), both 0-dim device tensors.
+        """
         found_inf = self.scaler.unscale_and_check(self._params)
-        grad_norm = torch.zeros_like(total)
+        grad_norm = torch.zeros((), device=found_inf.device)
         if self.clip_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.clip_params, self.clip_grad_norm, foreach=True
@@ -95,11 +130,9 @@ class TrainStep:
         for opt in self.optimizers:
             optimizer_step(opt, found_inf)
         self.scaler.update(found_inf)
-        for sched in self.schedulers:
-            sched.step()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        return {"loss": total, "grad_norm": grad_norm.detach(), "skipped": found_inf}
+        return found_inf, grad_norm
 
     def _no_sync(self, skip_reduce: bool) -> contextlib.AbstractContextManager:
         # accumulate micro-batches locally; DDP all-reduces on the last one only

@@ -30,6 +30,10 @@ class StopAt(Hook):
             raise Preempted
 
 
+_TIME_KEYS = ("time/step_s", "time/data_wait_s", "time/forward_s", "time/head_comm_s",
+              "time/backward_s", "time/optimizer_s")
+
+
 def _overrides(data: str, run_root: str, name: str, *extra: str) -> list[str]:
     return [f"--data.root={data}/shards", f"--eval.targets=[{data}/val.bin]",
             f"--output_root={run_root}", f"--name={name}", "--data.num_workers=1", *extra]
@@ -57,6 +61,7 @@ def _train(rank: int, world: int, overrides: list[str], stop_at: int = 0,
         loss=sink.series("train/loss"), accuracy=sink.series("eval/val/accuracy"),
         backbone={k: v.clone() for k, v in backbone.state_dict().items()},
         head=all_gather(head.weight.detach().clone()), step=trainer.state.step,
+        timing={k: [v for _, v in sink.series(k)] for k in _TIME_KEYS},
     )
     return out
 
@@ -82,6 +87,13 @@ def test_three_ranks_train_in_bf16_with_accumulation(small_dataset: Path, tmp_pa
     assert losses[-1] < losses[0], losses
     for out in outs[1:]:  # the loss is the global batch's: identical on every rank
         assert out["loss"] == outs[0]["loss"]
+    for out in outs:  # the phases add up to the step: the rest is the log hook's own time
+        timing = out["timing"]
+        assert all(len(v) == len(out["loss"]) for v in timing.values()), timing
+        for i, step_s in enumerate(timing["time/step_s"]):
+            parts = [timing[k][i] for k in _TIME_KEYS[1:]]
+            assert min(parts) >= 0 and timing["time/head_comm_s"][i] > 0, parts
+            assert 0.5 * step_s < sum(parts) <= step_s * 1.01, (step_s, parts)
 
 
 # 720 samples; a global batch of 96 on 2 ranks (48 each) or 3 ranks (32 each): 7 steps/epoch.
