@@ -275,9 +275,20 @@ class DistConfig:
     """Collective timeout in seconds; a dead rank turns into an error after this long."""
     fp16_grad_compression: bool = False
     """All-reduce backbone gradients in fp16 (DDP communication hook)."""
+    engine: str = "ddp"
+    """ddp (torch DistributedDataParallel) or deepspeed (the backbone in a DeepSpeed engine;
+    the sharded head stays outside it). ``--engine deepspeed`` on the command line."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage of the backbone: 0, 1 (optimizer state partitioned) or 2
+    (gradients too). Stage 3 would partition the weights, which the head's gradient contract
+    does not need and the per-step gathers would slow down."""
 
     def __post_init__(self) -> None:
         require_choice(self.backend, "backend", ["auto", "nccl", "gloo"])
+        require_choice(self.engine, "engine", ["ddp", "deepspeed"])
+        require(
+            self.zero_stage in (0, 1, 2), "zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}"
+        )
         require(self.timeout_s > 0, "timeout_s", f"must be > 0, got {self.timeout_s}")
 
 

@@ -148,14 +148,15 @@ def embed_images(
     Pixels are mapped to [-1, 1] as in training. With ``flip``, the embedding is the sum of the
     image's and its mirror's before normalisation. The model is put in eval mode and restored.
     """
-    device = device or next(model.parameters()).device
+    first = next(model.parameters())
+    device, dtype = device or first.device, first.dtype  # bf16 under DeepSpeed's bf16 mode
     was_training = model.training
     model.eval()
     out = []
     try:
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start : start + batch_size]).to(device)
-            x = x.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
+            x = x.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5).to(dtype)
             e = model(x).float()
             if flip:
                 e = e + model(torch.flip(x, dims=[3])).float()

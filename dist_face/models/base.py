@@ -2,8 +2,9 @@
 
 A backbone maps a batch of aligned 112×112 RGB faces, normalized to [-1, 1], to embeddings. The
 trunk runs under whatever autocast the caller set (fp16/bf16 on the accelerator); the head runs
-with autocast disabled on an fp32 copy of the trunk's output, so the embedding is always fp32,
-as in InsightFace where the final FC and BatchNorm1d stay in fp32.
+with autocast disabled on an fp32 copy of the trunk's output, so the embedding is fp32, as in
+InsightFace where the final FC and BatchNorm1d stay in fp32. A network whose parameters are in
+bf16/fp16 (DeepSpeed's half-precision modes) runs entirely in that dtype.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Backbone(nn.Module):
             x: ``[B, 3, 112, 112]`` images normalized to [-1, 1] (any float dtype).
 
         Returns:
-            ``[B, embedding_size]`` fp32 embeddings (not L2-normalized).
+            ``[B, embedding_size]`` embeddings (not L2-normalized), fp32 unless the network's
+            parameters and ``x`` are in half precision.
         """
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
             raise ValueError(
@@ -56,8 +58,10 @@ class Backbone(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         feats = self.forward_trunk(x)
         # The head (FC + BatchNorm1d) in fp32 keeps the embedding's statistics stable under AMP.
+        # It runs in the input's dtype: fp32 under autocast, and the parameters' own dtype when
+        # the whole network is in bf16/fp16 (DeepSpeed's half-precision modes).
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.forward_head(feats.float())
+            return self.forward_head(feats.to(x.dtype))
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Features before the embedding head (runs under the caller's autocast)."""

@@ -39,7 +39,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_backbone(
-    model: nn.Module, path: str | os.PathLike[str], name: str, **create_kwargs: Any
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    name: str,
+    state: Mapping[str, torch.Tensor] | None = None,
+    **create_kwargs: Any,
 ) -> Path:
     """Write a backbone-only checkpoint (atomically).
 
@@ -47,6 +51,8 @@ def save_backbone(
         model: the backbone, possibly wrapped by DDP or ``torch.compile``.
         path: destination file.
         name: the registered name that rebuilds it (``dist_face.models.create(name, ...)``).
+        state: the weights to write instead of ``model.state_dict()`` (e.g. fp32 masters of
+            a model that trains in bf16).
         **create_kwargs: the ``create`` options it was built with (plain bool/int/float/str
             values), e.g. ``embedding_size=128``.
 
@@ -60,7 +66,9 @@ def save_backbone(
     for key, value in create_kwargs.items():
         if not isinstance(value, _PLAIN):
             raise TypeError(f"save_backbone: option {key}={value!r} is not a bool/int/float/str")
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    if state is None:
+        state = unwrap(model).state_dict()
+    state = {k: v.detach().cpu() for k, v in state.items()}
     payload = {
         "format": FORMAT,
         "version": VERSION,

@@ -63,7 +63,7 @@ class Attention(nn.Module):
         # fp16 attention logits overflow on long training runs; InsightFace forces fp32 here.
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return self.proj(out.transpose(1, 2).reshape(b, n, c).to(x.dtype))
 
 
 class Mlp(nn.Module):
@@ -168,7 +168,7 @@ class VisionTransformer(Backbone):
             x, restore = _drop_patches(x, self.mask_ratio)
         for block in self.blocks:
             x = self.run_block(block, x)
-        x = self.norm(x.float())
+        x = self.norm(x.to(self.norm.weight.dtype))  # fp32 unless the network is in half
         if restore is not None:
             fill = self.mask_token.expand(x.shape[0], restore.shape[1] - x.shape[1], -1)
             x = torch.cat([x, fill.to(x.dtype)], dim=1)

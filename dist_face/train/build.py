@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +67,6 @@ def build_trainer(
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
     head = build_head(cfg.head, cfg.model.embedding_size, num_classes, seed=cfg.train.seed)
     head = head.to(device)
-    model = wrap_backbone(backbone, cfg.dist, topology, device, cfg.train.grad_accum)
-
     head_lr = cfg.optim.head_lr or cfg.optim.lr
     head_wd = (
         cfg.optim.weight_decay if cfg.optim.head_weight_decay < 0 else cfg.optim.head_weight_decay
@@ -78,46 +78,33 @@ def build_trainer(
     scheds = [
         build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
     ]
-    scaler = LossScaler(
-        cfg.train.precision, device, cfg.train.loss_scale_init, cfg.train.loss_scale_growth_interval
-    )
     timer = StepTimer(device) if cfg.metrics.step_phases else None
-    step_fn = TrainStep(
-        backbone=model,
-        loss_fn=head,
-        optimizers=[opt_b, opt_h],
-        schedulers=scheds,
-        scaler=scaler,
-        precision=cfg.train.precision,
-        clip_params=list(backbone.parameters()),
-        clip_grad_norm=cfg.train.clip_grad_norm,
-        timer=timer,
-    )
+    engine = _build_step(cfg, topology, device, backbone, head, opt_b, opt_h, scheds, timer)
+    step_fn = engine.step_fn
+    scaler = step_fn.scaler
 
     state = TrainState()
     crange = class_range(num_classes, topology.rank, topology.world_size)
     resume = _resume_path(cfg, plan.run_dir)
     if resume is not None:
-        state = _resume(
-            resume, topology, cfg, plan, backbone, head, opt_b, opt_h, scheds, scaler, crange
-        )
+        state = _resume(resume, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange)
 
     def save(trainer: Trainer) -> Path | None:
+        weights, optim_backbone = engine.state()  # collective under ZeRO
         replicated = {
             "step": trainer.state.step,
             "epoch": trainer.state.epoch,
             "offset": trainer.state.offset,
             "best": trainer.state.best,
             "config": to_yaml(cfg),
-            "backbone": backbone.state_dict(),
-            "optim_backbone": opt_b.state_dict(),
+            "backbone": weights,
+            "optim_backbone": optim_backbone,
             "schedulers": [s.state_dict() for s in scheds],
             "scaler": scaler.state_dict(),
         }
         if topology.is_main:  # the backbone alone, for evaluation, export and fine-tuning
-            save_backbone(
-                backbone, plan.run_dir / "model.pt", cfg.model.name, **model_kwargs(cfg.model)
-            )
+            path = plan.run_dir / "model.pt"
+            save_backbone(backbone, path, cfg.model.name, weights, **model_kwargs(cfg.model))
         return save_checkpoint(
             plan.run_dir,
             trainer.state.step,
@@ -168,6 +155,66 @@ def build_trainer(
     return trainer, plan
 
 
+@dataclass
+class BackboneEngine:
+    """The step of one engine and the backbone's checkpoint state in the DDP layout."""
+
+    step_fn: TrainStep
+    state: Callable[[], tuple[dict[str, torch.Tensor], dict]]
+    """``() -> (fp32 weights by name, torch.optim state dict)``; collective under ZeRO."""
+    load_state: Callable[[dict[str, torch.Tensor], dict], None]
+    """Inverse of :attr:`state`, on any world size."""
+
+
+def _build_step(
+    cfg: RunConfig,
+    topology: Topology,
+    device: torch.device,
+    backbone: torch.nn.Module,
+    head: torch.nn.Module,
+    opt_b: torch.optim.Optimizer,
+    opt_h: torch.optim.Optimizer,
+    scheds: list,
+    timer: StepTimer | None,
+) -> BackboneEngine:
+    """The step over DDP (or the bare backbone at one rank) or over a DeepSpeed engine."""
+    if cfg.dist.engine == "deepspeed":
+        from dist_face.train import deepspeed_engine as ds  # deepspeed only when asked for
+
+        engine = ds.initialize(backbone, opt_b, cfg, topology.world_size)
+        step_fn = ds.DeepSpeedStep(
+            engine=engine, loss_fn=head, head_optimizer=opt_h, schedulers=scheds, timer=timer
+        )
+        return BackboneEngine(
+            step_fn,
+            state=lambda: ds.backbone_state(engine),
+            load_state=lambda w, o: ds.load_backbone_state(engine, w, o),
+        )
+    model = wrap_backbone(backbone, cfg.dist, topology, device, cfg.train.grad_accum)
+    scaler = LossScaler(
+        cfg.train.precision, device, cfg.train.loss_scale_init, cfg.train.loss_scale_growth_interval
+    )
+    step_fn = TrainStep(
+        backbone=model,
+        loss_fn=head,
+        optimizers=[opt_b, opt_h],
+        schedulers=scheds,
+        scaler=scaler,
+        precision=cfg.train.precision,
+        clip_params=list(backbone.parameters()),
+        clip_grad_norm=cfg.train.clip_grad_norm,
+        timer=timer,
+    )
+
+    def load(weights: dict[str, torch.Tensor], optim_state: dict) -> None:
+        backbone.load_state_dict(weights)
+        opt_b.load_state_dict(optim_state)
+
+    return BackboneEngine(
+        step_fn, state=lambda: (backbone.state_dict(), opt_b.state_dict()), load_state=load
+    )
+
+
 def build_sinks(cfg: RunConfig, topology: Topology, run_dir: Path) -> MultiSink:
     """JSONL on every rank, the console on rank 0, Prometheus on every rank when enabled.
 
@@ -190,13 +237,10 @@ def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def _resume(
-    path, topology, cfg, plan, backbone, head, opt_b, opt_h, scheds, scaler, crange
-) -> TrainState:
+def _resume(path, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange) -> TrainState:
     state = load_state(path)
     saved_world = int(state["world_size"])
-    backbone.load_state_dict(state["backbone"])
-    opt_b.load_state_dict(state["optim_backbone"])
+    engine.load_state(state["backbone"], state["optim_backbone"])
     for sched, sd in zip(scheds, state["schedulers"]):
         sched.load_state_dict(sd)
     scaler.load_state_dict(state["scaler"])

@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help=f"recipe name ({', '.join(list_recipes())}) or a .py / config.yaml path",
     )
     p.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
+    p.add_argument(
+        "--engine", choices=["ddp", "deepspeed"], default=None, help="same as --dist.engine"
+    )
+    # the deepspeed launcher appends it unless started with --no_local_rank; LOCAL_RANK is read
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     p.add_argument("--init-backbone", default=None, help="backbone-only checkpoint to start from")
     args, rest = p.parse_known_args(argv)
     overrides = list(rest)
@@ -34,6 +39,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"unrecognised arguments {bad}; overrides look like --section.field=value")
     if args.resume is not None:
         overrides.append(f"--checkpoint.resume={args.resume}")
+    if args.engine is not None:
+        overrides.append(f"--dist.engine={args.engine}")
     if args.init_backbone is not None:
         overrides.append(f"--model.init_backbone={args.init_backbone}")
     return args, overrides

@@ -92,8 +92,7 @@ class TrainStep:
                 with self._no_sync(not last):
                     if timer is not None:
                         timer.start("forward")
-                    with autocast(self.precision, images.device):
-                        embeddings = self.backbone(images)
+                    embeddings = self.embed(images)
                     loss = self.loss_fn(embeddings.float(), labels) / len(batches)
                     if timer is not None:
                         timer.start("backward")
@@ -109,6 +108,11 @@ class TrainStep:
         finally:
             comm.time_collectives(None)
         return {"loss": total, "grad_norm": grad_norm.detach(), "skipped": found_inf}
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone forward under autocast: ``[B, 3, H, W]`` → ``[B, D]``."""
+        with autocast(self.precision, images.device):
+            return self.backbone(images)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """Back-propagate one micro-batch's ``loss`` (``last``: the step's final micro-batch)."""

@@ -1,0 +1,321 @@
+"""The backbone inside a DeepSpeed engine (ZeRO 0-2, DeepSpeed's fp16/bf16), the head outside it.
+
+DeepSpeed owns the backbone's weights, their gradient reduction (averaged over the data-parallel
+ranks, as DDP does, so the head's gradient contract holds unchanged), its loss scale and its
+optimizer step. The sharded class centers are rank-local and never enter the engine: their
+gradients are not reduced, and they keep their own optimizer, stepped or skipped together with
+the backbone's.
+
+Checkpoints hold the backbone in the engine-independent layout the DDP path writes: full fp32
+weights by name and a ``torch.optim`` state dict. ZeRO partitions are gathered on save and
+re-partitioned on load, so a run resumes on any number of ranks, on either engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dist_face.config import RunConfig
+from dist_face.train.precision import LossScaler
+from dist_face.train.step import TrainStep, optimizer_step
+
+logger = logging.getLogger(__name__)
+
+_HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config of a run: batch, accumulation, ZeRO stage, precision, clipping.
+
+    Raises:
+        ValueError: fp16 without CUDA is asked for (DeepSpeed refuses it on the CPU).
+    """
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "train_batch_size": cfg.data.batch_size * cfg.train.grad_accum * world_size,
+        "zero_optimization": {"stage": cfg.dist.zero_stage},
+        # torch's SGD and AdamW are the optimizers this project uses with every ZeRO stage
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": cfg.train.clip_grad_norm,
+        "steps_per_print": 2**62,  # the log hook reports; keep DeepSpeed's own console quiet
+        "wall_clock_breakdown": False,
+    }
+    if cfg.train.precision == "fp16":
+        ds["fp16"] = {
+            "enabled": True,
+            "initial_scale_power": int(math.log2(cfg.train.loss_scale_init)),
+            "loss_scale_window": cfg.train.loss_scale_growth_interval,
+        }
+    elif cfg.train.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+        # BatchNorm statistics in the parameters' dtype: CPU kernels refuse mixed dtypes
+        ds["data_types"] = {"buffer_dtype": "bf16"}
+    return ds
+
+
+def initialize(
+    backbone: nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig, world_size: int
+) -> Any:
+    """Wrap ``backbone`` and its ``optimizer`` in a DeepSpeed engine on the current process group.
+
+    Returns:
+        The ``deepspeed.DeepSpeedEngine``; call it like the backbone.
+    """
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError(
+            "train.precision=fp16 with dist.engine=deepspeed needs CUDA (DeepSpeed refuses fp16 "
+            "on the CPU); use bf16 or fp32"
+        )
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise ImportError(
+            "dist.engine=deepspeed needs the deepspeed package: pip install 'dist_face[deepspeed]'"
+        ) from exc
+    if not torch.distributed.is_initialized():
+        # one process: DeepSpeed still wants a process group; a private store needs no port
+        torch.distributed.init_process_group(
+            "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+        )
+        os.environ.setdefault("LOCAL_RANK", "0")  # read by DeepSpeed's device selection
+    order = [list(group["params"]) for group in optimizer.param_groups]
+    engine, _, _, _ = deepspeed.initialize(
+        model=backbone,
+        optimizer=optimizer,
+        config=deepspeed_config(cfg, world_size),
+        dist_init_required=False,  # dist_face.dist set up the process group already
+    )
+    engine.dist_face_param_order = order  # the torch.optim state-dict order, for checkpoints
+    logger.info(
+        "backbone in a DeepSpeed engine: ZeRO stage %d, %s, optimizer %s",
+        cfg.dist.zero_stage,
+        cfg.train.precision,
+        type(engine.optimizer).__name__,
+    )
+    return engine
+
+
+class DeepSpeedStep(TrainStep):
+    """:class:`TrainStep` whose backbone is a DeepSpeed engine.
+
+    Args:
+        engine: from :func:`initialize`.
+        loss_fn: the head (and auxiliary losses), outside the engine.
+        head_optimizer: the class centers' optimizer.
+        schedulers: stepped once per optimizer step (the backbone's acts on the optimizer the
+            engine wraps).
+        timer: see :class:`TrainStep`.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Any,
+        loss_fn: Any,
+        head_optimizer: torch.optim.Optimizer,
+        schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler],
+        timer: Any = None,
+    ) -> None:
+        device = next(engine.module.parameters()).device
+        super().__init__(
+            backbone=engine,
+            loss_fn=loss_fn,
+            optimizers=[head_optimizer],
+            schedulers=schedulers,
+            # unit scale: the engine scales the loss; update() copies its scale for the head
+            scaler=LossScaler("fp32", device),
+            precision="fp32",  # the engine's parameters are already in the training dtype
+            clip_params=[],
+            clip_grad_norm=0.0,  # the engine clips the backbone (gradient_clipping)
+            timer=timer,
+        )
+        self.engine = engine
+        self.dtype = next(engine.module.parameters()).dtype
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone forward in the engine's parameter dtype."""
+        return self.engine(images.to(self.dtype))
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """The engine scales the loss (fp16), back-propagates and reduces the backbone's share."""
+        self.engine.backward(loss, scale_wrt_gas=False)  # the step divides by micro-batches
+        if not last:
+            self.engine.step()  # not at the accumulation boundary: counts the micro-batch only
+
+    def update(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step the engine, then the head unless either side found inf/NaN."""
+        # head gradients carry the engine's loss scale (fp16) like the backbone's
+        self.scaler.scale.fill_(loss_scale(self.engine))
+        found_inf = self.scaler.unscale_and_check(self._params)
+        self.engine.step()
+        if not self.engine.was_step_applied():  # fp16 overflow in the backbone: skip the head
+            self.scaler.skipped += (1 - found_inf).to(torch.int64)
+            found_inf = torch.ones_like(found_inf)
+        for opt in self.optimizers:
+            optimizer_step(opt, found_inf)
+            opt.zero_grad(set_to_none=True)
+        norm = self.engine.get_global_grad_norm()
+        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=found_inf.device)
+        return found_inf, grad_norm.float()
+
+
+def loss_scale(engine: Any) -> float:
+    """The engine's current loss scale (1 without fp16)."""
+    if not engine.fp16_enabled():
+        return 1.0
+    return float(getattr(engine.optimizer, "cur_scale", 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: the DDP layout from and to an engine
+# ---------------------------------------------------------------------------------------------
+def backbone_state(engine: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Full fp32 weights by name and a ``torch.optim`` state dict of the engine's backbone.
+
+    Collective under ZeRO 1-2 (the partitions are all-gathered): call on every rank.
+
+    Returns:
+        ``(weights, optimizer_state)`` as ``module.state_dict()`` and ``optimizer.state_dict()``
+        of the same backbone under DDP would give them.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    module, opt = engine.module, engine.optimizer
+    _relink_optimizer_state(opt)
+    weights = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+    masters = _masters(engine)
+    names = {id(p): n for n, p in module.named_parameters()}
+    order = engine.dist_face_param_order
+    groups, state, index = [], {}, 0
+    base = getattr(opt, "optimizer", opt)  # the wrapped torch optimizer
+    for group, params in zip(base.param_groups, order):
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": []})
+        for p in params:
+            groups[-1]["params"].append(index)
+            if hasattr(p, "_hp_mapping"):  # ZeRO 1-2: gather this parameter's fragments
+                weights[names[id(p)]] = safe_get_full_fp32_param(p).float().cpu()
+                keys = _state_keys(base)
+                entry = {k: safe_get_full_optimizer_state(p, k).cpu() for k in keys}
+                entry.update(_scalar_state(base))
+            else:  # ZeRO 0: whole fp32 masters (fp16/bf16) or the parameters themselves
+                master = masters.get(id(p), p)
+                weights[names[id(p)]] = master.detach().float().cpu()
+                entry = {k: _cpu(v) for k, v in base.state.get(master, {}).items()}
+            if entry:
+                state[index] = entry
+            index += 1
+    return weights, {"state": state, "param_groups": groups}
+
+
+def load_backbone_state(
+    engine: Any, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any]
+) -> None:
+    """Load what :func:`backbone_state` (or the DDP path) saved into ``engine``, on any world size.
+
+    Collective under ZeRO 1-2: call on every rank.
+    """
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    module, opt = engine.module, engine.optimizer
+    module.load_state_dict(weights)  # casts to the engine's dtype
+    _ensure_optimizer_state(opt)
+    masters = _masters(engine)
+    names = {id(p): n for n, p in module.named_parameters()}
+    base = getattr(opt, "optimizer", opt)
+    saved = optimizer_state["state"]
+    flat = [p for params in engine.dist_face_param_order for p in params]
+    for group, saved_group in zip(base.param_groups, optimizer_state["param_groups"]):
+        for k, v in saved_group.items():  # lr, momentum, ... (the scheduler re-sets lr)
+            if k != "params":
+                group[k] = v
+    for index, p in enumerate(flat):
+        full = weights[names[id(p)]]
+        entry = saved.get(index, saved.get(str(index), {}))
+        if hasattr(p, "_hp_mapping"):
+            safe_set_full_fp32_param(p, full.to(p.device))
+            for key, value in entry.items():
+                if value.ndim == 0:  # AdamW's step: one per flat partition in ZeRO
+                    _set_scalar_state(base, key, value)
+                else:
+                    safe_set_full_optimizer_state(p, value.to(p.device), key)
+        else:
+            master = masters.get(id(p), p)
+            with torch.no_grad():
+                master.copy_(full)
+            base.state[master] = {k: _on(v, master.device) for k, v in entry.items()}
+
+
+def _relink_optimizer_state(opt: Any) -> None:
+    """Point every ZeRO parameter at its optimizer-state fragments.
+
+    DeepSpeed (0.19) links them once, right after stepping the first parameter group, so the
+    states of the other groups (here: the parameters without weight decay), created lazily by
+    torch's optimizers in the same step, stay unlinked. Linking again is idempotent.
+    """
+    if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
+
+
+def _ensure_optimizer_state(opt: Any) -> None:
+    """Create the base optimizer's (lazy) state on a fresh ZeRO engine so it can be set.
+
+    A zero-gradient, zero-learning-rate step of the wrapped torch optimizer allocates the
+    momentum (or moment) buffers at zero without changing any weight; then they are linked.
+    """
+    if not hasattr(opt, "single_partition_of_fp32_groups") or any(opt.optimizer.state.values()):
+        return
+    base = opt.optimizer
+    saved = [(g["lr"], g.get("weight_decay", 0.0)) for g in base.param_groups]
+    for group, flat in zip(base.param_groups, opt.single_partition_of_fp32_groups):
+        group["lr"], group["weight_decay"] = 0.0, 0.0
+        flat.grad = torch.zeros_like(flat)
+    base.step()
+    for group, flat, (lr, wd) in zip(base.param_groups, opt.single_partition_of_fp32_groups, saved):
+        group["lr"], group["weight_decay"] = lr, wd
+        flat.grad = None
+    _relink_optimizer_state(opt)
+
+
+def _masters(engine: Any) -> dict[int, torch.Tensor]:
+    """ZeRO 0 in fp16/bf16: each parameter's fp32 master copy (by parameter id)."""
+    opt = engine.optimizer
+    low = getattr(opt, "fp16_groups", None)
+    high = getattr(opt, "fp32_groups", None)
+    if low is None or high is None:
+        return {}
+    return {id(p): m for lows, highs in zip(low, high) for p, m in zip(lows, highs)}
+
+
+def _state_keys(base: torch.optim.Optimizer) -> list[str]:
+    """Per-element state keys of a ZeRO base optimizer (momentum_buffer, exp_avg, ...)."""
+    for entry in base.state.values():
+        return [k for k, v in entry.items() if torch.is_tensor(v) and v.ndim > 0]
+    return []
+
+
+def _scalar_state(base: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    for entry in base.state.values():
+        return {k: _cpu(v) for k, v in entry.items() if torch.is_tensor(v) and v.ndim == 0}
+    return {}
+
+
+def _set_scalar_state(base: torch.optim.Optimizer, key: str, value: torch.Tensor) -> None:
+    for entry in base.state.values():
+        entry[key] = value.to(entry[key].device) if key in entry else value
+
+
+def _cpu(v: Any) -> Any:
+    return v.detach().cpu() if torch.is_tensor(v) else v
+
+
+def _on(v: Any, device: torch.device) -> Any:
+    return v.to(device) if torch.is_tensor(v) and v.ndim > 0 else v
