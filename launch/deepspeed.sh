@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Launch dist_face training with the deepspeed launcher: the backbone in a DeepSpeed engine
+# (ZeRO stage, fp16/bf16 from the recipe), the sharded head outside it.
+#
+#   bash launch/deepspeed.sh [--section.field=value ...]       # extra arguments go to the trainer
+#   HOSTFILE=launch/hostfile.example bash launch/deepspeed.sh --dist.zero_stage=2
+#
+# Every setting comes from the environment (defaults in brackets):
+#   CONFIG              recipe name or path                             [debug_cpu]
+#   HOSTFILE            DeepSpeed hostfile ("host slots=N" per line); the launcher reaches
+#                       every host over passwordless ssh (pdsh)          [one node, no ssh]
+#   NPROC_PER_NODE      processes per node without a hostfile            [GPUs, else 2]
+#   MASTER_ADDR/PORT    rendezvous of the process group                  [first host, 29500]
+#   ZERO_STAGE          dist.zero_stage: 0, 1 or 2                       [the recipe's]
+#   RESUME              auto, a checkpoint directory, or none            [auto]
+#   TORCH_EXTENSIONS_DIR where DeepSpeed caches the C++ ops it compiles on first use (about
+#                       30 s once per machine)           [~/.cache/dist_face/torch_extensions]
+#   DRY_RUN=1           print the deepspeed command instead of running it
+# On CPUs DeepSpeed trains in fp32 or bf16 (it refuses fp16 without CUDA).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CONFIG="${CONFIG:-debug_cpu}"
+RESUME="${RESUME:-auto}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/dist_face/torch_extensions}"
+
+cmd=(deepspeed)
+if [ -n "${HOSTFILE:-}" ]; then
+  cmd+=(--hostfile "$HOSTFILE")
+else
+  if [ -z "${NPROC_PER_NODE:-}" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      NPROC_PER_NODE="$(nvidia-smi -L | wc -l)"
+    else
+      NPROC_PER_NODE=2
+    fi
+  fi
+  cmd+=(--num_gpus "$NPROC_PER_NODE")
+fi
+[ -n "${MASTER_ADDR:-}" ] && cmd+=(--master_addr "$MASTER_ADDR")
+cmd+=(--master_port "${MASTER_PORT:-29500}")
+# the trainer reads LOCAL_RANK from the environment, not a --local_rank argument
+cmd+=(--no_local_rank --module dist_face.train --config "$CONFIG" --engine deepspeed)
+[ -n "${ZERO_STAGE:-}" ] && cmd+=("--dist.zero_stage=$ZERO_STAGE")
+[ "$RESUME" != none ] && cmd+=(--resume "$RESUME")
+cmd+=("$@")
+
+if [ -n "${DRY_RUN:-}" ]; then
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+cd "$root"
+if ! python -c "import dist_face.train, deepspeed" >/dev/null 2>&1; then
+  # shellcheck source=launch/setup_env.sh
+  source launch/setup_env.sh "${DIST_FACE_EXTRAS:-dev,deepspeed}" >&2
+fi
+exec "${cmd[@]}"
