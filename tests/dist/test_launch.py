@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -11,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import slurm
+
 REPO = Path(__file__).resolve().parents[2]
+# what launch/torchrun.sh and launch/slurm.sbatch read; a caller's own values must not leak in
+LAUNCH_VARS = frozenset(
+    "CONFIG NNODES NPROC_PER_NODE RDZV_ENDPOINT RDZV_ID RDZV_PORT MAX_RESTARTS RESUME LOG_RANKS"
+    " DRY_RUN DIST_FACE_REPO BASH_ENV".split()
+)
 
 
 def _free_port() -> int:
@@ -60,6 +68,78 @@ def test_dry_run_prints_the_rendezvous() -> None:
     assert "--nnodes=2 --nproc_per_node=8" in out
     assert "--rdzv_backend=c10d --rdzv_endpoint=10.1.2.3:29400" in out
     assert out.strip().endswith("--config debug_cpu --resume auto --head.scale=32")
+
+
+def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
+    """launch/slurm.sbatch in a 2-node allocation, with stand-ins for scontrol and srun."""
+    seen = tmp_path / "seen.txt"
+    # bash sources BASH_ENV before every script it runs: this records what slurm.sbatch and
+    # each node's torchrun.sh (whose environment torchrun inherits) see
+    probe = tmp_path / "probe.sh"
+    probe.write_text(
+        'echo "${0##*/} ${SLURMD_NODENAME-} SLURM_PROCID=${SLURM_PROCID-unset}'
+        f' SLURM_LOCALID=${{SLURM_LOCALID-unset}}" >> {shlex.quote(str(seen))}\n'
+    )
+    caller = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    stand_ins = slurm.install(tmp_path / "bin")  # scontrol and srun
+    env = {
+        **{k: v for k, v in caller.items() if k not in LAUNCH_VARS},  # only the job's own below
+        "PATH": f"{stand_ins}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DRY_RUN": "1",
+        "BASH_ENV": str(probe),
+        # the batch step of `sbatch --nodes=2 launch/slurm.sbatch`, on the first node
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOBID": "4242",
+        "SLURM_JOB_NAME": "dist_face",
+        "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
+        "SLURM_NODELIST": "gpu-node-[07-08]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NNODES": "2",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_GPUS_PER_NODE": "8",
+        "SLURM_CPUS_PER_TASK": "32",
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "SLURM_NODEID": "0",
+        "SLURMD_NODENAME": "gpu-node-07",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+    }
+    # sbatch runs a copy of the script from its spool directory: the repository comes from
+    # SLURM_SUBMIT_DIR, not from the script's path or the working directory
+    run = subprocess.run(
+        ["bash", str(REPO / "launch" / "slurm.sbatch"), "--head.scale=32"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    srun_line, *torchrun_lines = run.stdout.splitlines()
+    assert shlex.split(srun_line) == [
+        *("srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"),
+        *("env", "-u", "SLURM_PROCID", "-u", "SLURM_LOCALID"),
+        *("bash", str(REPO / "launch" / "torchrun.sh"), "--head.scale=32"),
+    ]
+    # one torchrun per node, the same command on both: c10d finds each node its rank
+    assert [shlex.split(line) for line in torchrun_lines] == 2 * [
+        [
+            *("torchrun", "--nnodes=2", "--nproc_per_node=8", "--max_restarts=0"),
+            "--rdzv_backend=c10d",
+            "--rdzv_endpoint=gpu-node-07:29400",  # the first host of the allocation
+            "--rdzv_id=dist_face-4242",  # from the job id: shared by the nodes of one job only
+            *("-m", "dist_face.train", "--config", "debug_cpu", "--resume", "auto"),
+            "--head.scale=32",
+        ]
+    ]
+    # the batch step has SLURM's rank variables; torchrun on each node must not inherit them
+    # (the trainer would read them if torchrun's own were missing)
+    assert seen.read_text().splitlines() == [
+        "slurm.sbatch gpu-node-07 SLURM_PROCID=0 SLURM_LOCALID=0",
+        "torchrun.sh gpu-node-07 SLURM_PROCID=unset SLURM_LOCALID=unset",
+        "torchrun.sh gpu-node-08 SLURM_PROCID=unset SLURM_LOCALID=unset",
+    ]
 
 
 @pytest.mark.timeout(600)

@@ -1,26 +1,20 @@
-"""A stand-in rank for the Prometheus tests: logs trainer-like records through PrometheusSink.
+"""A full trainer-like metrics record: every key the Prometheus sink maps, with plausible values.
 
-    python tests/helpers/metrics_rank.py RANK JOB
-
-Serves its metrics on a free loopback port, prints that port, then logs a record every 0.2 s
-(5 steps each) until killed. Rank r reports 100·(r+1) samples/s; the global rate is the sum
-over ``WORLD`` ranks.
+``tools/bench_metrics.py`` times the sinks on it. It includes the keys the trainer does not send
+yet (the step phases), so the cost measured is that of the complete table. Rank r reports
+100·(r+1) samples/s; the global rate is the sum over ``WORLD`` ranks.
 """
 
-import sys
-import time
-
-from dist_face.metrics.prometheus import PrometheusSink, start_exporter
-
 WORLD = 2
-STEPS_PER_LOG = 5
 
 
 def rate(rank: int) -> float:
+    """This rank's samples per second."""
     return 100.0 * (rank + 1)
 
 
 def record(rank: int, step: int) -> dict[str, float]:
+    """The record rank ``rank`` would log at ``step``."""
     rates = [rate(r) for r in range(WORLD)]
     return {
         "train/loss": 20.0 / (1 + step / 100),
@@ -45,21 +39,3 @@ def record(rank: int, step: int) -> dict[str, float]:
         "data/corrupt_records": step // 200,
         "memory/rss_bytes": 1.5e9 + 1e6 * rank,
     }
-
-
-def main() -> None:
-    rank, job = int(sys.argv[1]), sys.argv[2]
-    sink = PrometheusSink(rank=rank, node=0, job=job, info={"recipe": "simulated"})
-    exporter = start_exporter(sink, "127.0.0.1", 0)
-    print(exporter.port, flush=True)
-    step = 0
-    while True:
-        step += STEPS_PER_LOG
-        sink.log(record(rank, step), step)
-        if step % 100 == 0 and rank == 0:
-            sink.log({"eval/val/accuracy": min(0.5 + step / 1000, 0.99)}, step)
-        time.sleep(0.2)
-
-
-if __name__ == "__main__":
-    main()
