@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=launch/setup_env.sh
 source launch/setup_env.sh "dev,dali,deepspeed"
+# DeepSpeed compiles a C++ op on first use (~30 s); keep it next to the environment
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}"
 # promtool and prometheus (Debian's prometheus package) check the exposition and the alert rules
 # and run the real-server test; those tests skip without them. Tolerant of failure (offline).
 if ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1 \

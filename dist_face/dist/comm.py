@@ -17,9 +17,11 @@ from torch.distributed import ProcessGroup, ReduceOp
 class CollectiveTimer(Protocol):
     """Receives the spans of collectives (see ``dist_face.train.timing.StepTimer``)."""
 
-    def collective_start(self) -> object | None: ...
+    def collective_start(self) -> object | None:
+        """Open a span; the token (or None: not timed) goes to :meth:`collective_end`."""
 
-    def collective_end(self, token: object | None) -> None: ...
+    def collective_end(self, token: object | None) -> None:
+        """Close the span ``token`` opened."""
 
 
 _timer: CollectiveTimer | None = None
@@ -83,7 +85,9 @@ def all_reduce(
     return tensor
 
 
-def broadcast(tensor: torch.Tensor, src: int = 0, group: ProcessGroup | None = None) -> torch.Tensor:
+def broadcast(
+    tensor: torch.Tensor, src: int = 0, group: ProcessGroup | None = None
+) -> torch.Tensor:
     """Broadcast ``tensor`` in place from global rank ``src`` and return it."""
     if is_active(group):
         dist.broadcast(tensor, src=src, group=group)
@@ -95,6 +99,7 @@ def all_gather(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch
 
     Args:
         tensor: ``[B, ...]`` on this rank; every rank must pass the same shape.
+        group: the ranks to gather from (None: the default group).
 
     Returns:
         ``[W * B, ...]``.

@@ -89,7 +89,9 @@ class Topology:
             local_world = _int(env, "LOCAL_WORLD_SIZE", default=_int(env, "LOCAL_SIZE", default=0))
             if local_world == 0:
                 local_world = world
-            node_rank = _int(env, "GROUP_RANK", default=_int(env, "NODE_RANK", default=rank // local_world))
+            node_rank = _int(
+                env, "GROUP_RANK", default=_int(env, "NODE_RANK", default=rank // local_world)
+            )
             return cls(rank, world, local_rank, local_world, node_rank, "torchrun")
         if "SLURM_PROCID" in env:
             world = _int(env, "SLURM_NTASKS")
@@ -164,7 +166,12 @@ def init_distributed(
     )
     logger.info(
         "joined process group: backend=%s rank=%d/%d node=%d/%d device=%s",
-        name, topology.rank, topology.world_size, topology.node_rank, topology.num_nodes, device,
+        name,
+        topology.rank,
+        topology.world_size,
+        topology.node_rank,
+        topology.num_nodes,
+        device,
     )
     return device
 

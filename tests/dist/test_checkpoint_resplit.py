@@ -45,12 +45,22 @@ def _save(rank: int, world: int, run_dir: str, steps: list[int], fail_rank: int)
     out = []
     for step in steps:
         if rank == fail_rank and step == steps[-1]:
+
             def broken(*args, **kwargs):
                 raise OSError(28, "No space left on device")
+
             torch_save, torch.save = torch.save, broken
-        path = save_checkpoint(Path(run_dir), step, _topology(rank, world), replicated={"step": step},
-                               head=head, head_optimizer=opt, class_range=(start, end),
-                               num_classes=C, keep=2)
+        path = save_checkpoint(
+            Path(run_dir),
+            step,
+            _topology(rank, world),
+            replicated={"step": step},
+            head=head,
+            head_optimizer=opt,
+            class_range=(start, end),
+            num_classes=C,
+            keep=2,
+        )
         if rank == fail_rank and step == steps[-1]:
             torch.save = torch_save
         out.append(str(path))
@@ -62,8 +72,12 @@ def _load(rank: int, world: int, ckpt: str, saved_world: int) -> dict[str, torch
     head = _Head(torch.zeros(end - start, D))
     opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
     restore_head(Path(ckpt), _topology(rank, world), head, opt, (start, end), C, saved_world)
-    return {"weight": head.weight.detach(), "momentum": opt.state[head.weight]["momentum_buffer"],
-            "t": head.t, "bias": head.bias.detach()}
+    return {
+        "weight": head.weight.detach(),
+        "momentum": opt.state[head.weight]["momentum_buffer"],
+        "t": head.t,
+        "bias": head.bias.detach(),
+    }
 
 
 @pytest.mark.parametrize(("saved", "loaded"), [(2, 3), (3, 2), (4, 1)])

@@ -16,12 +16,12 @@ import torch
 
 pytest.importorskip("deepspeed", reason="deepspeed not installed (extra 'deepspeed')")
 
-from dist_face.checkpoint import latest_checkpoint, load_state  # noqa: E402
-from dist_face.config import load_config  # noqa: E402
-from dist_face.dist import Topology  # noqa: E402
-from dist_face.metrics import InMemorySink  # noqa: E402
-from dist_face.train.build import build_trainer  # noqa: E402
-from tests.helpers.distributed import run_distributed  # noqa: E402
+from dist_face.checkpoint import latest_checkpoint, load_state
+from dist_face.config import load_config
+from dist_face.dist import Topology
+from dist_face.metrics import InMemorySink
+from dist_face.train.build import build_trainer
+from tests.helpers.distributed import run_distributed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,12 @@ def test_deepspeed_gradients_equal_ddp(small_dataset: Path, tmp_path: Path, stag
     steps = ("--train.max_steps=4", "--data.batch_size=24", "--optim.lr=0.01")
     ddp = run_distributed(_train, 2, _overrides(small_dataset, tmp_path, "ddp", *steps))[0]
     ds_args = _overrides(
-        small_dataset, tmp_path, "ds", *steps, "--dist.engine=deepspeed", f"--dist.zero_stage={stage}"
+        small_dataset,
+        tmp_path,
+        "ds",
+        *steps,
+        "--dist.engine=deepspeed",
+        f"--dist.zero_stage={stage}",
     )
     ds = run_distributed(_train, 2, ds_args, timeout=300)[0]
     assert len(ds["loss"]) == 4 and ds["loss"][-1] < ds["loss"][0]

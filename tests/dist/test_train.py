@@ -30,17 +30,30 @@ class StopAt(Hook):
             raise Preempted
 
 
-_TIME_KEYS = ("time/step_s", "time/data_wait_s", "time/forward_s", "time/head_comm_s",
-              "time/backward_s", "time/optimizer_s")
+_TIME_KEYS = (
+    "time/step_s",
+    "time/data_wait_s",
+    "time/forward_s",
+    "time/head_comm_s",
+    "time/backward_s",
+    "time/optimizer_s",
+)
 
 
 def _overrides(data: str, run_root: str, name: str, *extra: str) -> list[str]:
-    return [f"--data.root={data}/shards", f"--eval.targets=[{data}/val.bin]",
-            f"--output_root={run_root}", f"--name={name}", "--data.num_workers=1", *extra]
+    return [
+        f"--data.root={data}/shards",
+        f"--eval.targets=[{data}/val.bin]",
+        f"--output_root={run_root}",
+        f"--name={name}",
+        "--data.num_workers=1",
+        *extra,
+    ]
 
 
-def _train(rank: int, world: int, overrides: list[str], stop_at: int = 0,
-           baseline: bool = False) -> dict:
+def _train(
+    rank: int, world: int, overrides: list[str], stop_at: int = 0, baseline: bool = False
+) -> dict:
     cfg = load_config("debug_cpu", overrides)
     sink = InMemorySink()
     trainer, _ = build_trainer(cfg, Topology.from_env(), torch.device("cpu"), sink=sink)
@@ -58,30 +71,48 @@ def _train(rank: int, world: int, overrides: list[str], stop_at: int = 0,
     except Preempted:
         pass
     out.update(
-        loss=sink.series("train/loss"), accuracy=sink.series("eval/val/accuracy"),
+        loss=sink.series("train/loss"),
+        accuracy=sink.series("eval/val/accuracy"),
         backbone={k: v.clone() for k, v in backbone.state_dict().items()},
-        head=all_gather(head.weight.detach().clone()), step=trainer.state.step,
+        head=all_gather(head.weight.detach().clone()),
+        step=trainer.state.step,
         timing={k: [v for _, v in sink.series(k)] for k in _TIME_KEYS},
     )
     return out
 
 
 def test_two_ranks_learn_and_beat_the_untrained_network(small_dataset: Path, tmp_path) -> None:
-    args = _overrides(str(small_dataset), str(tmp_path), "learn", "--train.epochs=6",
-                      "--eval.every=0", "--train.log_every=11")
+    args = _overrides(
+        str(small_dataset),
+        str(tmp_path),
+        "learn",
+        "--train.epochs=6",
+        "--eval.every=0",
+        "--train.log_every=11",
+    )
     out = run_distributed(_train, 2, args, 0, True, timeout=300)[0]
     losses = [v for _, v in out["loss"]]
     assert losses[-1] < 0.8 * losses[0], losses
     accuracy = out["accuracy"][-1][1]
     # measured: untrained 0.55-0.65, trained 0.80-0.85 on these 300 held-out pairs
     assert accuracy > out["untrained"] + 0.12, (out["untrained"], accuracy)
-    assert (tmp_path / "learn" / "model.pt").exists() and (tmp_path / "learn" / "eval.json").exists()
+    assert (tmp_path / "learn" / "model.pt").exists() and (
+        tmp_path / "learn" / "eval.json"
+    ).exists()
 
 
 def test_three_ranks_train_in_bf16_with_accumulation(small_dataset: Path, tmp_path) -> None:
-    args = _overrides(str(small_dataset), str(tmp_path), "three", "--train.epochs=1",
-                      "--eval.every=0", "--train.log_every=2", "--train.precision=bf16",
-                      "--train.grad_accum=2", "--data.batch_size=16")
+    args = _overrides(
+        str(small_dataset),
+        str(tmp_path),
+        "three",
+        "--train.epochs=1",
+        "--eval.every=0",
+        "--train.log_every=2",
+        "--train.precision=bf16",
+        "--train.grad_accum=2",
+        "--data.batch_size=16",
+    )
     outs = run_distributed(_train, 3, args, timeout=300)
     losses = [v for _, v in outs[0]["loss"]]
     assert losses[-1] < losses[0], losses
@@ -97,8 +128,13 @@ def test_three_ranks_train_in_bf16_with_accumulation(small_dataset: Path, tmp_pa
 
 
 # 720 samples; a global batch of 96 on 2 ranks (48 each) or 3 ranks (32 each): 7 steps/epoch.
-_RESUME = ("--train.epochs=2", "--eval.every=0", "--checkpoint.every=7", "--train.log_every=1",
-           "--data.hflip=false")
+_RESUME = (
+    "--train.epochs=2",
+    "--eval.every=0",
+    "--checkpoint.every=7",
+    "--train.log_every=1",
+    "--data.hflip=false",
+)
 
 
 def test_same_world_size_resume_is_bitwise(small_dataset: Path, tmp_path) -> None:
@@ -115,8 +151,9 @@ def test_same_world_size_resume_is_bitwise(small_dataset: Path, tmp_path) -> Non
 
 
 @pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2)])
-def test_resume_on_another_world_size(small_dataset: Path, tmp_path, before: int,
-                                      after: int) -> None:
+def test_resume_on_another_world_size(
+    small_dataset: Path, tmp_path, before: int, after: int
+) -> None:
     base = (str(small_dataset), str(tmp_path))
     batch = {2: "--data.batch_size=48", 3: "--data.batch_size=32"}
     full = run_distributed(_train, before, _overrides(*base, "full", *_RESUME, batch[before]))

@@ -142,7 +142,9 @@ def test_exporter_serves_on_loopback_and_frees_its_port() -> None:
         assert exporter.url == f"http://127.0.0.1:{port}/metrics"
         body = urllib.request.urlopen(exporter.url, timeout=10).read()
     assert b'dist_face_samples_per_second{job="j",node="0",rank="0"} 42.0' in body
-    with socket.socket() as s:  # closed: the port can be bound again
+    with socket.socket() as s:  # closed: the port can be bound again (the way servers bind:
+        # SO_REUSEADDR ignores the client connection's TIME_WAIT, never a listening socket)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
 
 
