@@ -118,3 +118,15 @@ def test_wrong_input_shape_is_a_clear_error() -> None:
         ValueError, match=r"expects a \[B, 3, 112, 112\] batch, got \[2, 3, 96, 96\]"
     ):
         model(torch.zeros(2, 3, 96, 96))
+
+
+@pytest.mark.parametrize("name", ["tiny", "mbf", "iresnet18", "convnext_t", "vit_t"])
+def test_whole_network_in_bf16(name: str) -> None:
+    # DeepSpeed's bf16 mode casts every parameter and buffer; nothing may force fp32 inputs
+    # onto bf16 weights (the fp32 embedding head and ViT's fp32 attention adapt to the dtype)
+    torch.manual_seed(0)
+    model = M.create(name, embedding_size=128).to(torch.bfloat16)
+    with torch.no_grad():
+        out = model((torch.rand(2, 3, 112, 112) * 2 - 1).to(torch.bfloat16))
+    assert out.shape == (2, 128) and out.dtype == torch.bfloat16
+    assert torch.isfinite(out.float()).all()
