@@ -43,6 +43,8 @@ from dist_face.dist import Topology
 
 logger = logging.getLogger(__name__)
 
+_JOIN_TIMEOUT_S = 30.0  # a closed epoch waits this long for the batch being decoded
+
 
 @dataclass
 class DataSource:
@@ -218,30 +220,58 @@ def _located(exc: Exception, shards: ShardSet, i: int) -> CorruptRecordError:
 def _to_device(
     batches: DataLoader, device: torch.device, depth: int, source: DataSource
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Move batches to ``device`` and normalise them in a background thread, ``depth`` ahead."""
+    """Move batches to ``device`` and normalise them in a background thread, ``depth`` ahead.
+
+    Closing the returned generator (or dropping it) stops and joins the thread. A prefetch
+    thread still inside a torch op when the interpreter exits is killed by CPython's daemon
+    thread shutdown, which aborts the process ("terminate called without an active exception")
+    after training has finished.
+    """
     out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
     done = object()
+
+    def put(item: object) -> bool:
+        """Queue ``item`` unless asked to stop first; True when queued."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for images, labels, bad in batches:
+                if stop.is_set():
+                    return
                 source.corrupt_records += bad
                 x = images.to(device, non_blocking=True).float().sub_(127.5).div_(127.5)
-                out.put((x, labels.to(device, non_blocking=True)))
+                if not put((x, labels.to(device, non_blocking=True))):
+                    return
         except BaseException as exc:  # re-raised in the consumer
-            out.put(exc)
+            put(exc)
             return
-        out.put(done)
+        put(done)
 
     thread = threading.Thread(target=produce, name="dist_face-prefetch", daemon=True)
     thread.start()
-    while True:
-        item = out.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=_JOIN_TIMEOUT_S)
+        if thread.is_alive():
+            logger.warning(
+                "prefetch thread still busy %.0f s after the epoch was closed", _JOIN_TIMEOUT_S
+            )
 
 
 def dataset_size(cfg: DataConfig) -> tuple[int, int]:

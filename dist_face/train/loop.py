@@ -8,7 +8,7 @@ so a checkpoint taken after any step resumes exactly there.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -94,20 +94,30 @@ class Trainer:
         state = self.state
         while state.step < self.total_steps:
             batches = iter(self.loader_factory(state.epoch, state.offset))
-            while state.offset < self.steps_per_epoch * self.samples_per_step:
-                start = time.perf_counter()
-                micro = [next(batches) for _ in range(self.grad_accum)]
-                self.data_wait_s += time.perf_counter() - start
-                metrics = self.step_fn(micro)
-                state.step += 1
-                state.offset += self.samples_per_step
-                for hook in self.hooks:
-                    hook.after_step(self, metrics)
-                if state.step >= self.total_steps:
-                    break
-            else:
-                state.epoch += 1
-                state.offset = 0
+            try:
+                self._run_epoch(batches)
+            finally:
+                # stops the loader's background threads now, not at interpreter exit
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
         for hook in self.hooks:
             hook.after_train(self)
         return state
+
+    def _run_epoch(self, batches: Iterator[Batch]) -> None:
+        """Steps over ``batches`` until the epoch or the run ends; advances the state."""
+        state = self.state
+        while state.offset < self.steps_per_epoch * self.samples_per_step:
+            start = time.perf_counter()
+            micro = [next(batches) for _ in range(self.grad_accum)]
+            self.data_wait_s += time.perf_counter() - start
+            metrics = self.step_fn(micro)
+            state.step += 1
+            state.offset += self.samples_per_step
+            for hook in self.hooks:
+                hook.after_step(self, metrics)
+            if state.step >= self.total_steps:
+                return
+        state.epoch += 1
+        state.offset = 0

@@ -139,3 +139,19 @@ def test_decoded_pixels_match_pillow(shards: Path) -> None:
     expected = np.asarray(Image.open(io.BytesIO(s.read_image(i)[0])).convert("RGB"))
     got = ((images[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_closing_an_epoch_early_joins_its_prefetch_thread(shards: Path, workers: int) -> None:
+    """A prefetch thread left running aborts the process at interpreter exit."""
+    import threading
+
+    def prefetchers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "dist_face-prefetch"]
+
+    before = len(prefetchers())
+    batches = _source(shards, 0, 1, num_workers=workers, prefetch=1).epoch(0)
+    next(batches)  # the thread now blocks on a full queue
+    assert len(prefetchers()) == before + 1
+    batches.close()
+    assert len(prefetchers()) == before
