@@ -97,7 +97,7 @@ def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
         "SLURM_NNODES": "2",
         "SLURM_NTASKS": "2",
         "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_GPUS_PER_NODE": "8",
+        "SLURM_GPUS_PER_NODE": "a100:8",  # as given by --gpus-per-node=a100:8
         "SLURM_CPUS_PER_TASK": "32",
         "SLURM_SUBMIT_DIR": str(REPO),
         "SLURM_NODEID": "0",
