@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import torch
 
-from dist_face.train.loop import Trainer, TrainState
+from dist_face.train.loop import Hook, Trainer, TrainState
 
 
 class Epochs:
@@ -29,7 +29,24 @@ class Epochs:
             self.closed.append(epoch)
 
 
-def _trainer(epochs: Epochs, total: int, step_fn=None, state: TrainState | None = None):
+class ClosedAtTheEnd(Hook):
+    """Records which epochs were closed when the last hook runs, before the process moves on."""
+
+    def __init__(self, epochs: Epochs) -> None:
+        self.epochs = epochs
+        self.closed: list[int] | None = None
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.closed = list(self.epochs.closed)
+
+
+def _trainer(
+    epochs: Epochs,
+    total: int,
+    step_fn: Callable[[list], dict] | None = None,
+    state: TrainState | None = None,
+    hooks: Sequence[Hook] = (),
+) -> Trainer:
     return Trainer(
         step_fn=step_fn or (lambda micro: {}),
         loader_factory=epochs,
@@ -37,17 +54,20 @@ def _trainer(epochs: Epochs, total: int, step_fn=None, state: TrainState | None 
         total_steps=total,
         samples_per_step=2,
         grad_accum=1,
-        hooks=[],
+        hooks=hooks,
         state=state,
     )
 
 
 def test_epochs_advance_and_every_epoch_is_closed() -> None:
     epochs = Epochs()
-    state = _trainer(epochs, total=7).fit()
+    end = ClosedAtTheEnd(epochs)
+    state = _trainer(epochs, total=7, hooks=[end]).fit()
     assert (state.step, state.epoch, state.offset) == (7, 2, 2)
     assert epochs.opened == [(0, 0), (1, 0), (2, 0)]
-    assert epochs.closed == [0, 1, 2]  # the unfinished last epoch too
+    # the unfinished last epoch too, before the end of training: a loader thread still
+    # running when the process exits aborts it
+    assert end.closed == [0, 1, 2]
 
 
 def test_resume_mid_epoch_and_close_on_error() -> None:
@@ -63,8 +83,13 @@ def test_resume_mid_epoch_and_close_on_error() -> None:
     trainer = _trainer(
         epochs, total=9, step_fn=failing, state=TrainState(step=4, epoch=1, offset=2)
     )
-    with pytest.raises(RuntimeError, match="rank died"):
+    try:
         trainer.fit()
+    except RuntimeError as exc:
+        assert str(exc) == "rank died"
+        # closed by the loop, not by the traceback being dropped
+        assert epochs.closed == [1]
+    else:
+        pytest.fail("the step's error did not propagate")
     assert epochs.opened == [(1, 2)]
-    assert epochs.closed == [1]
     assert (trainer.state.step, trainer.state.offset) == (5, 4)
