@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dist_face.config import RunConfig
-from dist_face.train.precision import LossScaler
+from dist_face.train.precision import LossScaler, check_precision
 from dist_face.train.step import TrainStep, optimizer_step
 
 logger = logging.getLogger(__name__)
@@ -32,11 +32,7 @@ _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config of a run: batch, accumulation, ZeRO stage, precision, clipping.
-
-    Raises:
-        ValueError: fp16 without CUDA is asked for (DeepSpeed refuses it on the CPU).
-    """
+    """The DeepSpeed config of a run: batch, accumulation, ZeRO stage, precision, clipping."""
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.train.grad_accum,
@@ -68,12 +64,11 @@ def initialize(
 
     Returns:
         The ``deepspeed.DeepSpeedEngine``; call it like the backbone.
+
+    Raises:
+        ConfigError: fp16 on a backbone outside CUDA (DeepSpeed refuses it on the CPU).
     """
-    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError(
-            "train.precision=fp16 with dist.engine=deepspeed needs CUDA (DeepSpeed refuses fp16 "
-            "on the CPU); use bf16 or fp32"
-        )
+    check_precision(cfg.train.precision, next(backbone.parameters()).device)
     try:
         import deepspeed
     except ImportError as exc:

@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from dist_face.config import ConfigError, list_recipes, load_config
-from dist_face.dist import Topology, destroy_distributed, init_distributed
+from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
+from dist_face.train.precision import check_precision
 
 logger = logging.getLogger("dist_face.train")
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     init_logging(topology.rank)
     try:
         cfg = load_config(args.config, overrides)
+        check_precision(cfg.train.precision, select_device(topology))
     except ConfigError as exc:
         logger.error("bad configuration: %s", exc)
         return 2

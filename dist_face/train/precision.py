@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch.distributed import ProcessGroup, ReduceOp
 
+from dist_face.config import ConfigError
 from dist_face.dist import all_reduce
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,9 +25,22 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     """Autocast context for the backbone forward (a no-op for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    check_precision(precision, device)
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot train in, before anything is built.
+
+    Raises:
+        ConfigError: fp16 without CUDA (autocast's fp16 loss scaling and DeepSpeed's fp16 are
+            CUDA-only).
+    """
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.precision: fp16 needs a CUDA device, this rank trains on {device}; "
+            "use bf16 or fp32"
+        )
 
 
 class LossScaler:
