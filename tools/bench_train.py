@@ -8,6 +8,9 @@ optimizer) with a device synchronisation after each, which the trainer itself ne
 
     python tools/bench_train.py --shards data/quickstart/shards
     torchrun --standalone --nproc_per_node=2 tools/bench_train.py --shards data/quickstart/shards
+
+With ``--engines ddp,deepspeed:2`` it compares backbone engines instead (``engine[:ZeRO
+stage]``, on the shards, rounds alternated, best pass of each) against the first one listed.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--engines", default="", help="compare engines, e.g. ddp,deepspeed:2")
     args, overrides = p.parse_known_args(argv)
     topology = Topology.from_env()
     device = init_distributed(topology)
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "--output_root=/tmp/dist_face_bench",
         *overrides,
     ]
+    if args.engines:
+        return _compare_engines(args, topology, device, [f"--data.root={args.shards}", *common])
     try:
         shards = load_config(args.config, [f"--data.root={args.shards}", *common])
         synthetic = load_config(
@@ -133,6 +139,33 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| phase | share of step time |\n|---|---:|")
         for name, share in phases.items():
             print(f"| {name} | {100 * share:.1f}% |")
+    return 0
+
+
+def _compare_engines(args, topology: Topology, device: torch.device, common: list[str]) -> int:
+    """samples/s of each ``engine[:stage]`` in ``args.engines`` and its ratio to the first."""
+    configs = {}
+    for spec in args.engines.split(","):
+        engine, _, stage = spec.partition(":")
+        configs[spec] = load_config(
+            args.config, [*common, f"--dist.engine={engine}", f"--dist.zero_stage={stage or 0}"]
+        )
+    rates = dict.fromkeys(configs, 0.0)
+    try:
+        for _ in range(2):  # alternated, best pass kept (see main)
+            for spec, cfg in configs.items():
+                rates[spec] = max(rates[spec], _throughput(cfg, topology, device, args.steps))
+    finally:
+        destroy_distributed()
+    if topology.is_main:
+        w, first = topology.world_size, next(iter(rates.values()))
+        print(
+            f"# {args.config}, {w} rank(s) on {device.type}, batch {args.batch_size}/rank, "
+            f"{args.steps} steps, record shards"
+        )
+        print("| engine[:ZeRO stage] | samples/s (all ranks) | ratio |\n|---|---:|---:|")
+        for spec, rate in rates.items():
+            print(f"| {spec} | {rate * w:,.1f} | {rate / first:.2f} |")
     return 0
 
 
