@@ -22,8 +22,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to ``path`` so that a reader sees the old file or the whole new one.
 
     Raises:
-        OSError: the write failed (a full disk, say); the temporary file is removed and any
-            previous file at ``path`` is left intact.
+        OSError, RuntimeError: the write failed (on a full disk ``torch.save`` raises
+            ``RuntimeError``); the temporary file is removed and any previous file at ``path``
+            is left intact.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

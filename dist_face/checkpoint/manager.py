@@ -20,6 +20,7 @@ import logging
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,8 @@ def save_checkpoint(
     class_range: tuple[int, int],
     num_classes: int,
     keep: int,
+    extra_rows: dict[str, torch.Tensor] | None = None,
+    export: Callable[[], object] | None = None,
 ) -> Path | None:
     """Write a checkpoint collectively (every rank calls this) and prune old ones.
 
@@ -123,10 +126,15 @@ def save_checkpoint(
         class_range: this rank's ``[start, end)``.
         num_classes: C.
         keep: complete checkpoints to keep.
+        extra_rows: more ``[num_local, ...]`` tensors sharded by ``class_range`` (the centers
+            of a center loss), re-split like the head's rows on load (:func:`load_rows`).
+        export: run on rank 0 inside the same success agreement, after the checkpoint files
+            (writing ``model.pt``).
 
     Returns:
-        The checkpoint directory, or None when a rank failed to write (the error is logged on
-        that rank; the previous checkpoints are untouched and training can go on).
+        The checkpoint directory, or None when a rank failed to write or holds inf/NaN values
+        (the error is logged on that rank; the previous checkpoints are untouched, no temporary
+        file is left and training can go on).
     """
     root = checkpoint_root(run_dir)
     final = root / f"step_{step:08d}"
@@ -138,6 +146,8 @@ def save_checkpoint(
     ok = torch.ones(())
     try:
         rows, other = split_head(head, head_optimizer)
+        rows.update(extra_rows or {})
+        require_finite({"rows": rows, **(replicated if topology.is_main else {})})
         atomic_torch_save(
             {"class_range": list(class_range), "num_classes": num_classes, "rows": rows},
             shard_file(tmp, topology.rank, topology.world_size),
@@ -147,7 +157,9 @@ def save_checkpoint(
         )
         if topology.is_main:
             atomic_torch_save({**replicated, "world_size": topology.world_size}, tmp / "state.pt")
-    except OSError as exc:
+            if export is not None:
+                export()
+    except Exception as exc:  # torch.save reports a full disk as RuntimeError, not OSError
         logger.error(
             "checkpoint %s: rank %d could not write: %s; previous checkpoints are kept",
             final,
@@ -165,10 +177,57 @@ def save_checkpoint(
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         fsync_dir(root)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(run_dir, final, keep)
     barrier()
     return final
+
+
+def prune(run_dir: Path, current: Path, keep: int) -> None:
+    """Keep ``current`` and the newest ``keep - 1`` checkpoints before it; delete the rest.
+
+    Checkpoints with a higher step than ``current`` belong to a timeline this run abandoned
+    (it was resumed from an earlier checkpoint); left in place they would be what
+    ``--resume=auto`` picks up next, so they go too.
+    """
+    found = list_checkpoints(run_dir)
+    newer = [p for p in found if p.name > current.name]
+    older = [p for p in found if p.name < current.name]
+    if newer:
+        logger.warning(
+            "removing %d checkpoints newer than %s (%s): this run continued from an earlier step",
+            len(newer),
+            current.name,
+            ", ".join(p.name for p in newer),
+        )
+    for old in newer + older[: max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def require_finite(tree: Any) -> None:
+    """Raise ``ValueError`` naming the first floating tensor in ``tree`` holding inf/NaN.
+
+    One host synchronisation for the whole tree.
+    """
+    named = [(k, t) for k, t in _tensors(tree, "") if t.is_floating_point()]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
+    if bool(finite.all()):
+        return
+    bad = next(k for (k, _), ok in zip(named, finite.tolist()) if not ok)
+    raise ValueError(f"not saved: {bad} holds inf/NaN values")
+
+
+def _tensors(tree: Any, prefix: str) -> list[tuple[str, torch.Tensor]]:
+    if torch.is_tensor(tree):
+        return [(prefix.rstrip("/"), tree)]
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return []
+    return [pair for k, v in items for pair in _tensors(v, f"{prefix}{k}/")]
 
 
 def load_state(path: Path) -> dict[str, Any]:

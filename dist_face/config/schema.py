@@ -251,6 +251,12 @@ class TrainConfig:
     """Initial dynamic loss scale (fp16 only)."""
     loss_scale_growth_interval: int = 2000
     """Steps without overflow before the fp16 loss scale doubles."""
+    max_skipped_steps: int = 50
+    """Stop the run with an error after this many consecutive steps skipped for inf/NaN
+    gradients (0 = never)."""
+    max_nonfinite_logs: int = 20
+    """Stop the run with an error when the loss is inf/NaN on this many consecutive log steps
+    (0 = never)."""
 
     def __post_init__(self) -> None:
         require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -260,6 +266,8 @@ class TrainConfig:
         require(self.loss_scale_init > 0, "loss_scale_init", "must be > 0")
         require_choice(self.precision, "precision", ["fp32", "bf16", "fp16"])
         require(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
+        require(self.max_skipped_steps >= 0, "max_skipped_steps", "must be >= 0")
+        require(self.max_nonfinite_logs >= 0, "max_nonfinite_logs", "must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +332,10 @@ class CheckpointConfig:
     """Complete checkpoints kept; older ones are deleted after a new one is complete."""
     resume: str = ""
     """Empty: start fresh; 'auto': latest checkpoint of this run if any; else a checkpoint dir."""
+    overwrite: bool = False
+    """Start fresh in a run directory that holds an earlier run, wiping that run's checkpoints,
+    model, metrics and reports first (``--overwrite``). Without it such a run is refused unless
+    it resumes."""
 
     def __post_init__(self) -> None:
         require(self.every >= 0, "every", f"must be >= 0, got {self.every}")

@@ -86,8 +86,12 @@ class ConsoleSink(Sink):
         """Format the known keys; other keys are ignored here."""
         m = metrics
         if "train/loss" in m:
+            # unweighted parts of a head with auxiliary losses: "(head 25.4 center 32.4)"
+            parts = " ".join(
+                f"{k[11:]} {v:.4g}" for k, v in m.items() if k.startswith("train/loss/")
+            )
             self.logger.info(
-                "step %d/%d epoch %d | %.1f samples/s (rank min %.1f max %.1f) | loss %.4f | "
+                "step %d/%d epoch %d | %.1f samples/s (rank min %.1f max %.1f) | loss %.4f%s | "
                 "lr %.5f | scale %g | skipped %d | data wait %.1f%% | eta %s",
                 step,
                 m.get("progress/total_steps", 0),
@@ -96,6 +100,7 @@ class ConsoleSink(Sink):
                 m.get("train/rank_samples_per_s_min", 0.0),
                 m.get("train/rank_samples_per_s_max", 0.0),
                 m["train/loss"],
+                f" ({parts})" if parts else "",
                 m.get("train/lr", 0),
                 m.get("train/loss_scale", 1.0),
                 m.get("train/skipped_steps", 0),

@@ -79,8 +79,12 @@ def save_backbone(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except BaseException:  # a full disk: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -23,12 +23,16 @@ from dist_face.config import RunConfig, save_config, to_yaml
 from dist_face.data.loader import build_loader
 from dist_face.dist import Topology
 from dist_face.heads import build_head
+from dist_face.heads.aux_losses import WeightedSum, build_aux_losses
 from dist_face.heads.shard_math import class_range
 from dist_face.metrics import MultiSink, Sink
 from dist_face.metrics.build import build_info
 from dist_face.metrics.build import build_sinks as metric_sinks
 from dist_face.metrics.perf import memory_stats
 from dist_face.models import build_backbone, model_kwargs, save_backbone
+from dist_face.train.agreement import check_agreement, dataset_digest, run_fields
+from dist_face.train.aux_state import aux_rows, load_aux_state
+from dist_face.train.guard import DivergenceGuard
 from dist_face.train.hooks import CheckpointHook, CloseSinkHook, EvalHook, LogHook
 from dist_face.train.loop import Trainer, TrainState
 from dist_face.train.optim import build_optimizer, build_scheduler, param_groups
@@ -59,6 +63,14 @@ def build_trainer(
     data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
     num_classes = data.num_classes
     plan = RunPlan.create(cfg, topology, num_classes, data.batches_per_epoch)
+    dataset = {
+        "num_samples": data.num_samples,
+        "num_classes": num_classes,
+        "batches_per_epoch": data.batches_per_epoch,
+        "backend": data.backend,
+        "manifest_sha256": dataset_digest(cfg.data.root),
+    }
+    check_agreement(run_fields(cfg, dataset, plan))  # before anything heavy is built
     if topology.is_main:
         save_config(cfg, plan.run_dir / "config.yaml")
 
@@ -67,6 +79,9 @@ def build_trainer(
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
     head = build_head(cfg.head, cfg.model.embedding_size, num_classes, seed=cfg.train.seed)
     head = head.to(device)
+    aux = build_aux_losses(cfg.aux, cfg.model.embedding_size, num_classes).to(device)
+    aux_rows(aux)  # refuses, before training, a loss whose state checkpoints would not hold
+    loss_fn = WeightedSum(head, aux, cfg.aux.weights, cfg.aux.head_weight) if len(aux) else head
     head_lr = cfg.optim.head_lr or cfg.optim.lr
     head_wd = (
         cfg.optim.weight_decay if cfg.optim.head_weight_decay < 0 else cfg.optim.head_weight_decay
@@ -79,7 +94,7 @@ def build_trainer(
         build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
     ]
     timer = StepTimer(device) if cfg.metrics.step_phases else None
-    engine = _build_step(cfg, topology, device, backbone, head, opt_b, opt_h, scheds, timer)
+    engine = _build_step(cfg, topology, device, backbone, loss_fn, opt_b, opt_h, scheds, timer)
     step_fn = engine.step_fn
     scaler = step_fn.scaler
 
@@ -88,6 +103,7 @@ def build_trainer(
     resume = _resume_path(cfg, plan.run_dir)
     if resume is not None:
         state = _resume(resume, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange)
+        load_aux_state(aux, resume, crange)
 
     def save(trainer: Trainer) -> Path | None:
         weights, optim_backbone = engine.state()  # collective under ZeRO
@@ -102,9 +118,11 @@ def build_trainer(
             "schedulers": [s.state_dict() for s in scheds],
             "scaler": scaler.state_dict(),
         }
-        if topology.is_main:  # the backbone alone, for evaluation, export and fine-tuning
+
+        def export() -> None:  # the backbone alone, for evaluation, export and fine-tuning
             path = plan.run_dir / "model.pt"
             save_backbone(backbone, path, cfg.model.name, weights, **model_kwargs(cfg.model))
+
         return save_checkpoint(
             plan.run_dir,
             trainer.state.step,
@@ -115,6 +133,8 @@ def build_trainer(
             class_range=crange,
             num_classes=num_classes,
             keep=cfg.checkpoint.keep,
+            extra_rows=aux_rows(aux),
+            export=export,
         )
 
     if sink is None:
@@ -139,6 +159,13 @@ def build_trainer(
             cfg.eval.batch_size,
             device,
         ),
+        DivergenceGuard(
+            cfg.train.log_every,
+            cfg.train.max_skipped_steps,
+            cfg.train.max_nonfinite_logs,
+            lambda: scaler.state_dict()["scale"],
+            _advice(cfg),
+        ),
         CheckpointHook(cfg.checkpoint.every, save),
         CloseSinkHook(sink),
     ]
@@ -153,6 +180,17 @@ def build_trainer(
         state=state,
     )
     return trainer, plan
+
+
+def _advice(cfg: RunConfig) -> str:
+    """What to lower when the run diverges, with the values it ran with."""
+    knobs = [f"optim.lr (now {cfg.optim.lr:g})"]
+    if cfg.optim.head_lr:
+        knobs.append(f"optim.head_lr (now {cfg.optim.head_lr:g})")
+    knobs.append(f"head.scale (now {cfg.head.scale:g})")
+    if cfg.train.precision == "fp16":
+        knobs.append(f"train.loss_scale_init (now {cfg.train.loss_scale_init:g})")
+    return ", ".join(knobs[:-1]) + " or " + knobs[-1]
 
 
 @dataclass
@@ -171,7 +209,7 @@ def _build_step(
     topology: Topology,
     device: torch.device,
     backbone: torch.nn.Module,
-    head: torch.nn.Module,
+    loss_fn: torch.nn.Module,
     opt_b: torch.optim.Optimizer,
     opt_h: torch.optim.Optimizer,
     scheds: list,
@@ -183,7 +221,7 @@ def _build_step(
 
         engine = ds.initialize(backbone, opt_b, cfg, topology.world_size)
         step_fn = ds.DeepSpeedStep(
-            engine=engine, loss_fn=head, head_optimizer=opt_h, schedulers=scheds, timer=timer
+            engine=engine, loss_fn=loss_fn, head_optimizer=opt_h, schedulers=scheds, timer=timer
         )
         return BackboneEngine(
             step_fn,
@@ -196,7 +234,7 @@ def _build_step(
     )
     step_fn = TrainStep(
         backbone=model,
-        loss_fn=head,
+        loss_fn=loss_fn,
         optimizers=[opt_b, opt_h],
         schedulers=scheds,
         scaler=scaler,

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dist_face.config import ConfigError, list_recipes, load_config
-from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
+from dist_face.checkpoint import CheckpointError
+from dist_face.config import ConfigError, RunConfig, list_recipes, load_config
+from dist_face.dist import Topology, barrier, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
+from dist_face.train.guard import DivergenceError
 from dist_face.train.precision import check_precision
+from dist_face.train.preflight import check_run, run_dir, wipe_run_dir
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("dist_face.train")
 
@@ -33,6 +39,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     # the deepspeed launcher appends it unless started with --no_local_rank; LOCAL_RANK is read
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     p.add_argument("--init-backbone", default=None, help="backbone-only checkpoint to start from")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="wipe an earlier run's checkpoints, model and metrics in the run directory first",
+    )
     args, rest = p.parse_known_args(argv)
     overrides = list(rest)
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
@@ -44,27 +55,58 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         overrides.append(f"--dist.engine={args.engine}")
     if args.init_backbone is not None:
         overrides.append(f"--model.init_backbone={args.init_backbone}")
+    if args.overwrite:
+        overrides.append("--checkpoint.overwrite=true")
     return args, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the trainer; returns the process exit code."""
+    """Entry point of the trainer; returns the process exit code.
+
+    Returns:
+        0 when the run finished; 2 for a bad configuration (one ``bad configuration: <key>: ...``
+        line on each rank, no traceback); 1 when training diverged (one line naming the step).
+    """
     args, overrides = parse_args(argv)
     topology = Topology.from_env()
     init_logging(topology.rank)
     try:
         cfg = load_config(args.config, overrides)
         check_precision(cfg.train.precision, select_device(topology))
+        check_run(
+            cfg, topology, select_device(topology)
+        )  # paths and names on every rank, before the process group and the build
     except ConfigError as exc:
         logger.error("bad configuration: %s", exc)
         return 2
     device = init_distributed(topology, cfg.dist.backend, cfg.dist.timeout_s)
+    try:
+        return _train(cfg, topology, device)
+    except ConfigError as exc:  # found while building: ranks disagree
+        logger.error("bad configuration: %s", exc)
+        return 2
+    except CheckpointError as exc:  # the checkpoint to resume from does not fit this run
+        logger.error("bad configuration: checkpoint.resume: %s", exc)
+        return 2
+    except DivergenceError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        destroy_distributed()
+
+
+def _train(cfg: RunConfig, topology: Topology, device: torch.device) -> int:
+    """Build and run the trainer in an initialised process group."""
+    from dist_face.metrics.build import serve_metrics
+    from dist_face.train.build import build_sinks, build_trainer  # heavy imports after checks
+
+    if cfg.checkpoint.overwrite and not cfg.checkpoint.resume:
+        if topology.is_main:
+            wipe_run_dir(run_dir(cfg))
+        barrier()  # no rank opens its metrics file before the old one is gone
     exporter = None
     try:
-        from dist_face.metrics.build import serve_metrics
-        from dist_face.train.build import build_sinks, build_trainer  # heavy imports after checks
-
-        sink = build_sinks(cfg, topology, Path(cfg.output_root) / cfg.name)
+        sink = build_sinks(cfg, topology, run_dir(cfg))
         exporter = serve_metrics(sink, cfg.metrics, topology)
         trainer, plan = build_trainer(cfg, topology, device, sink=sink)
         logger.info(
@@ -81,5 +123,4 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if exporter is not None:
             exporter.close()
-        destroy_distributed()
     return 0

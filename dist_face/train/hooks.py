@@ -71,12 +71,14 @@ class LogHook(Hook):
         rate = steps * trainer.samples_per_step / elapsed
         wait_share = (trainer.data_wait_s - self._wait) / elapsed
         scaler = self.scaler_state()
+        parts = sorted(k for k in metrics if k.startswith("loss/"))  # auxiliary losses
         values = torch.stack(
             [
                 metrics["loss"].float(),
                 metrics["grad_norm"].float(),
                 scaler["scale"].float(),
                 scaler["skipped"].float(),
+                *(metrics[k].float() for k in parts),
             ]
         ).tolist()
         per_rank = all_gather(torch.tensor([[rate, wait_share]], device=self.device)).cpu()
@@ -97,6 +99,7 @@ class LogHook(Hook):
             "progress/total_steps": trainer.total_steps,
             "progress/eta_s": elapsed / max(steps, 1) * (trainer.total_steps - state.step),
         }
+        record.update({f"train/{k}": v for k, v in zip(parts, values[4:])})
         if self.timer is not None:
             record.update(self.timer.read())  # the device is idle already: .tolist() waited
         if self.extra is not None:

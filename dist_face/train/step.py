@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dist_face.dist import comm
+from dist_face.train.guard import BufferSnapshot
 from dist_face.train.precision import LossScaler, autocast
 from dist_face.train.timing import StepTimer
 
@@ -75,25 +76,36 @@ class TrainStep:
         self.clip_grad_norm = clip_grad_norm
         self.timer = timer
         self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+        self._bn = BufferSnapshot(backbone)  # a skipped step leaves BatchNorm statistics alone
 
     def __call__(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
         """Run forward/backward on every micro-batch, then one update.
 
         Returns:
             Device tensors: ``loss`` (mean over micro-batches), ``grad_norm`` (backbone, before
-            clipping), ``skipped`` (1.0 if the update was skipped for inf/NaN).
+            clipping), ``skipped`` (1.0 if the update was skipped for inf/NaN), and
+            ``loss/<part>`` (unweighted, mean over micro-batches) when the loss function
+            returns ``(total, parts)`` (a head with auxiliary losses).
         """
         timer = self.timer
         comm.time_collectives(timer)
         try:
             total = torch.zeros((), device=self.scaler.scale.device)
+            parts: dict[str, torch.Tensor] = {}
+            self._bn.save()
             for i, (images, labels) in enumerate(batches):
                 last = i == len(batches) - 1
                 with self._no_sync(not last):
                     if timer is not None:
                         timer.start("forward")
                     embeddings = self.embed(images)
-                    loss = self.loss_fn(embeddings.float(), labels) / len(batches)
+                    loss = self.loss_fn(embeddings.float(), labels)
+                    if isinstance(loss, tuple):  # (total, {name: unweighted part})
+                        loss, named = loss
+                        for name, value in named.items():
+                            part = value.detach() / len(batches)
+                            parts[f"loss/{name}"] = parts.get(f"loss/{name}", 0) + part
+                    loss = loss / len(batches)
                     if timer is not None:
                         timer.start("backward")
                     self.backward(loss, last)
@@ -101,13 +113,14 @@ class TrainStep:
             if timer is not None:
                 timer.start("optimizer")
             found_inf, grad_norm = self.update()
+            self._bn.restore_if(found_inf)
             for sched in self.schedulers:
                 sched.step()
             if timer is not None:
                 timer.end_step()
         finally:
             comm.time_collectives(None)
-        return {"loss": total, "grad_norm": grad_norm.detach(), "skipped": found_inf}
+        return {"loss": total, "grad_norm": grad_norm.detach(), "skipped": found_inf, **parts}
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone forward under autocast: ``[B, 3, H, W]`` → ``[B, D]``."""

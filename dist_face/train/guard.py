@@ -1,0 +1,133 @@
+"""Stop a diverging run, and keep skipped steps from touching BatchNorm statistics.
+
+A step with inf/NaN gradients is skipped on every rank (see :mod:`dist_face.train.precision`),
+but a run whose every step is skipped makes no progress and used to finish with exit code 0.
+:class:`DivergenceGuard` counts, on the device, consecutive skipped steps and the steps since
+the last finite loss; it reads the counters on log steps only (where the log hook already waits
+for the device), so the step stays free of host synchronisation. Past a threshold it raises
+:class:`DivergenceError` on every rank: the loss and the skip flag are the same on all ranks, so
+all of them stop at the same step without another collective.
+
+The forward pass of a skipped step has already moved the BatchNorm running statistics, towards
+inf when activations overflowed; :class:`BufferSnapshot` puts them back without leaving the
+device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dist_face.train.loop import Hook, Trainer
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged: too many skipped steps or non-finite losses in a row."""
+
+
+class DivergenceGuard(Hook):
+    """Raise :class:`DivergenceError` when the run stops making progress.
+
+    Args:
+        every: log cadence in steps; the counters are read on these steps and the last step.
+        max_skipped: consecutive skipped steps that stop the run (0 = never).
+        max_nonfinite_logs: consecutive log steps with an inf/NaN loss that stop the run
+            (0 = never).
+        loss_scale: returns the current loss scale (a 0-dim tensor), read on log steps.
+        advice: what to lower, with the current values (``"optim.lr (now 0.1), ..."``).
+    """
+
+    def __init__(
+        self,
+        every: int,
+        max_skipped: int,
+        max_nonfinite_logs: int,
+        loss_scale: Callable[[], torch.Tensor],
+        advice: str,
+    ) -> None:
+        self.every, self.max_skipped, self.max_nonfinite_logs = (
+            every,
+            max_skipped,
+            max_nonfinite_logs,
+        )
+        self.loss_scale, self.advice = loss_scale, advice
+        self._counters: torch.Tensor | None = None
+        self._bad_logs = 0
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
+        """Update the device counters; check them on log steps."""
+        loss, skipped = metrics["loss"].detach().float(), metrics["skipped"].float()
+        if self._counters is None:
+            # [skip run, longest skip run since the last check, steps since a finite loss,
+            #  last finite loss]
+            self._counters = torch.tensor([0.0, 0.0, 0.0, math.nan], device=loss.device)
+        c = self._counters
+        finite = torch.isfinite(loss)
+        c[0] = (c[0] + 1) * skipped
+        c[1] = torch.maximum(c[1], c[0])
+        c[2] = (c[2] + 1) * (~finite).float()
+        c[3] = torch.where(finite, loss, c[3])
+        state = trainer.state
+        if state.step % self.every and state.step != trainer.total_steps:
+            return
+        _, longest, since, last = c.tolist()
+        c[1] = c[0]
+        self._bad_logs = 0 if since == 0 else self._bad_logs + 1
+        if self.max_skipped and longest >= self.max_skipped:
+            why = (
+                f"{int(longest)} consecutive steps skipped for inf/NaN gradients "
+                f"(train.max_skipped_steps={self.max_skipped})"
+            )
+        elif self.max_nonfinite_logs and self._bad_logs >= self.max_nonfinite_logs:
+            why = (
+                f"the loss was inf/NaN on {self._bad_logs} consecutive log steps "
+                f"(train.max_nonfinite_logs={self.max_nonfinite_logs})"
+            )
+        else:
+            return
+        scale = float(self.loss_scale())
+        if math.isnan(last):
+            finite_part = "no finite loss since the start"
+        else:
+            finite_part = f"last finite loss {last:.6g} at step {state.step - int(since)}"
+        raise DivergenceError(
+            f"training diverged at step {state.step}: {why}; loss scale {scale:g}, "
+            f"{finite_part}; lower {self.advice}"
+        )
+
+
+class BufferSnapshot:
+    """Copies of a model's BatchNorm buffers, restored on the device when a step is skipped.
+
+    Buffers of one dtype are saved into one flat tensor, so a snapshot and a restore cost a
+    few kernels whatever the number of layers.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        """Track the running statistics and batch counters of every BatchNorm in ``model``."""
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for buf in module.buffers():
+                    groups.setdefault((buf.dtype, buf.device), []).append(buf)
+        self._groups = [
+            (bufs, torch.empty(sum(b.numel() for b in bufs), dtype=dtype, device=device))
+            for (dtype, device), bufs in groups.items()
+        ]
+
+    def save(self) -> None:
+        """Copy the buffers' current values."""
+        for bufs, saved in self._groups:
+            torch.cat([b.reshape(-1) for b in bufs], out=saved)
+
+    def restore_if(self, skipped: torch.Tensor) -> None:
+        """Put the saved values back where ``skipped`` (0-dim, nonzero = skipped) is set."""
+        for bufs, saved in self._groups:
+            now = torch.cat([b.reshape(-1) for b in bufs])
+            torch.where(skipped.bool(), saved, now, out=now)
+            torch._foreach_copy_(
+                bufs, [p.view_as(b) for p, b in zip(now.split([b.numel() for b in bufs]), bufs)]
+            )

@@ -1,0 +1,136 @@
+"""Checks of everything a user can get wrong, run on every rank before anything heavy is built.
+
+Each failed check raises :class:`~dist_face.config.ConfigError` naming the config key, so the
+entry point prints one line (``bad configuration: data.root: ...``) and exits 2 on every rank
+instead of a traceback from deep inside the build.
+
+It also guards the run directory: a new run never mixes with an older run's checkpoints,
+model and metrics. A directory that holds them is refused unless the run resumes
+(``--resume``) or asks for it to be wiped (``--overwrite``, :func:`wipe_run_dir`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from dist_face.checkpoint import CheckpointError, ShardedCheckpointError, latest_checkpoint
+from dist_face.checkpoint.manager import checkpoint_root, list_checkpoints
+from dist_face.checkpoint.sharded import total_classes
+from dist_face.config import ConfigError, RunConfig
+from dist_face.dist import Topology
+
+logger = logging.getLogger(__name__)
+
+# what a run writes into its directory; all of it goes when the directory is overwritten
+_RUN_FILES = ("model.pt", "config.yaml", "eval.json")
+_RUN_GLOBS = ("metrics-rank*.jsonl", "*.tmp")
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """The run directory ``<output_root>/<name>``."""
+    return Path(cfg.output_root) / cfg.name
+
+
+def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> None:
+    """Check paths, names and the run directory of ``cfg``; cheap, allocates nothing on device.
+
+    Args:
+        cfg: the resolved config.
+        topology: this rank's position (the batch must fit each rank's share of the data).
+        device: the device this rank will train on (decides the ``auto`` data backend).
+
+    Raises:
+        ConfigError: the first problem found, naming its config key.
+    """
+    from dist_face.data.loader import build_loader
+    from dist_face.heads.margins import MARGINS
+    from dist_face.models.factory import names, options
+
+    # data.root, data.num_classes, data.backend (DALI installed?), data.batch_size; nothing
+    # is read beyond the shard set's metadata and manifest
+    num_classes = build_loader(cfg.data, topology, device, seed=cfg.train.seed).num_classes
+    if cfg.head.margin not in MARGINS:
+        raise ConfigError(
+            f"head.margin: unknown margin {cfg.head.margin!r}; known: {', '.join(MARGINS.names())}"
+        )
+    if cfg.model.name not in names():
+        raise ConfigError(
+            f"model.name: unknown backbone {cfg.model.name!r}; known: {', '.join(names())}"
+        )
+    for key in ("drop_path", "mask_ratio"):
+        if getattr(cfg.model, key) is not None and key not in options(cfg.model.name):
+            raise ConfigError(f"model.{key}: backbone {cfg.model.name} has no {key} option")
+    if cfg.model.init_backbone and not Path(cfg.model.init_backbone).is_file():
+        raise ConfigError(f"model.init_backbone: {cfg.model.init_backbone} is not a file")
+    for target in cfg.eval.targets:
+        if not Path(target).is_file():
+            raise ConfigError(f"eval.targets: {target} is not a file")
+    _check_resume(cfg, num_classes)
+    _check_run_dir(cfg)
+
+
+def _check_resume(cfg: RunConfig, num_classes: int) -> None:
+    resume = cfg.checkpoint.resume
+    if not resume:
+        return
+    if resume == "auto":
+        path = latest_checkpoint(run_dir(cfg))
+        if path is None:
+            return  # nothing to resume yet: a fresh start
+    else:
+        path = Path(resume)
+        if not (path / "state.pt").is_file():
+            raise ConfigError(
+                f"checkpoint.resume: {path} is not a complete checkpoint directory (no state.pt)"
+            )
+    try:
+        saved = total_classes(path)
+    except (CheckpointError, ShardedCheckpointError, OSError) as exc:
+        raise ConfigError(f"checkpoint.resume: {path}: {exc}") from None
+    if saved != num_classes:
+        raise ConfigError(
+            f"checkpoint.resume: {path} holds {saved} class centers, the training set "
+            f"{cfg.data.root} has {num_classes} classes"
+        )
+
+
+def _check_run_dir(cfg: RunConfig) -> None:
+    """Refuse a fresh run in a directory that holds another run, unless resuming or wiping."""
+    if cfg.checkpoint.resume or cfg.checkpoint.overwrite:
+        return
+    found = run_artifacts(run_dir(cfg))
+    if found:
+        names = ", ".join(sorted(p.name for p in found)[:4])
+        raise ConfigError(
+            f"name: the run directory {run_dir(cfg)} already holds another run ({names}); "
+            "continue it with --resume=auto, wipe it with --overwrite, or choose another --name"
+        )
+
+
+def run_artifacts(directory: Path) -> list[Path]:
+    """What an earlier run left in ``directory``: checkpoints, model, metrics, reports."""
+    if not directory.is_dir():
+        return []
+    found = [directory / n for n in _RUN_FILES if (directory / n).exists()]
+    found += [p for pattern in _RUN_GLOBS for p in directory.glob(pattern)]
+    found += list_checkpoints(directory)
+    return found
+
+
+def wipe_run_dir(directory: Path) -> None:
+    """Remove what a run writes into ``directory`` (call on one rank); other files are kept."""
+    removed = run_artifacts(directory)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_root(directory), ignore_errors=True)  # incomplete .tmp ones too
+    if removed:
+        logger.warning(
+            "--overwrite: removed %d entries of an earlier run in %s", len(removed), directory
+        )

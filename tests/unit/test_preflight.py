@@ -1,0 +1,139 @@
+"""User-causable errors are one line and exit 2; a run never mixes with an earlier run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_face.checkpoint import list_checkpoints, save_checkpoint
+from dist_face.config import HeadConfig
+from dist_face.dist import Topology
+from dist_face.heads import build_head
+from dist_face.train.entry import main
+
+
+@pytest.fixture
+def run_main(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> object:
+    """``main(argv)`` on one process; returns ``(exit code, ERROR lines of the run)``."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    # init_logging replaces the root handlers, pytest's capture among them
+    monkeypatch.setattr("dist_face.train.entry.init_logging", lambda rank: None)
+
+    def run(*argv: str) -> tuple[int, list[str]]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            code = main(["--config", "debug_cpu", *argv])
+        return code, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+    return run
+
+
+def _base(data: Path, out: Path) -> list[str]:
+    return [
+        f"--data.root={data}/shards",
+        "--eval.targets=[]",
+        f"--output_root={out}",
+        "--name=r",
+        "--train.max_steps=2",
+        "--train.log_every=1",
+        "--data.num_workers=0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("--data.root={tmp}/missing", "data.root: cannot open shard set"),
+        ("--head.margin=arcfaec", "head.margin: unknown margin 'arcfaec'"),
+        ("--model.name=iresnet5", "model.name: unknown backbone 'iresnet5'"),
+        ("--model.mask_ratio=0.2", "model.mask_ratio: backbone tiny has no mask_ratio option"),
+        ("--data.num_classes=7", "data.num_classes: 7, but the shard set"),
+        ("--resume={tmp}/nowhere", "checkpoint.resume: {tmp}/nowhere is not a complete checkpoint"),
+        ("--model.init_backbone={tmp}/none.pt", "model.init_backbone: {tmp}/none.pt is not a file"),
+        ("--eval.targets=[{tmp}/lfw.bin]", "eval.targets: {tmp}/lfw.bin is not a file"),
+        ("--data.batch_size=4000", "data.batch_size: 4000 is larger than"),
+    ],
+)
+def test_configuration_errors_are_one_line_and_exit_2(
+    run_main, small_dataset: Path, tmp_path: Path, override: str, key: str
+) -> None:
+    out = tmp_path / "runs"
+    code, errors = run_main(*_base(small_dataset, out), override.format(tmp=tmp_path))
+    assert code == 2
+    assert len(errors) == 1 and errors[0].startswith("bad configuration: "), errors
+    assert key.format(tmp=tmp_path) in errors[0], errors
+    assert not out.exists()  # refused before anything was written
+
+
+def test_resuming_a_checkpoint_of_another_class_count_is_refused(
+    run_main, small_dataset: Path, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "other" / "checkpoints" / "step_00000001"
+    _write_checkpoint(tmp_path / "other", 1, num_classes=7)
+    code, errors = run_main(*_base(small_dataset, tmp_path / "runs"), f"--resume={ckpt}")
+    assert code == 2
+    assert errors == [
+        f"bad configuration: checkpoint.resume: {ckpt} holds 7 class centers, the training "
+        f"set {small_dataset}/shards has 60 classes"
+    ]
+
+
+def test_a_new_run_in_an_old_run_directory_is_refused_unless_resumed_or_overwritten(
+    run_main, small_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "runs"
+    assert run_main(*_base(small_dataset, out), "--checkpoint.every=1")[0] == 0
+    run_dir = out / "r"
+    first = sorted(p.name for p in run_dir.iterdir())
+    before = (run_dir / "metrics-rank0.jsonl").read_text()
+    model = (run_dir / "model.pt").read_bytes()
+
+    code, errors = run_main(*_base(small_dataset, out))
+    assert code == 2 and len(errors) == 1
+    assert f"name: the run directory {run_dir} already holds another run" in errors[0]
+    assert "--resume=auto" in errors[0] and "--overwrite" in errors[0]
+    # nothing of the earlier run was touched
+    assert sorted(p.name for p in run_dir.iterdir()) == first
+    assert (run_dir / "metrics-rank0.jsonl").read_text() == before
+    assert (run_dir / "model.pt").read_bytes() == model
+
+    assert run_main(*_base(small_dataset, out), "--overwrite")[0] == 0
+    lines = (run_dir / "metrics-rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the old run's lines are gone, not appended to
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000002"]
+
+    # resuming the same directory is allowed (and has nothing left to do)
+    assert run_main(*_base(small_dataset, out), "--resume=auto")[0] == 0
+
+
+def _write_checkpoint(
+    run_dir: Path, step: int, num_classes: int = 10, keep: int = 3
+) -> Path | None:
+    head = build_head(HeadConfig(), 8, num_classes)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    return save_checkpoint(
+        run_dir,
+        step,
+        Topology(),
+        replicated={"step": step, "backbone": {"w": torch.ones(2)}},
+        head=head,
+        head_optimizer=opt,
+        class_range=(0, num_classes),
+        num_classes=num_classes,
+        keep=3,
+    )
+
+
+def test_rotation_keeps_the_checkpoint_just_written(tmp_path: Path) -> None:
+    for step in (10, 11, 12):  # an abandoned continuation with higher step numbers
+        _write_checkpoint(tmp_path, step)
+    assert _write_checkpoint(tmp_path, 4) is not None
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
+    for step in (5, 6, 7):
+        _write_checkpoint(tmp_path, step)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step_00000005", "step_00000006", "step_00000007"]
