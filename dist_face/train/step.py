@@ -42,7 +42,8 @@ class TrainStep:
     Args:
         backbone: the (possibly DDP-wrapped) backbone: images ``[B, 3, H, W]`` → ``[B, D]``.
         loss_fn: the head (and any auxiliary losses): ``(embeddings [B, D] fp32, labels [B])``
-            → scalar loss of the global batch.
+            → scalar loss of the global batch, or ``(scalar, {part: unweighted scalar})``
+            (:class:`~dist_face.heads.aux_losses.WeightedSum`).
         optimizers: backbone and head optimizers, stepped together or skipped together.
         schedulers: stepped once per optimizer step.
         scaler: loss scaling and the cross-rank overflow flag.
