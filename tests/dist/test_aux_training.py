@@ -66,7 +66,7 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_aux_losses_are_logged_checkpointed_and_resplit(small_dataset: Path, tmp_path) -> None:
-    first = run_distributed(_train, 2, _args(small_dataset, tmp_path), 3)[0]
+    first = run_distributed(_train, 2, _args(small_dataset, tmp_path), 3, timeout=300)[0]
     series = first["series"]
     assert all(len(v) == 3 for v in series.values()), series
     for i in range(3):  # the total is the weighted sum of the logged parts
@@ -83,6 +83,7 @@ def test_aux_losses_are_logged_checkpointed_and_resplit(small_dataset: Path, tmp
         _train,
         3,
         _args(small_dataset, tmp_path, "--data.batch_size=16", "--checkpoint.resume=auto"),
+        timeout=300,
     )[0]
     assert torch.equal(rest["resumed"], first["centers"])
     assert len(rest["series"]["train/loss/center"]) == 3

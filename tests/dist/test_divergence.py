@@ -63,7 +63,7 @@ def test_every_step_skipped_stops_the_run_with_an_error(small_dataset: Path, tmp
         "--train.log_every=3",
         "--train.max_steps=9",
     )
-    outs = run_distributed(_train, 2, args)
+    outs = run_distributed(_train, 2, args, timeout=300)
     for out in outs:  # every rank stops at the same log step with the same message
         assert out["step"] == 6
         assert out["error"] == (
@@ -87,7 +87,7 @@ def test_a_huge_learning_rate_saves_no_inf(small_dataset: Path, tmp_path) -> Non
         "--checkpoint.every=2",
         "--checkpoint.keep=20",
     )
-    outs = run_distributed(_train, 2, args)
+    outs = run_distributed(_train, 2, args, timeout=300)
     assert outs[0]["skipped"][-1][1] >= 3, outs[0]["skipped"]  # it did diverge
     run_dir = tmp_path / "lr"
     saved = list_checkpoints(run_dir)

@@ -33,7 +33,7 @@ def test_bad_data_root_is_one_line_on_every_rank(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
     assert proc.returncode != 0
     lines = proc.stderr.splitlines()

@@ -87,7 +87,9 @@ def _train(rank: int, world: int, data: str, out: str, bad_rank: int, limit: int
 def test_a_full_disk_skips_the_checkpoint_and_training_goes_on(
     small_dataset: Path, tmp_path: Path, bad_rank: int, limit: int
 ) -> None:
-    outs = run_distributed(_train, 2, str(small_dataset), str(tmp_path), bad_rank, limit)
+    outs = run_distributed(
+        _train, 2, str(small_dataset), str(tmp_path), bad_rank, limit, timeout=300
+    )
     run_dir = tmp_path / "disk"
     assert [o["step"] for o in outs] == [9, 9]  # trained to the end
     # logged on the failing rank only, with the cause

@@ -41,7 +41,7 @@ def test_another_shard_set_on_one_rank_is_refused_on_every_rank(
 ) -> None:
     same = _args(tmp_path, small_dataset / "shards")
     other = _args(tmp_path, color_shards)
-    errors = run_distributed(_build, 3, [same, same, other])
+    errors = run_distributed(_build, 3, [same, same, other], timeout=300)
     assert errors[0] == errors[1] == errors[2] != ""
     assert errors[0].startswith(
         "ranks disagree on the run: data.batches_per_epoch: 30 on ranks 0, 1; 2 on rank 2 | "
