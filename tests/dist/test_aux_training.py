@@ -65,6 +65,7 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.timeout(600)
 def test_aux_losses_are_logged_checkpointed_and_resplit(small_dataset: Path, tmp_path) -> None:
     first = run_distributed(_train, 2, _args(small_dataset, tmp_path), 3, timeout=300)[0]
     series = first["series"]
