@@ -35,7 +35,12 @@ from dist_face.train.aux_state import aux_rows, load_aux_state
 from dist_face.train.guard import DivergenceGuard
 from dist_face.train.hooks import CheckpointHook, CloseSinkHook, EvalHook, LogHook
 from dist_face.train.loop import Trainer, TrainState
-from dist_face.train.optim import build_optimizer, build_scheduler, param_groups
+from dist_face.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    init_momentum,
+    param_groups,
+)
 from dist_face.train.plan import RunPlan
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep
@@ -90,6 +95,10 @@ def build_trainer(
         param_groups(backbone, cfg.optim.weight_decay), cfg.optim, cfg.optim.lr, device
     )
     opt_h = build_optimizer(param_groups(head, head_wd), cfg.optim, head_lr, device)
+    # a skipped first step must not leave SGD momentum uninitialised (DeepSpeed builds its own
+    # state for the backbone)
+    for opt in (opt_h,) if cfg.dist.engine == "deepspeed" else (opt_b, opt_h):
+        init_momentum(opt)
     scheds = [
         build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
     ]

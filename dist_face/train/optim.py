@@ -51,6 +51,26 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
+def init_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Create SGD's momentum buffers as zeros before the first step.
+
+    torch's SGD allocates them on its first step, the fused kernel with ``torch.empty_like``
+    and whatever ``found_inf`` says: when the first step is skipped (an overflow), the buffers
+    stay uninitialised memory (NaN, in practice) and every later update reads them. Zeros give
+    the same first update (``0·momentum + g == g`` exactly, without dampening) and a skipped
+    first step leaves them zero.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"] == 0 or group["dampening"] != 0:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, power: float) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
 

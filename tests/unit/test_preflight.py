@@ -137,3 +137,21 @@ def test_rotation_keeps_the_checkpoint_just_written(tmp_path: Path) -> None:
         _write_checkpoint(tmp_path, step)
     names = [p.name for p in list_checkpoints(tmp_path)]
     assert names == ["step_00000005", "step_00000006", "step_00000007"]
+
+
+def test_a_diverging_run_exits_1_with_one_line(
+    run_main, small_dataset: Path, tmp_path: Path
+) -> None:
+    code, errors = run_main(
+        *_base(small_dataset, tmp_path / "runs"),
+        "--head.scale=1e39",
+        "--train.max_skipped_steps=2",
+        "--checkpoint.every=1",
+    )
+    assert code == 1
+    assert errors == [
+        "training diverged at step 2: 2 consecutive steps skipped for inf/NaN gradients "
+        "(train.max_skipped_steps=2); loss scale 1, no finite loss since the start; lower "
+        "optim.lr (now 0.1) or head.scale (now 1e+39)"
+    ]
+    assert not (tmp_path / "runs" / "r" / "model.pt").exists()

@@ -1,12 +1,14 @@
-"""A step skipped for inf/NaN gradients leaves BatchNorm statistics as they were."""
+"""A step skipped for inf/NaN gradients leaves BatchNorm statistics and SGD momentum alone."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from dist_face.config import OptimConfig
+from dist_face.train.optim import build_optimizer, init_momentum
 from dist_face.train.precision import LossScaler
-from dist_face.train.step import TrainStep
+from dist_face.train.step import TrainStep, optimizer_step
 
 
 def _step() -> tuple[TrainStep, nn.Module]:
@@ -41,3 +43,20 @@ def test_a_skipped_step_leaves_batchnorm_statistics_as_they_were() -> None:
     step([(torch.randn(4, 3, 6, 6), labels)])  # a clean step still updates them
     assert not torch.equal(bn.running_mean, before["running_mean"])
     assert int(bn.num_batches_tracked) == int(before["num_batches_tracked"]) + 1
+
+
+def test_a_skipped_first_step_leaves_sgd_momentum_at_zero() -> None:
+    cfg = OptimConfig(weight_decay=0.0)
+    p, q = nn.Parameter(torch.ones(64)), nn.Parameter(torch.ones(64))
+    opt = build_optimizer([{"params": [p]}], cfg, 0.1, torch.device("cpu"))  # fused
+    init_momentum(opt)
+    p.grad = torch.full((64,), float("nan"))
+    optimizer_step(opt, torch.ones(()))  # overflow: skipped
+    assert torch.equal(p.detach(), torch.ones(64))
+    reference = torch.optim.SGD([q], lr=0.1, momentum=cfg.momentum)  # never saw the overflow
+    for _ in range(2):
+        p.grad, q.grad = torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64)
+        optimizer_step(opt, torch.zeros(()))
+        reference.step()
+    assert torch.equal(p.detach(), q.detach())
+    assert torch.equal(opt.state[p]["momentum_buffer"], reference.state[q]["momentum_buffer"])
