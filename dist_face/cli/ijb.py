@@ -39,6 +39,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-detector-score", action="store_true", help="do not weight by faceness"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="do not draw roc.png and det.png")
     p.add_argument(
         "--features",
         help="score these [N, 2D] .npy features (e.g. another tool's) instead of embedding",
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for kind, r in reports.items():
         _summary(kind, r)
-    _plot(out, models.keys(), args.target)
+    if not args.no_plot:
+        _plot(out, models.keys(), args.target)
     logger.info("IJB report: %s", out / "report.json")
     return 0
 
