@@ -32,12 +32,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0, help="image decoding processes per rank")
     p.add_argument("--no-flip", action="store_true", help="do not add the mirror's embedding")
-    p.add_argument(
-        "--no-norm-score", action="store_true", help="L2-normalise each image feature"
-    )
-    p.add_argument(
-        "--no-detector-score", action="store_true", help="do not weight by faceness"
-    )
+    p.add_argument("--no-norm-score", action="store_true", help="L2-normalise each image feature")
+    p.add_argument("--no-detector-score", action="store_true", help="do not weight by faceness")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="do not draw roc.png and det.png")
     p.add_argument(

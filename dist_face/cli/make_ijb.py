@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     start = time.perf_counter()
     root = generate_ijb(args.out_dir, spec, args.workers)
-    logger.info("wrote a synthetic %s set to %s in %.1f s", spec.target, root, time.perf_counter() - start)
+    logger.info(
+        "wrote a synthetic %s set to %s in %.1f s", spec.target, root, time.perf_counter() - start
+    )
     return 0
 
 

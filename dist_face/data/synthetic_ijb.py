@@ -164,7 +164,11 @@ def generate_ijb(out_dir: str | os.PathLike[str], spec: IJBSpec, workers: int = 
     for name, which in ((g1, 0), (g2, 1)):
         entries = [(tids[s, 0], subject_ids[s]) for s in range(which, spec.identities, 2)]
         _write_1n(meta / _name(spec, f"1N_gallery_{name}.csv"), entries, images_of)
-    probes = [(tids[s, t], subject_ids[s]) for s in range(spec.identities) for t in range(1, tids.shape[1])]
+    probes = [
+        (tids[s, t], subject_ids[s])
+        for s in range(spec.identities)
+        for t in range(1, tids.shape[1])
+    ]
     _write_1n(meta / _name(spec, "1N_probe_mixed.csv"), probes, images_of)
     info = {**asdict(spec), "images": len(tid_lines), "templates": n_templates, "pairs": len(pairs)}
     (root / "synthetic_ijb.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -175,9 +179,7 @@ def _name(spec: IJBSpec, rest: str) -> str:
     return f"{spec.target.lower()}_{rest}"
 
 
-def _pairs(
-    spec: IJBSpec, tids: np.ndarray, rng: np.random.Generator
-) -> list[tuple[int, int, int]]:
+def _pairs(spec: IJBSpec, tids: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int, int]]:
     genuine = [
         (int(row[i]), int(row[j]), 1)
         for row in tids
@@ -205,7 +207,7 @@ def _write_1n(path: Path, entries: list[tuple[int, int]], images_of: dict[int, l
 
 
 def distractor_faces(count: int, seed: int = 0) -> np.ndarray:
-    """Aligned faces of ``count`` generated subjects, one image each: ``uint8 [count, 112, 112, 3]``."""
+    """Aligned faces of ``count`` generated subjects, one each: ``uint8 [count, 112, 112, 3]``."""
     out = np.empty((count, CROP_SIZE, CROP_SIZE, 3), np.uint8)
     for i in range(count):
         rng = np.random.default_rng([seed, DISTRACTOR_ID_OFFSET + i, 0x1E])

@@ -173,9 +173,7 @@ def identify_1n(
             f"{p:g}": float(np.mean([r.tpir_at_fpir[p] for r in per.values()]))
             for p in first.tpir_at_fpir
         },
-        "cmc": {
-            f"rank{k}": float(np.mean([r.cmc[k] for r in per.values()])) for k in first.cmc
-        },
+        "cmc": {f"rank{k}": float(np.mean([r.cmc[k] for r in per.values()])) for k in first.cmc},
     }
     return {"galleries": {n: r.as_dict() for n, r in per.items()}, "mean": mean}
 

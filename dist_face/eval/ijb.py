@@ -65,9 +65,7 @@ def template_features(
     """
     template_ids, t_index = np.unique(templates, return_inverse=True)
     # one group per (template, media): a video's frames count once, whatever their number
-    groups, g_index = np.unique(
-        np.stack([t_index, medias], axis=1), axis=0, return_inverse=True
-    )
+    groups, g_index = np.unique(np.stack([t_index, medias], axis=1), axis=0, return_inverse=True)
     g_index = g_index.reshape(-1)
     media_sum = np.zeros((len(groups), feats.shape[1]), np.float64)
     np.add.at(media_sum, g_index, feats)

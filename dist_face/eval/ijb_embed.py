@@ -46,7 +46,9 @@ class AlignedIJB(Dataset):
             line = row + 1  # rows are 1-based lines of the 5-point file (no blank lines)
             where = f"{self.meta.file('name_5pts_score')}:{line}"
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return np.zeros((112, 112, 3), np.uint8), f"{path} ({where}): unreadable image: {reason}"
+            return np.zeros(
+                (112, 112, 3), np.uint8
+            ), f"{path} ({where}): unreadable image: {reason}"
         return align_face(image, self.meta.landmarks[row]), ""
 
 
@@ -106,7 +108,12 @@ def embed_ijb(
     )
     model.eval()
     parts, error = [], ""
-    bar = tqdm(total=len(meta.image_names), desc="IJB images", unit="img", disable=not progress or rank != 0)
+    bar = tqdm(
+        total=len(meta.image_names),
+        desc="IJB images",
+        unit="img",
+        disable=not progress or rank != 0,
+    )
     for pixels, errors in loader:
         error = next((e for e in errors if e), "")
         if error:

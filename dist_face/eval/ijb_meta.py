@@ -157,7 +157,10 @@ def read_ijb(root: str | os.PathLike[str], target: str = "IJBC") -> IJBMeta:
     )
     pair_rows = _rows(pair_path, 3, "template1 template2 label")
     pairs = np.array(
-        [[_number(pair_path, ln, r[0], int), _number(pair_path, ln, r[1], int)] for ln, r in pair_rows],
+        [
+            [_number(pair_path, ln, r[0], int), _number(pair_path, ln, r[1], int)]
+            for ln, r in pair_rows
+        ],
         np.int64,
     )
     labels = np.array([_number(pair_path, ln, r[2], int) for ln, r in pair_rows], np.int64)

@@ -175,7 +175,9 @@ def submission_problems(
 
     proto = onnx.load(str(path))
     problems = []
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    inputs = [
+        i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}
+    ]
     if len(inputs) != 1:
         problems.append(f"{len(inputs)} inputs, expected 1")
     else:

@@ -29,7 +29,9 @@ def save_safetensors(
     from safetensors.torch import save_file
 
     # clone: safetensors refuses tensors that share storage
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in unwrap(model).state_dict().items()}
+    state = {
+        k: v.detach().cpu().clone().contiguous() for k, v in unwrap(model).state_dict().items()
+    }
     meta = {"format": FORMAT, "name": name, "kwargs": json.dumps(create_kwargs, sort_keys=True)}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -24,9 +24,13 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
     tmp = tmp_path_factory.mktemp("ijb_dist")
-    root = generate_ijb(tmp / "IJBB", IJBSpec(target="IJBB", identities=4, templates_per_identity=2), workers=2)
+    root = generate_ijb(
+        tmp / "IJBB", IJBSpec(target="IJBB", identities=4, templates_per_identity=2), workers=2
+    )
     torch.manual_seed(0)
-    ckpt = save_backbone(create("tiny", embedding_size=8), tmp / "model.pt", "tiny", embedding_size=8)
+    ckpt = save_backbone(
+        create("tiny", embedding_size=8), tmp / "model.pt", "tiny", embedding_size=8
+    )
     single = embed_ijb(load_backbone(ckpt), read_ijb(root, "IJBB"), batch_size=4, progress=False)
     return root, ckpt, single
 
@@ -76,4 +80,7 @@ def test_torchrun_cli_equals_single_process(setup, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "img_feats.npy"), single, rtol=1e-5, atol=1e-6)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["target"] == "IJBB" and set(report["identification_1n"]["galleries"]) == {"S1", "S2"}
+    assert report["target"] == "IJBB" and set(report["identification_1n"]["galleries"]) == {
+        "S1",
+        "S2",
+    }

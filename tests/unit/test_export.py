@@ -67,12 +67,21 @@ def test_graph_interface_follows_the_conventions(exported) -> None:
     _, _, path = exported
     proto = onnx.load(str(path))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
-    (inp,) = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    (inp,) = [
+        i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}
+    ]
     dims = inp.type.tensor_type.shape.dim
-    assert inp.name == "data" and dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 112, 112]
+    assert (
+        inp.name == "data"
+        and dims[0].dim_param
+        and [d.dim_value for d in dims[1:]] == [3, 112, 112]
+    )
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     (out,) = proto.graph.output
-    assert out.type.tensor_type.shape.dim[0].dim_param and out.type.tensor_type.shape.dim[1].dim_value == D
+    assert (
+        out.type.tensor_type.shape.dim[0].dim_param
+        and out.type.tensor_type.shape.dim[1].dim_value == D
+    )
     assert submission_problems(path) == []
 
 
@@ -115,7 +124,9 @@ def test_baked_normalisation_takes_raw_pixels_and_model_zoo_sees_it(tmp_path: Pa
     assert (zoo.input_mean, zoo.input_std) == (0.0, 1.0)  # found the Sub and Mul up front
     rgb, bgr = _aligned_face_bgr()
     want = _torch_embedding(model, rgb)
-    np.testing.assert_allclose(zoo.get_feat(bgr)[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(
+        zoo.get_feat(bgr)[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+    )
     # without baking, raw pixels would be wrong: the check is not vacuous
     plain = export_onnx(model, tmp_path / "plain.onnx")
     with pytest.raises(ExportError, match="differs from torch"):
@@ -168,7 +179,9 @@ def test_cli_writes_onnx_and_safetensors_and_rejects_a_missing_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     torch.manual_seed(0)
-    ckpt = save_backbone(create("tiny", embedding_size=D), tmp_path / "run" / "model.pt", "tiny", embedding_size=D)
+    ckpt = save_backbone(
+        create("tiny", embedding_size=D), tmp_path / "run" / "model.pt", "tiny", embedding_size=D
+    )
     out = tmp_path / "export" / "model.onnx"
     assert export_main(["--run", str(ckpt.parent), "--out", str(out), "--safetensors"]) == 0
     assert out.is_file() and out.with_suffix(".safetensors").is_file()

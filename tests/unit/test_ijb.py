@@ -35,7 +35,9 @@ def ijb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = create("tiny", embedding_size=16)
-    return save_backbone(model, tmp_path_factory.mktemp("model") / "model.pt", "tiny", embedding_size=16)
+    return save_backbone(
+        model, tmp_path_factory.mktemp("model") / "model.pt", "tiny", embedding_size=16
+    )
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +178,9 @@ def test_features_are_the_backbone_on_aligned_faces_and_mirrors(
     feats = np.load(ijb_out / "img_feats.npy")
     pts = _read(ijb_root / "meta/ijbc_name_5pts_score.txt")
     assert feats.shape == (len(pts), 32) and feats.dtype == np.float32
-    np.testing.assert_allclose(np.load(ijb_out / "faceness.npy"), [float(r[11]) for r in pts], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.load(ijb_out / "faceness.npy"), [float(r[11]) for r in pts], rtol=1e-6
+    )
     model = load_backbone(backbone).eval()
     for row in (0, len(pts) // 2, len(pts) - 1):
         image = np.asarray(Image.open(ijb_root / "loose_crop" / pts[row][0]).convert("RGB"))
@@ -217,9 +221,7 @@ def _separable_features(root: Path, noise: float) -> np.ndarray:
     return np.concatenate([feats, feats + 0.1 * rng.normal(size=feats.shape)], 1).astype(np.float32)
 
 
-@pytest.mark.parametrize(
-    "flags", [[], ["--no-flip"], ["--no-norm-score"], ["--no-detector-score"]]
-)
+@pytest.mark.parametrize("flags", [[], ["--no-flip"], ["--no-norm-score"], ["--no-detector-score"]])
 def test_protocol_options_match_the_reference(
     ijb_root: Path, backbone: Path, tmp_path: Path, flags: list[str]
 ) -> None:
