@@ -297,3 +297,16 @@ def test_unreadable_image_names_file_and_row(ijb_root, backbone, tmp_path, capsy
     victim.write_bytes(victim.read_bytes()[:40])  # a truncated JPEG
     msg = _run_bad(root, backbone, tmp_path, capsys)
     assert f"{victim} (" in msg and "ijbc_name_5pts_score.txt:5)" in msg and "unreadable" in msg
+
+
+def test_evaluate_compares_two_ijb_outputs_on_one_figure(ijb_out: Path, tmp_path: Path) -> None:
+    from dist_face.cli.evaluate import main as evaluate_main
+
+    other = tmp_path / "other_run"
+    other.mkdir()
+    for f in ("scores.npy", "labels.npy"):
+        shutil.copy(ijb_out / f, other / f)
+    argv = ["--compare", str(ijb_out), str(other), "--plot-dir", str(tmp_path / "cmp")]
+    assert evaluate_main(argv) == 0
+    assert (tmp_path / "cmp" / "roc.png").stat().st_size > 0
+    assert evaluate_main(["--compare", str(tmp_path), "--plot-dir", str(tmp_path / "x")]) == 2
