@@ -134,6 +134,28 @@ def tar_at_far(
     return {far: float(tpr[np.searchsorted(fpr, far, side="right") - 1]) for far in fars}
 
 
+def tar_at_far_nearest(
+    labels: np.ndarray, scores: np.ndarray, fars: tuple[float, ...] = IJB_FARS
+) -> dict[float, float]:
+    """TAR at each FAR read as insightface's ``eval_ijbc.py`` reads it, for comparison.
+
+    That script keeps only the ROC's corner points (scikit-learn's ``drop_intermediate``),
+    and takes the TPR of the point whose FPR is *nearest* to the target, above or below it
+    (ties: the higher point). This can report a FAR above the target; :func:`tar_at_far` does
+    not.
+    """
+    fpr, tpr, _ = roc_curve(labels, scores)
+    pos = int(np.sum(np.asarray(labels).astype(bool)))
+    neg = len(labels) - pos
+    # corners are found on the integer counts: second differences of rates carry rounding
+    fps, tps = np.rint(fpr[1:] * neg), np.rint(tpr[1:] * pos)
+    if len(fps) > 2:  # a point is dropped when both neighbours are on one line with it
+        corner = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+        fps, tps = fps[corner], tps[corner]
+    fpr, tpr = np.r_[0.0, fps / neg][::-1], np.r_[0.0, tps / pos][::-1]
+    return {far: float(tpr[int(np.argmin(np.abs(fpr - far)))]) for far in fars}
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC (trapezoidal)."""
     fpr, tpr, _ = roc_curve(labels, scores)
@@ -146,6 +168,8 @@ class VerificationReport:
 
     tar_at_far: dict[float, float]
     """TAR at each FAR of :data:`IJB_FARS`."""
+    tar_at_far_nearest: dict[float, float]
+    """The same read at the nearest ROC corner, as insightface's eval_ijbc.py prints it."""
     auc: float
     """Area under the ROC."""
     num_pairs: int
@@ -157,6 +181,7 @@ class VerificationReport:
         """JSON view: FAR keys are written as ``"1e-06"`` … ``"0.1"``."""
         return {
             "tar_at_far": {f"{far:g}": tar for far, tar in self.tar_at_far.items()},
+            "tar_at_far_nearest": {f"{f:g}": t for f, t in self.tar_at_far_nearest.items()},
             "auc": self.auc,
             "num_pairs": self.num_pairs,
             "num_genuine": self.num_genuine,
@@ -167,6 +192,7 @@ def verify(labels: np.ndarray, scores: np.ndarray) -> VerificationReport:
     """TAR@FAR at :data:`IJB_FARS` and the AUC of scored pairs."""
     return VerificationReport(
         tar_at_far=tar_at_far(labels, scores),
+        tar_at_far_nearest=tar_at_far_nearest(labels, scores),
         auc=roc_auc(labels, scores),
         num_pairs=len(scores),
         num_genuine=int(np.sum(labels)),

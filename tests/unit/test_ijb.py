@@ -310,3 +310,22 @@ def test_evaluate_compares_two_ijb_outputs_on_one_figure(ijb_out: Path, tmp_path
     assert evaluate_main(argv) == 0
     assert (tmp_path / "cmp" / "roc.png").stat().st_size > 0
     assert evaluate_main(["--compare", str(tmp_path), "--plot-dir", str(tmp_path / "x")]) == 2
+
+
+def test_nearest_reading_equals_eval_ijbc_with_scikit_learn(ijb_root: Path, tmp_path: Path) -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    from dist_face.eval.ijb import IJB_FARS, tar_at_far_nearest
+
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        n = int(rng.integers(50, 3000))
+        labels = rng.random(n) < 0.2
+        # coarse scores make ties and collinear runs, where the corner dropping matters
+        scores = np.round(rng.normal(labels * 1.5, 1.0), int(rng.integers(1, 4)))
+        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+        want = {}
+        for far in IJB_FARS:  # eval_ijbc.py's reading
+            _, k = min(zip(abs(fpr - far), range(len(fpr))))
+            want[far] = tpr[k]
+        assert tar_at_far_nearest(labels, scores) == pytest.approx(want), trial
