@@ -43,8 +43,7 @@ class AlignedIJB(Dataset):
             with Image.open(path) as im:
                 image = np.asarray(im.convert("RGB"))
         except (OSError, ValueError) as exc:
-            line = row + 1  # rows are 1-based lines of the 5-point file (no blank lines)
-            where = f"{self.meta.file('name_5pts_score')}:{line}"
+            where = f"{self.meta.file('name_5pts_score')}:{self.meta.image_lines[row]}"
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return np.zeros(
                 (112, 112, 3), np.uint8

@@ -45,6 +45,7 @@ class IJBMeta:
         pairs: ``int64 [P, 2]`` template ids of each pair.
         labels: ``int8 [P]`` 1 genuine, 0 impostor.
         pair_lines: ``int64 [P]`` 1-based line of each pair in the pair file (for messages).
+        image_lines: ``int64 [N]`` 1-based line of each image in the 5-point file.
     """
 
     root: Path
@@ -57,9 +58,10 @@ class IJBMeta:
     pairs: np.ndarray
     labels: np.ndarray
     pair_lines: np.ndarray
+    image_lines: np.ndarray
 
     def file(self, kind: str) -> Path:
-        """Path of a meta file: ``kind`` is ``face_tid_mid``, ``name_5pts_score`` or ...."""
+        """Path of a meta file: ``kind`` is ``face_tid_mid``, ``name_5pts_score``, etc."""
         return meta_path(self.root, self.target, kind)
 
     def image_path(self, index: int) -> Path:
@@ -185,10 +187,11 @@ def read_ijb(root: str | os.PathLike[str], target: str = "IJBC") -> IJBMeta:
         pairs=pairs,
         labels=labels.astype(np.int8),
         pair_lines=lines,
+        image_lines=np.array([ln for ln, _ in pts_rows], np.int64),
     )
 
 
-def read_list_1n(path: Path, name: str, known_templates: np.ndarray) -> Gallery:
+def read_list_1n(path: Path, name: str, known_templates: set[int]) -> Gallery:
     """Read one 1:N CSV (header row; column 0 TEMPLATE_ID, column 1 SUBJECT_ID; a row per image).
 
     Raises:
