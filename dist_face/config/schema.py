@@ -433,6 +433,8 @@ class MetricsConfig:
     """Also push to the Pushgateway every this many seconds while training (0: only at the end)."""
     job: str = ""
     """Value of the ``job`` label (empty: the run name)."""
+    tensorboard: bool = False
+    """Write every logged scalar to ``<run dir>/tensorboard`` on rank 0 (extra ``tensorboard``)."""
     step_phases: bool = True
     """Time forward, head collectives, backward and optimizer of every step (device events,
     read on log steps only; see ``tools/bench_metrics.py`` for the cost)."""
