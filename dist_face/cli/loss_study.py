@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dist_face.study.faces import FaceSet, render_faces
-from dist_face.study.losses import by_name, study_losses
+from dist_face.study.losses import by_name, study_losses, with_scale
 from dist_face.study.modes import FULL, QUICK, StudyMode
 
 
@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--losses", default="", help="comma-separated subset of the rows")
     p.add_argument("--seeds", type=int, default=0, help="number of seeds (default: the mode's)")
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (default: the mode's)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=0.0,
+        help="one logit scale s for every scaled margin (default: each paper's, 64)",
+    )
     p.add_argument("--world-size", type=int, default=2, help="gloo ranks (default 2)")
     p.add_argument("--no-toy", action="store_true", help="skip the 2-D toy runs and picture")
     p.add_argument(
@@ -81,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dist-face-loss-study: --losses: {exc}", file=sys.stderr)
         return 2
+    if args.scale:
+        specs = [with_scale(s, args.scale) for s in specs]
     mode = _mode(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ weighted 0, so it shapes nothing).
 
 from __future__ import annotations
 
+import dataclasses
+
+from dist_face.config.margin_defaults import MARGIN_DEFAULTS
 from dist_face.study.train import LossSpec
 
 _HEADS = (
@@ -56,3 +59,14 @@ def by_name(names: list[str]) -> list[LossSpec]:
     if unknown:
         raise ValueError(f"unknown loss {unknown[0]!r}; the study has: {', '.join(rows)}")
     return [rows[n] for n in names]
+
+
+def with_scale(spec: LossSpec, scale: float) -> LossSpec:
+    """``spec`` with the logit scale ``s`` set, when its margin has one (else unchanged).
+
+    Pair losses alone keep their head untouched (it is weighted 0).
+    """
+    margin = spec.head.get("margin", "arcface")
+    if "scale" not in MARGIN_DEFAULTS.get(margin, {}) or spec.aux.get("head_weight", 1.0) == 0:
+        return spec
+    return dataclasses.replace(spec, head={**spec.head, "scale": scale})

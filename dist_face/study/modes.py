@@ -31,12 +31,12 @@ class StudyMode:
 
 QUICK = StudyMode(
     name="quick",
-    train_identities=60,
+    train_identities=40,
     train_images=8,
     held_out_identities=30,
     held_out_images=6,
     seeds=(0, 1, 2),
-    budget=Budget(steps=80, batch=48),
+    budget=Budget(steps=60, batch=48),
     toy_steps=80,
 )
 FULL = StudyMode(
@@ -46,6 +46,6 @@ FULL = StudyMode(
     held_out_identities=50,
     held_out_images=8,
     seeds=(0, 1, 2),
-    budget=Budget(steps=300, batch=64),
+    budget=Budget(steps=200, batch=64),
     toy_steps=300,
 )
