@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -116,11 +117,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _spawn(world: int, args: tuple) -> None:
+    """Run the ranks; a SIGTERM or Ctrl-C here stops them too (no orphaned ranks)."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(
-        _rank_main, args=(world, _free_port(), args), nprocs=world, start_method="spawn"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    context = mp.start_processes(
+        _rank_main, args=(world, _free_port(), args), nprocs=world, start_method="spawn", join=False
     )
+    try:
+        while not context.join():
+            pass
+    finally:
+        for proc in context.processes:
+            if proc.is_alive():
+                proc.terminate()
 
 
 def _finish(out: Path, mode: StudyMode, held: FaceSet, specs: list, toy: bool) -> list[dict]:

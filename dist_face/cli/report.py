@@ -79,5 +79,8 @@ def _from_runs(run_dirs: list[Path], out: Path) -> int:
     except RunReportError as exc:
         logger.error("%s", exc)
         return 1
+    if len({r.name for r in runs}) < len(runs):  # same run name under different roots
+        for run, d in zip(runs, run_dirs):
+            run.name = str(d)
     print(render_runs(runs, out))
     return 0
