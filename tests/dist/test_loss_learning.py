@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 BUDGET = Budget(steps=60, batch=48)
 # the least a loss must gain over the untrained backbone (fractions; see the test)
-EER_GAIN, RANK1_GAIN = 0.05, 0.05
+EER_GAIN, RANK1_GAIN = 0.05, 0.03
 
 
 @pytest.fixture(scope="module")
