@@ -284,7 +284,7 @@ def _diagnose_index(idx_path: str | os.PathLike[str]) -> None:
     """Raise a DataFileError naming the first malformed line of an index file."""
     with open(idx_path, "rb") as f:
         for line_no, line in enumerate(f, 1):
-            fields = line.split()
+            fields = line.rstrip(b"\r\n").split(b"\t")
             if len(fields) != 2 or not all(_is_int64(x) for x in fields):
                 raise DataFileError(
                     f"expected 'key\\toffset' (two int64), got {line[:80]!r}",

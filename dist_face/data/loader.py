@@ -184,7 +184,7 @@ class ShardBatches(IterableDataset):
                 if self.cfg.augments:
                     img = augment(img, rng, self.cfg)
                 images[slot] = np.asarray(img)
-            except (CorruptRecordError, OSError, ValueError) as exc:
+            except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBomb…
                 error = _located(exc, shards, int(i))
                 if self.cfg.on_corrupt == "fail":
                     raise error from None
