@@ -1,16 +1,19 @@
 """Loader throughput against its parts, measured in the same run.
 
 For a shard set (default: generated on the fly), reports images/s of
-  * read-only: ``ShardSet.read_image`` over the records (memory-mapped reads, no decode);
+  * read-only: ``ShardSet.read_image`` over the records (memory-mapped reads, no decode),
+    with and without the per-record CRC-32 check against the manifest;
   * decode-only: Pillow decoding the same bytes in a tight loop on one core;
   * the torch backend with K = 0 (in-process), 1, 2, … workers, normalised batches delivered;
   * the DALI backend on the CPU with K threads (when nvidia-dali is installed);
   * the synthetic backend (no I/O, the ceiling of the loop itself);
 and the efficiency of the torch backend, rate / (K × single-core decode rate); the target is
-≥ 0.8 with K workers (K ≤ cores).
+≥ 0.8 with K workers (K ≤ cores). ``--crc`` adds the torch backend with ``data.check_crc=false``
+and the cost of the check as checked / unchecked images/s, each pair measured back to back.
 
     python tools/bench_loader.py                       # 2,000 generated 112x112 JPEGs
     python tools/bench_loader.py --shards data/quickstart/shards --workers 1 2
+    python tools/bench_loader.py --crc --workers 0 1   # cost of the CRC-32 check
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ def _rate(count: int, seconds: float) -> float:
     return count / max(seconds, 1e-9)
 
 
-def _read_only(shards: ShardSet, n: int) -> float:
+def _read_only(shards: ShardSet, n: int, check_crc: bool = True) -> float:
     start = time.perf_counter()
-    total = sum(len(shards.read_image(i)[0]) for i in range(n))
+    total = sum(len(shards.read_image(i, check_crc)[0]) for i in range(n))
     assert total > 0
     return _rate(n, time.perf_counter() - start)
 
@@ -63,13 +66,16 @@ def _decode_only(shards: ShardSet, n: int) -> float:
     return _rate(n, time.perf_counter() - start)
 
 
-def _loader(root: str, backend: str, workers: int, batch: int, classes: int) -> float:
+def _loader(
+    root: str, backend: str, workers: int, batch: int, classes: int, check_crc: bool = True
+) -> float:
     cfg = DataConfig(
         root=root,
         backend=backend,
         batch_size=batch,
         num_workers=workers,
         num_classes=classes if backend == "synthetic" else 0,
+        check_crc=check_crc,
     )
     source = build_loader(cfg, Topology(), torch.device("cpu"), seed=0)
     batches = iter(source.epoch(0))
@@ -79,12 +85,19 @@ def _loader(root: str, backend: str, workers: int, batch: int, classes: int) -> 
     return _rate(count, time.perf_counter() - start)
 
 
+def _median_ratio(pairs: list[tuple[float, float]]) -> float:
+    """Median of checked / unchecked rates over back-to-back pairs."""
+    return float(np.median([c / u for c, u in pairs]))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--shards", help="shard set to read (default: generate --images JPEGs)")
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--crc", action="store_true", help="also measure without the CRC-32 check")
+    p.add_argument("--repeat", type=int, default=3, help="checked/unchecked pairs (median)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,13 +107,30 @@ def main(argv: list[str] | None = None) -> int:
         read = _read_only(shards, n)
         decode = _decode_only(shards, n)
         rows = [
-            ("read-only (mmap, no decode)", read, ""),
+            ("read-only (mmap, CRC-32 checked, no decode)", read, ""),
             ("decode-only (Pillow, 1 core)", decode, ""),
         ]
+        if args.crc:
+            pairs = [(_read_only(shards, n), _read_only(shards, n, False)) for _ in range(3)]
+            rows.append(("read-only, unchecked", float(np.median([u for _, u in pairs])), ""))
+            rows.append(("read-only: checked / unchecked", _median_ratio(pairs), ""))
         for k in args.workers:
             rate = _loader(str(root), "torch", k, args.batch_size, 0)
             eff = rate / (max(k, 1) * decode)
             rows.append((f"torch backend, {k} worker(s)", rate, f"{eff:.2f}"))
+            if args.crc:
+                pairs = [
+                    (
+                        _loader(str(root), "torch", k, args.batch_size, 0),
+                        _loader(str(root), "torch", k, args.batch_size, 0, check_crc=False),
+                    )
+                    for _ in range(args.repeat)
+                ]
+                unchecked = float(np.median([u for _, u in pairs]))
+                rows.append((f"torch backend, {k} worker(s), unchecked", unchecked, ""))
+                rows.append(
+                    (f"torch, {k} worker(s): checked / unchecked", _median_ratio(pairs), "")
+                )
         if dali_available():
             for k in sorted({max(k, 1) for k in args.workers}):
                 rate = _loader(str(root), "dali", k, args.batch_size, 0)
@@ -116,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {len(shards)} records, batch {args.batch_size}, images/s")
     print("| source | images/s | rate / (K x decode-only) |\n|---|---:|---:|")
     for name, rate, eff in rows:
-        print(f"| {name} | {rate:,.0f} | {eff} |")
+        print(
+            f"| {name} | {rate:,.3f} | {eff} |"
+            if "/" in name
+            else f"| {name} | {rate:,.0f} | {eff} |"
+        )
     return 0
 
 
