@@ -220,7 +220,8 @@ class ShardSet:
         Raises:
             FileNotFoundError: No ``meta.json`` (not a shard set, or packing did not finish),
                 or a shard file is missing.
-            ValueError: The manifest disagrees with ``meta.json``.
+            DataFileError: ``meta.json`` or the manifest is unreadable, malformed or
+                inconsistent (a ValueError naming the file and the key or row).
         """
         root = os.fspath(root)
         meta_path = os.path.join(root, META_NAME)
@@ -279,7 +280,8 @@ class ShardSet:
             )
         counts = np.bincount(self.shard_ids, minlength=len(self.meta.shards))
         rec_bytes = np.array([info.rec_bytes for info in self.meta.shards], dtype=np.int64)
-        past_end = self.offsets + 8 + self.lengths > rec_bytes[self.shard_ids]
+        room = rec_bytes[self.shard_ids] - 8  # compared one term at a time: no int64 overflow
+        past_end = (self.offsets > room) | (self.lengths > room - np.minimum(self.offsets, room))
         if past_end.any():
             raise DataFileError(
                 "record runs past the end of its .rec (offset + 8 + length > rec_bytes of "
@@ -567,9 +569,13 @@ def read_manifest(root: str, meta: ShardMeta) -> dict[str, np.ndarray]:
             path,
         )
     try:
+        missing = [c for c in _NUMERIC if c not in pq.read_schema(path).names]
+        if missing:
+            raise DataFileError(f"has no column {', '.join(map(repr, missing))}", path)
         table = pq.read_table(path, columns=_NUMERIC)
     except (pa.ArrowException, OSError) as err:  # a damaged page is an OSError in pyarrow
-        raise DataFileError(f"Parquet cannot read it: {err}", path) from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataFileError(f"Parquet cannot read it: {first_line}", path) from None
     columns = {}
     for name, dtype in _DTYPES.items():
         column = table.column(name)

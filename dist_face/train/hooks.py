@@ -105,7 +105,7 @@ class LogHook(Hook):
             "progress/eta_s": elapsed / max(steps, 1) * (trainer.total_steps - state.step),
         }
         # the same keys in the same order on every rank: the recipe and the code are shared
-        record.update(zip(counters, per_rank[:, 2:].sum(0).tolist()))
+        record.update(zip(counters, per_rank[:, 2:].sum(0).round().long().tolist()))
         if self.timer is not None:
             record.update(self.timer.read())  # the device is idle already: .tolist() waited
         if self.extra is not None:

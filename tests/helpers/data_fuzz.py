@@ -10,7 +10,8 @@ every key and one epoch of the torch loader. Each case gets one outcome class:
   the damaged records; every sample it did return was an original one;
 * failures: ``silent wrong`` (the loader or ``ShardSet`` returned an image or label that is not
   the original, or ``RecordReader`` did while verify saw nothing), ``foreign exception`` (an
-  exception outside the project's error types), ``unnamed error`` (an error that does not
+  exception outside the project's error types, or any exception out of verify, which must
+  report instead), ``unnamed error`` (an error that does not
   name a file of the set, or a record error without key or offset), ``verify miss`` (a
   reader saw damage that verify did not report).
 """
@@ -277,8 +278,8 @@ def run_case(base: Path, ref: Reference, work: Path, seed: int) -> Outcome:
             fn()
         except Exception as err:
             deviations.append(f"{name}: {err}")
-            why = _error_problem(err, root)
-            if why:
+            why = "foreign exception" if name == "verify" else _error_problem(err, root)
+            if why:  # verify reports problems, it never raises on bad data
                 problems.append(f"{why}: {name}: {type(err).__name__}: {err}")
 
     found: list[str] = []

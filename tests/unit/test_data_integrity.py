@@ -203,6 +203,37 @@ def test_damaged_parquet_names_the_manifest(copy: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: t.drop_columns(["label"]), r"has no column 'label'"),
+        (
+            lambda t: t.set_column(4, "label", pa.array([str(v) for v in t["label"].to_pylist()])),
+            r"column 'label': has type string, expected an integer",
+        ),
+        (
+            lambda t: t.set_column(4, "label", pa.array([None, *t["label"].to_pylist()[1:]])),
+            r"column 'label', row 0: is null",
+        ),
+        (
+            lambda t: t.set_column(2, "offset", pa.array([2**40] * len(t), pa.uint64())),
+            r"row 0: record runs past the end of its \.rec",
+        ),
+    ],
+)
+def test_manifest_columns_are_checked(copy: Path, edit, expected: str) -> None:
+    path = copy / "manifest.parquet"
+    table = pq.read_table(path)
+    assert table.column_names[2] == "offset" and table.column_names[4] == "label"
+    pq.write_table(edit(table), path)
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(
+        json.dumps({**meta, "manifest_crc32": zlib.crc32(path.read_bytes())})
+    )
+    with pytest.raises(DataFileError, match=rf"{path}: {expected}"):
+        ShardSet.open(copy)
+
+
+@pytest.mark.parametrize(
     ("line", "expected"),
     [
         ("3\t", r"\.idx:2: expected 'key\\toffset' \(two int64\), got b'3\\t\\n'"),
@@ -266,3 +297,18 @@ def test_sizes_in_place_of_images_are_refused(tmp_path: Path) -> None:
     path.write_bytes(huge)
     with pytest.raises(BinFormatError, match=r"sizes\.bin: not a verification pickle"):
         load_bin(path)
+
+
+def test_pack_relabel_and_reshard_record_the_manifest_checksum(copy: Path, tmp_path: Path) -> None:
+    from dist_face.cli.reshard import main as reshard_main
+    from dist_face.data.shards import relabel
+
+    def recorded(root: Path) -> bool:
+        meta = json.loads((root / "meta.json").read_text())
+        return meta["manifest_crc32"] == zlib.crc32((root / "manifest.parquet").read_bytes())
+
+    assert recorded(copy)
+    relabel(str(copy), (ShardSet.open(copy).labels + 1) % 4, 4)
+    assert recorded(copy) and ShardSet.open(copy).read_image(0)  # labels no longer in records
+    assert reshard_main([str(copy), str(tmp_path / "re"), "--shards", "2", "--quiet"]) == 0
+    assert recorded(tmp_path / "re") and len(ShardSet.open(tmp_path / "re")) == 24
