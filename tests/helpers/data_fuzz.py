@@ -374,12 +374,28 @@ def main() -> None:
     import time
 
     cases = int(sys.argv[1]) if len(sys.argv) > 1 else 1200
+    table: Counter[tuple[str, str]] = Counter()
+    failures = []
     with tempfile.TemporaryDirectory() as tmp:
         base = make_base(Path(tmp) / "base")
+        ref = reference(base)
         start = time.perf_counter()
-        counts, failures = run_fuzz(base, Path(tmp), range(cases))
+        for seed in range(cases):
+            result = run_case(base, ref, Path(tmp), seed)
+            table[MUTATIONS[seed % len(MUTATIONS)].__name__, result.outcome] += 1
+            if result.outcome in FAILURES:
+                failures.append(result)
         took = time.perf_counter() - start
-    print(f"{cases} cases in {took:.0f} s: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    classes = ["no effect", "detected", *FAILURES]
+    print(f"{cases} cases in {took:.0f} s")
+    print("| mutation | cases | " + " | ".join(classes) + " |")
+    print("|---|---:|" + "---:|" * len(classes))
+    for kind in [*(m.__name__ for m in MUTATIONS), "all"]:
+        row = [
+            sum(v for (k, c), v in table.items() if c == cls and kind in (k, "all"))
+            for cls in classes
+        ]
+        print(f"| {kind.replace('_', ' ')} | {sum(row)} | " + " | ".join(map(str, row)) + " |")
     for f in failures[:20]:
         print(f"FAIL {f.mutation}: {f.detail}")
 
