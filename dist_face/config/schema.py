@@ -282,6 +282,9 @@ class DistConfig:
     """DeepSpeed ZeRO stage of the backbone: 0, 1 (optimizer state partitioned) or 2
     (gradients too). Stage 3 would partition the weights, which the head's gradient contract
     does not need and the per-step gathers would slow down."""
+    force_process_group: bool = False
+    """Create a process group and run every collective even with one rank, so that a
+    one-GPU run meets NCCL's rules (device of every tensor, control group) like a cluster."""
 
     def __post_init__(self) -> None:
         require_choice(self.backend, "backend", ["auto", "nccl", "gloo"])
