@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", default="", help="compare engines, e.g. ddp,deepspeed:2")
     args, overrides = p.parse_known_args(argv)
     topology = Topology.from_env()
-    device = init_distributed(topology)
+    device = init_distributed(topology).device
     # the synthetic source repeats one batch, which drives gradients into denormal floats that
     # are slow on CPUs; flush them so both sources measure the same arithmetic
     torch.set_flush_denormal(True)

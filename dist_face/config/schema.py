@@ -99,8 +99,9 @@ class HeadConfig:
     interclass_filtering_threshold: float = 0.0
     """Zero non-target cosines above this value (noisy labels; 0 = off, arcface_torch uses 0.4)."""
     check_labels: bool = False
-    """Verify each step that labels are in [0, C); costs one host sync per step, so it is off by
-    default: shard sets are range-checked when opened (debugging aid)."""
+    """Verify each step that labels are in [0, C) (a device-side assertion, no host sync; the
+    first batch is checked on the host with the offending row named). Off by default: shard
+    sets are range-checked when opened (debugging aid)."""
 
     def __post_init__(self) -> None:
         require(self.scale > 0, "scale", f"must be > 0, got {self.scale}")
