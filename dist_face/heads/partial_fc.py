@@ -237,9 +237,7 @@ class PartialFC(nn.Module):
     def _check_label_range(self, y_all: torch.Tensor, batch: int, on_host: bool) -> None:
         bad = (y_all < 0) | (y_all >= self.num_classes)
         if not on_host:  # steady state: fails on the device, the host does not wait for it
-            torch._assert_async(
-                ~bad.any(), f"labels: a value is outside [0, {self.num_classes})"
-            )
+            torch._assert_async(~bad.any(), f"labels: a value is outside [0, {self.num_classes})")
             return
         if bool(bad.any()):  # every rank sees the same gathered labels and raises together
             i = int(torch.nonzero(bad)[0])
