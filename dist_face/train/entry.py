@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         check_precision(cfg.train.precision, select_device(topology))
+        if cfg.dist.engine == "deepspeed":
+            from dist_face.train.deepspeed_engine import check_deepspeed_version
+
+            check_deepspeed_version()
     except ConfigError as exc:
         logger.error("bad configuration: %s", exc)
         return 2
