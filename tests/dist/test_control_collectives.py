@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,14 @@ from tests.helpers.distributed import run_distributed
 from tests.helpers.nccl_rules import pretend_nccl
 
 pytestmark = pytest.mark.dist
+_LAUNCH_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 def _head(rank: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -86,3 +97,36 @@ def _gloo_default(rank: int, world: int) -> bool:
 
 def test_a_gloo_default_group_is_its_own_control_group() -> None:
     assert run_distributed(_gloo_default, 2) == [True, True]
+
+
+def test_forced_process_group_runs_every_collective_at_one_rank(tmp_path: Path) -> None:
+    """``dist.force_process_group`` at world size 1: a real group, DDP, checkpoints, exit 0."""
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dist_face.train",
+            "--config",
+            "debug_cpu",
+            "--data.root=synthetic",
+            "--data.num_classes=50",
+            "--data.synthetic_samples=64",
+            "--data.batch_size=16",
+            "--eval.targets=[]",
+            "--checkpoint.every=2",
+            "--train.log_every=2",
+            "--dist.backend=gloo",
+            "--dist.force_process_group=true",
+            f"--output_root={tmp_path}",
+            "--name=forced",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "joined process group: backend=gloo rank=0/1" in proc.stderr
+    assert (tmp_path / "forced" / "checkpoints" / "step_00000004" / "state.pt").exists()
