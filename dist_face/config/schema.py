@@ -158,7 +158,9 @@ class DataConfig:
     drop_last: bool = False
     """Per epoch, drop the last N mod W samples instead of padding every rank to ceil(N/W)."""
     on_corrupt: str = "skip"
-    """A record that fails to decode: skip (count it, use another sample) or fail."""
+    """A record that fails its CRC-32 or to decode: skip (count it, use another sample) or fail."""
+    check_crc: bool = True
+    """torch backend: compare each record's CRC-32 with the manifest before decoding it."""
     hflip: bool = True
     """Random horizontal mirror with probability 0.5."""
     synthetic_samples: int = 65536

@@ -139,8 +139,12 @@ def build_trainer(
             scaler.state_dict,
             lambda: scheds[0].get_last_lr()[0],
             device,
-            extra=lambda: {"data/corrupt_records": data.corrupt_records, **memory_stats(device)},
+            extra=lambda: {
+                "data/rank_corrupt_records": data.corrupt_records,
+                **memory_stats(device),
+            },
             timer=timer,
+            summed=lambda: {"data/corrupt_records": data.corrupt_records},
         ),
         EvalHook(
             cfg.eval.targets,
