@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = read_ijb(args.image_path, args.target)
         features = np.load(args.features) if args.features else None
         model, name, kwargs = load_from_args(args)
-        device = init_distributed(topology)
+        device = init_distributed(topology).device
         models = {"trained": model}
         if args.untrained_baseline:
             models["untrained"] = untrained_like(name, kwargs)
