@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from dist_face.data.recordio import IR_SIZE, MAGIC, MAX_LENGTH, read_frame
+from dist_face.data.recordio import (
+    IR_SIZE,
+    MAGIC,
+    MAX_LENGTH,
+    CorruptRecordError,
+    RecordReader,
+    read_frame,
+    unpack_record,
+)
 from dist_face.data.shards import META_NAME, ShardInfo, ShardMeta, ShardSet
 
 logger = logging.getLogger(__name__)
@@ -170,14 +178,14 @@ def scan_rec(rec_path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         ``labels_in_records`` (False when some record stores a label array, which DALI's
         reader would return whole).
     """
-    from dist_face.data.sources import RecSource  # InsightFace layout detection and labels
+    from dist_face.data.sources import record_labels  # vectorised IRHeader label gather
 
-    source = RecSource(rec_path)
-    reader = source.reader
-    keys = source.image_keys
+    reader = RecordReader(rec_path)
+    keys, num_identities = _image_keys(reader)
     offsets = reader.offsets[reader.positions(keys)]
     order = np.argsort(offsets, kind="stable")
-    keys, offsets, labels = keys[order], offsets[order], source.labels[order]
+    keys, offsets = keys[order], offsets[order]
+    labels = record_labels(reader, keys)
     buf = reader.buffer()
     lengths, flags = _headers(np.frombuffer(buf, dtype=np.uint8), offsets)
     for i in np.flatnonzero(lengths < 0).tolist():  # split records: reassemble to measure
@@ -185,8 +193,34 @@ def scan_rec(rec_path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         lengths[i] = len(payload)
         flags[i] = int.from_bytes(payload[:4], "little")
     columns = {"key": keys, "offset": offsets, "length": lengths, "label": labels}
-    meta = {"num_classes": int(source.num_classes), "labels_in_records": bool((flags == 0).all())}
+    num_classes = max(int(labels.max()) + 1 if labels.size else 0, num_identities)
+    meta = {"num_classes": num_classes, "labels_in_records": bool((flags == 0).all())}
     return columns, meta
+
+
+def _image_keys(reader: RecordReader) -> tuple[np.ndarray, int]:
+    """Keys of the image records and the number of identity records (0 without a header).
+
+    InsightFace's header record is key 0 with a label pair ``[N + 1, N + 1 + K]`` and no
+    image: images are keys ``1..N``, identity records ``N + 1..N + K``. Anything else is a
+    headerless file whose every indexed record is an image.
+    """
+    try:
+        header, image = unpack_record(reader.read(0))
+    except (KeyError, CorruptRecordError):
+        header, image = None, b""
+    if header is None or header.flag < 2 or image:
+        return reader.keys.copy(), 0
+    first, end = (int(x) for x in header.label[:2])  # type: ignore[index]
+    keys = np.arange(1, first, dtype=np.int64)
+    try:
+        reader.positions(keys)
+    except KeyError as err:
+        raise ValueError(
+            f"{reader.idx_path}: the header record says images are keys 1..{first - 1}, but "
+            f"{err.args[0]}"
+        ) from None
+    return keys, max(end - first, 0)
 
 
 _CHUNK = 1 << 20
