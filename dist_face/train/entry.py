@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             plan.run_dir,
         )
         state = trainer.fit()
-        logger.info("done at step %d; best %s", state.step, state.best)
+        # only the rank that evaluates holds best values; the others say nothing about them
+        best = f"; best {state.best}" if state.best else ""
+        logger.info("done at step %d%s", state.step, best)
     finally:
         if exporter is not None:
             exporter.close()

@@ -148,9 +148,9 @@ def _read_only(folder: Path) -> bool:
 def test_a_rec_where_a_shard_set_is_expected_says_what_to_do(rec_folder: Path, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"dist-face-pack .*train\.rec OUT_DIR"):
         ShardSet.open(rec_folder / "train.rec")
+    reshard = Path(sys.executable).parent / "dist-face-reshard"  # the real console script
     out = subprocess.run(
-        [sys.executable, "-m", "dist_face.cli.reshard", str(rec_folder), str(tmp_path / "o")]
-        + ["--shards", "2"],
+        [reshard, str(rec_folder), str(tmp_path / "o"), "--shards", "2"],
         capture_output=True,
         text=True,
     )
