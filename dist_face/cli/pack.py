@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.data.pack import PackOptions, pack
 from dist_face.data.pack_check import CHECKS, check_source, write_report
 from dist_face.data.sources import open_source
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Run the packer; returns the process exit code."""
     args = build_parser().parse_args(argv)

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.log import init_logging
 from dist_face.metrics.report import ReportError, fetch, render
 
@@ -35,6 +36,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Query, draw, print where the PNG went; return the exit code."""
     args = _parse(argv)

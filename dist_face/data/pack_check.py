@@ -74,7 +74,7 @@ def check_source(
         source: What is about to be packed.
         check: One of :data:`CHECKS`; ``none`` returns ``source`` unchanged.
         workers: Threads reading and decoding (Pillow releases the GIL while decoding).
-        progress: Show a tqdm progress bar.
+        progress: Show a tqdm progress bar (on a terminal).
 
     Returns:
         ``(source to pack, result)``; the source is ``source`` itself when nothing was left
@@ -95,7 +95,7 @@ def check_source(
     n = len(source)
     with ThreadPoolExecutor(max(workers, 1)) as pool:
         results = pool.map(problem, range(n), chunksize=64)
-        bar = tqdm(results, total=n, unit="img", desc="check", disable=not progress)
+        bar = tqdm(results, total=n, unit="img", desc="check", disable=None if progress else True)
         problems = list(bar)
     bad = [i for i, p in enumerate(problems) if p is not None]
     if not bad:
