@@ -17,7 +17,7 @@ logger = logging.getLogger("dist_face.make_dataset")
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, write the dataset, return the exit code."""
     d = EmbeddedSpec()
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="dist-face-make-dataset", description=__doc__)
     p.add_argument("out_dir", help="directory to write train/, val.bin and dataset.json into")
     p.add_argument("--identities", type=int, default=d.identities, help="training identities")
     p.add_argument("--images-per-identity", type=int, default=d.images_per_identity)

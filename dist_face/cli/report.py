@@ -26,7 +26,7 @@ def parse_duration(text: str) -> float:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="dist-face-report", description=__doc__)
     p.add_argument("--prometheus", default="http://127.0.0.1:9090", help="server base URL")
     p.add_argument("--job", default=".+", help="regex of the runs' job label (the run name)")
     p.add_argument("--last", type=parse_duration, default=3600.0, help="time range (1h)")

@@ -184,6 +184,8 @@ def _attribute_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
     if isinstance(hint, type) and not typing.get_args(hint):
         return hint.__name__
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -192,7 +194,7 @@ def _type_name(hint: Any) -> str:
     if origin is not None:
         inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
-    return "None" if hint is type(None) else str(hint)
+    return str(hint)
 
 
 def _lookup(cfg: RunConfig, key: str) -> Any:
