@@ -306,7 +306,7 @@ class ShardSetSource:
 
 
 def open_source(path: str, root: str | None = None) -> Source:
-    """The source at ``path``: a shard set directory, an image folder, a ``.lst`` or a ``.rec``.
+    """The source at ``path``: a shard set, an image folder, a ``.lst``, a ``.rec`` or its folder.
 
     Args:
         path: The dataset to read.
@@ -315,7 +315,10 @@ def open_source(path: str, root: str | None = None) -> Source:
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, META_NAME)):
             return ShardSetSource(path)
-        return FolderSource(path)
+        from dist_face.data.rec_index import find_rec  # imports this module
+
+        rec = find_rec(path)  # an InsightFace release folder: train.rec / train.idx
+        return RecSource(rec) if rec is not None else FolderSource(path)
     if path.endswith(".lst"):
         return ListSource(path, root)
     if path.endswith(".rec"):

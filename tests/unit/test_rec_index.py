@@ -157,3 +157,10 @@ def test_a_rec_where_a_shard_set_is_expected_says_what_to_do(rec_folder: Path, t
     assert out.returncode == 2
     assert "--data.root=" in out.stderr and "dist-face-pack" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_tools_that_read_any_source_take_the_release_folder(rec_folder: Path) -> None:
+    from dist_face.cli.inspect import summarize
+
+    summary = summarize(str(rec_folder))  # the folder, not train.rec
+    assert (summary["kind"], summary["num_images"], summary["num_classes"]) == ("rec", N, C)
