@@ -125,25 +125,35 @@ def open_rec(rec_path: str, cache_dir: str | os.PathLike[str] | None = None) -> 
         loaded = _load(place, key)
         if loaded is not None:
             return _as_shard_set(rec_path, *loaded)
-    target = _writable(places)
-    if target is None:  # nowhere to cache: scan in memory every time
-        return _as_shard_set(rec_path, *scan_rec(rec_path))
-    with _locked(target + ".lock"):  # one scan per machine; the other ranks wait, then load
-        loaded = _load(target, key)
-        if loaded is None:
-            start = time.perf_counter()
-            columns, meta = scan_rec(rec_path)
-            _save(target, key, columns, meta)
-            logger.info(
-                "indexed %s: %d images of %d classes in %.1f s; manifest cached in %s",
-                rec_path,
-                columns["key"].size,
-                meta["num_classes"],
-                time.perf_counter() - start,
-                target,
-            )
-            loaded = columns, meta
-    return _as_shard_set(rec_path, *loaded)
+    for target in _writable(places):
+        try:
+            with _locked(target + ".lock"):  # one scan per machine; the others wait, then load
+                loaded = _load(target, key)
+                if loaded is None:
+                    loaded = _scan_and_save(rec_path, target, key)
+        except OSError as err:  # a folder that looked writable and is not: try the next one
+            logger.warning("cannot cache the manifest of %s in %s: %s", rec_path, target, err)
+            continue
+        return _as_shard_set(rec_path, *loaded)
+    logger.warning("no writable cache for the manifest of %s: scanning in memory", rec_path)
+    return _as_shard_set(rec_path, *scan_rec(rec_path))
+
+
+def _scan_and_save(
+    rec_path: str, target: str, key: dict[str, int]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    start = time.perf_counter()
+    columns, meta = scan_rec(rec_path)
+    _save(target, key, columns, meta)
+    logger.info(
+        "indexed %s: %d images of %d classes in %.1f s; manifest cached in %s",
+        rec_path,
+        columns["key"].size,
+        meta["num_classes"],
+        time.perf_counter() - start,
+        target,
+    )
+    return columns, meta
 
 
 def default_cache_dir() -> str:
@@ -289,15 +299,17 @@ def _save(path: str, key: dict[str, int], columns: dict[str, np.ndarray], meta: 
     os.replace(tmp, path)
 
 
-def _writable(places: list[str]) -> str | None:
-    """The first cache path whose folder exists (or can be made) and is writable."""
+def _writable(places: list[str]) -> Iterator[str]:
+    """The cache paths whose folder exists (or can be made) and is writable, in order.
+
+    Lazy, so the user cache folder is only created when the data's folder is not writable.
+    """
     for place in places:
         folder = os.path.dirname(place)
         with contextlib.suppress(OSError):
             os.makedirs(folder, exist_ok=True)
         if os.path.isdir(folder) and os.access(folder, os.W_OK):
-            return place
-    return None
+            yield place
 
 
 @contextlib.contextmanager

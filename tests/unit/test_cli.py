@@ -47,14 +47,19 @@ def _command(kind: str, name: str) -> list[str]:
     return ["bash", str(REPO / name)]
 
 
-def _repo_state() -> str:
+def _repo_state() -> set[str]:
+    """Untracked and ignored files of the repository, besides bytecode and pytest's cache."""
     out = subprocess.run(
         ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
         cwd=REPO,
         capture_output=True,
         text=True,
-    )
-    return out.stdout
+    ).stdout
+    return {
+        line
+        for line in out.splitlines()
+        if line[:2] in ("??", "!!") and "__pycache__" not in line and ".pytest_cache" not in line
+    }
 
 
 def test_help_on_every_script_prints_usage_and_does_nothing_else(tmp_path: Path) -> None:
@@ -204,18 +209,37 @@ def _on_terminal(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
     return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
 
 
+@pytest.fixture(scope="module")
+def backbone_and_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A tiny untrained backbone and a 40-pair .bin of random JPEGs."""
+    import numpy as np
+
+    import dist_face.models as M
+    from dist_face.eval.bin_format import save_bin
+    from tests.helpers.images import random_jpeg
+
+    root = tmp_path_factory.mktemp("evaluate")
+    model = M.create("tiny", embedding_size=64)
+    M.save_backbone(model, root / "model.pt", "tiny", embedding_size=64)
+    rng = np.random.default_rng(0)
+    save_bin(root / "pairs.bin", [random_jpeg(rng, 112) for _ in range(80)], [True, False] * 20)
+    return {"backbone": str(root / "model.pt"), "bin": str(root / "pairs.bin")}
+
+
 @pytest.mark.parametrize(
     ("args", "bar"),
     [
         (["dist-face-model-info", "tiny"], "model-info: 100%"),
         (["dist-face-verify", "{shards}"], "verify: 100%"),
+        (["dist-face-evaluate", "--backbone={backbone}", "--bin={bin}"], "evaluate: 100%"),
     ],
     ids=lambda a: a[0] if isinstance(a, list) else "",
 )
 def test_progress_on_a_terminal_only_and_not_with_quiet(
-    args: list[str], bar: str, color_shards: Path, tmp_path: Path
+    args: list[str], bar: str, color_shards: Path, backbone_and_pairs, tmp_path: Path
 ) -> None:
-    cmd = [str(BIN / args[0]), *(a.format(shards=color_shards) for a in args[1:])]
+    names = {"shards": color_shards, **backbone_and_pairs}
+    cmd = [str(BIN / args[0]), *(a.format(**names) for a in args[1:])]
     env = _env(tmp_path)
     code, shown = _on_terminal(cmd, env)
     assert code == 0 and bar in shown, shown
