@@ -318,8 +318,11 @@ def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
         return "synthetic"
     if cfg.backend == "auto":
         if device.type == "cuda" and dali_available():
-            return "dali"
-        why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
+            why = _unsuited_to_dali(open_dataset(cfg.root, check_labels=False))
+            if why is None:
+                return "dali"
+        else:
+            why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
         logger.info("data.backend=auto: torch loader (%s for DALI GPU decoding)", why)
         return "torch"
     if cfg.backend == "dali":
@@ -333,9 +336,25 @@ def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
                 "rewrite it with tools/reshard.py (tools/pack.py for a .rec) or use "
                 "data.backend=torch"
             )
+        if not shards.meta.shuffled:
+            logger.warning(
+                "data.backend=dali: %s are not globally shuffled and DALI shuffles within "
+                "32768 records only, so batches hold few identities; pack them with "
+                "tools/pack.py (global shuffle) or use data.backend=torch",
+                cfg.root,
+            )
         if cfg.on_corrupt == "skip":
             logger.warning(
                 "data.backend=dali cannot skip undecodable records; check new shard "
                 "sets with tools/verify.py"
             )
     return cfg.backend
+
+
+def _unsuited_to_dali(shards: ShardSet) -> str | None:
+    """Why DALI would read ``shards`` wrongly or badly (None when it suits them)."""
+    if not shards.meta.labels_in_records:
+        return "labels are not in the record headers"
+    if not shards.meta.shuffled:  # an InsightFace .rec: sorted by identity
+        return "records are not globally shuffled, and DALI shuffles within a window only"
+    return None

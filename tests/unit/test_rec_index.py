@@ -89,9 +89,13 @@ def test_torch_loader_reads_every_record_once_on_two_ranks(rec_folder: Path) -> 
     assert len(seen) == len(set(seen)) == 2 * 28 and set(seen) <= set(range(N))
 
 
-def test_dali_loader_on_the_cpu_reads_the_rec(rec_folder: Path) -> None:
+def test_dali_loader_on_the_cpu_reads_the_rec(
+    rec_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")
-    per_rank = [_ids(_source(rec_folder, r, 2, "dali").epoch(0)) for r in range(2)]
+    with caplog.at_level("WARNING", logger="dist_face.data.loader"):
+        per_rank = [_ids(_source(rec_folder, r, 2, "dali").epoch(0)) for r in range(2)]
+    assert "not globally shuffled" in caplog.text  # sorted by identity: few ids per batch
     seen = [i for ids in per_rank for i in ids]
     assert len(seen) == len(set(seen)) == 2 * ((N // 2) // B) * B
 
@@ -164,3 +168,17 @@ def test_tools_that_read_any_source_take_the_release_folder(rec_folder: Path) ->
 
     summary = summarize(str(rec_folder))  # the folder, not train.rec
     assert (summary["kind"], summary["num_images"], summary["num_classes"]) == ("rec", N, C)
+
+
+def test_auto_on_a_gpu_reads_a_rec_with_torch_and_shuffled_shards_with_dali(
+    rec_folder: Path, color_shards: Path
+) -> None:
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")
+
+    def backend(root: Path) -> str:  # the choice only: nothing runs on the device
+        cfg = DataConfig(root=str(root), backend="auto", batch_size=B, num_workers=0)
+        topo = Topology(rank=0, world_size=1, local_rank=0, local_world_size=1)
+        return build_loader(cfg, topo, torch.device("cuda"), seed=3).backend
+
+    assert backend(rec_folder) == "torch"
+    assert backend(color_shards) == "dali"
