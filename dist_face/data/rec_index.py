@@ -323,6 +323,19 @@ def _locked(path: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+class RecFileSet(ShardSet):
+    """A one-shard set whose shard is an existing ``.rec``: it has no stored checksums.
+
+    Packed shard sets carry every payload's CRC-32 in their manifest; a scanned ``.rec`` does
+    not (computing them would read every image), so reads skip that comparison. Framing,
+    lengths and the header label are still checked against the scan.
+    """
+
+    def read(self, i: int, check_crc: bool = True) -> bytes:
+        """Payload of record ``i``; ``check_crc`` is ignored (no checksums to compare)."""
+        return super().read(i, check_crc=False)
+
+
 def _as_shard_set(rec_path: str, columns: dict[str, np.ndarray], meta: dict) -> ShardSet:
     """A one-shard :class:`ShardSet` whose shard is ``rec_path`` itself."""
     n = int(columns["key"].size)
@@ -332,7 +345,7 @@ def _as_shard_set(rec_path: str, columns: dict[str, np.ndarray], meta: dict) -> 
         name=os.path.splitext(os.path.basename(rec_path))[0],
         num_records=n,
         rec_bytes=os.path.getsize(rec_path),
-        records_crc32=0,  # not computed: that would read every image
+        records_crc32=0,  # not computed: that would read every image (see RecFileSet)
     )
     shard_meta = ShardMeta(
         num_classes=int(meta["num_classes"]),
@@ -346,4 +359,4 @@ def _as_shard_set(rec_path: str, columns: dict[str, np.ndarray], meta: dict) -> 
         "crc32": np.zeros(n, np.uint32),
         **columns,
     }
-    return ShardSet(os.path.dirname(rec_path), shard_meta, full)
+    return RecFileSet(os.path.dirname(rec_path), shard_meta, full)

@@ -19,9 +19,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SCRIPTS = sorted(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
-SHELL = ["launch/quickstart.sh", "launch/torchrun.sh", "launch/deepspeed.sh"]
-SHELL += ["launch/setup_env.sh", "launch/slurm.sbatch", "tests/run.sh"]
+ENTRY_POINTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+SCRIPTS = sorted(ENTRY_POINTS)
+SHELL = sorted(
+    str(p.relative_to(REPO))
+    for pattern in ("launch/*.sh", "launch/*.sbatch", "tests/*.sh", "tools/*.sh")
+    for p in REPO.glob(pattern)
+)
 # tools/*.py besides the thin wrappers of the console scripts (those run the same main())
 TOOLS = sorted(
     p.name for p in (REPO / "tools").glob("*.py") if "Thin wrapper" not in p.read_text()[:200]
@@ -42,7 +46,15 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
 
 def _command(kind: str, name: str) -> list[str]:
     if kind == "script":
-        return [str(BIN / name)]
+        if (BIN / name).exists():
+            return [str(BIN / name)]
+        # declared after this environment was installed: what pip's wrapper script runs
+        module, func = ENTRY_POINTS[name].split(":")
+        return [
+            sys.executable,
+            "-c",
+            f"import sys; from {module} import {func}; sys.exit({func}())",
+        ]
     if kind == "tool":
         return [sys.executable, str(REPO / "tools" / name)]
     return ["bash", str(REPO / name)]
