@@ -3,6 +3,7 @@
 #
 #   bash launch/torchrun.sh [--section.field=value ...]        # extra arguments go to the trainer
 #
+# Trainer flags: dist-face-train --help; config fields: dist-face-train --help-config [SECTION].
 # Every setting comes from the environment (defaults in brackets):
 #   CONFIG          recipe name or path                               [debug_cpu]
 #   NNODES          number of nodes                                   [1]
@@ -16,6 +17,8 @@
 # With RESUME=auto a restarted job (MAX_RESTARTS > 0, or a re-submitted one) continues from its
 # latest complete checkpoint instead of starting over.
 set -euo pipefail
+case "${1:-}" in -h | --help)  # the comment block above is the usage
+  sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG="${CONFIG:-debug_cpu}"
 NNODES="${NNODES:-1}"

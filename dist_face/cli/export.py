@@ -7,11 +7,13 @@ import logging
 from pathlib import Path
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.export")
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Export; returns the exit code (2 for bad input, 1 when the file fails its check)."""
     p = argparse.ArgumentParser(prog="dist-face-export", description=__doc__)

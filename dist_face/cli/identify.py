@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.eval.identification import RANKS, distractor_curve, open_set, search
 from dist_face.eval.verification import embed_images
 from dist_face.log import init_logging
@@ -84,6 +85,7 @@ def _distractors(spec: str, model: torch.nn.Module, batch: int) -> np.ndarray:
     return embed_images(model, _read_images(files), batch, torch.device("cpu"))
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Run the protocols; returns the exit code (2 for bad input)."""
     p = argparse.ArgumentParser(prog="dist-face-identify", description=__doc__)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args, untrained_like
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.dist.env import Topology, TopologyError, destroy_distributed, init_distributed
 from dist_face.eval.ijb_meta import IJBFormatError, read_ijb
 from dist_face.eval.ijb_pipeline import IJBOptions, run_ijb
@@ -59,6 +60,7 @@ def _summary(name: str, report: dict[str, Any]) -> None:
         logger.info("%s 1:N TPIR%% @ FPIR  %s  |  %s", name, tpir, cmc)
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; returns the exit code (2 for bad input)."""
     args = _parse(argv)

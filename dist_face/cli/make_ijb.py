@@ -6,12 +6,14 @@ import argparse
 import logging
 import time
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.data.synthetic_ijb import IJBSpec, generate_ijb
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.make_ijb")
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, write the set, return the exit code."""
     d = IJBSpec()

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.log import init_logging
 from dist_face.metrics.report import ReportError, fetch, render
 
@@ -30,7 +31,7 @@ def parse_duration(text: str) -> float:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="dist-face-report", description=__doc__)
     p.add_argument(
         "--run",
         action="append",
@@ -47,6 +48,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Query, draw, print where the PNG went; return the exit code."""
     args = _parse(argv)

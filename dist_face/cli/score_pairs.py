@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.eval.ijb import roc_auc
 from dist_face.eval.ijb import tar_at_far as ijb_tar_at_far
 from dist_face.eval.pair_list import PairListError, load_images, read_pair_list, write_scores
@@ -45,6 +46,7 @@ def metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, object]:
     }
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Score the list; returns the exit code (2 for bad input)."""
     p = argparse.ArgumentParser(prog="dist-face-score-pairs", description=__doc__)

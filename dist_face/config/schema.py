@@ -153,7 +153,8 @@ class DataConfig:
     """Training data source and loader."""
 
     root: str = "data/quickstart/shards"
-    """Directory of record shards (written by tools/pack.py), or 'synthetic'."""
+    """Directory of record shards (written by tools/pack.py); an MXNet/InsightFace .rec file, or
+    a folder holding train.rec/train.idx, trained on as it is; or 'synthetic'."""
     backend: str = "auto"
     """Loader backend: auto, dali, torch or synthetic."""
     num_classes: int = 0

@@ -40,6 +40,7 @@ from dist_face.data.augment import augment
 from dist_face.data.dali_loader import dali_available, dali_batches_per_epoch, dali_epoch
 from dist_face.data.framing import CorruptRecordError
 from dist_face.data.partition import partition, samples_per_rank
+from dist_face.data.rec_index import open_dataset
 from dist_face.data.shards import ShardSet
 from dist_face.dist import Topology
 
@@ -85,7 +86,7 @@ class DataSource:
             return self._synthetic_batches(remaining)
         if self.backend == "dali":
             return dali_epoch(
-                ShardSet.open(self.cfg.root, check_labels=False),
+                open_dataset(self.cfg.root, check_labels=False),
                 self.topology,
                 self.device,
                 batch_size=self.cfg.batch_size,
@@ -161,7 +162,7 @@ class ShardBatches(IterableDataset):
             offset=self.offset,
             drop_last=cfg.drop_last,
         )
-        shards = ShardSet.open(cfg.root, check_labels=False)
+        shards = open_dataset(cfg.root, check_labels=False)
         rng = np.random.default_rng(
             [self.seed, self.epoch, self.topology.rank, worker, self.offset]
         )
@@ -297,9 +298,9 @@ def dataset_size(cfg: DataConfig) -> tuple[int, int]:
             raise ConfigError("data.num_classes: the synthetic backend needs a class count > 0")
         return cfg.synthetic_samples, cfg.num_classes
     try:
-        shards = ShardSet.open(cfg.root)
+        shards = open_dataset(cfg.root)
     except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"data.root: cannot open shard set {cfg.root!r}: {exc}") from None
+        raise ConfigError(f"data.root: cannot open dataset {cfg.root!r}: {exc}") from None
     if cfg.num_classes and cfg.num_classes != shards.num_classes:
         raise ConfigError(
             f"data.num_classes: {cfg.num_classes}, but the shard set {cfg.root} "
@@ -329,19 +330,30 @@ def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
         return "synthetic"
     if cfg.backend == "auto":
         if device.type == "cuda" and dali_available():
-            return "dali"
-        why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
+            why = _unsuited_to_dali(open_dataset(cfg.root, check_labels=False))
+            if why is None:
+                return "dali"
+        else:
+            why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
         logger.info("data.backend=auto: torch loader (%s for DALI GPU decoding)", why)
         return "torch"
     if cfg.backend == "dali":
         if not dali_available():
             raise ConfigError("data.backend: dali needs nvidia-dali (pip install dist_face[dali])")
-        shards = ShardSet.open(cfg.root, check_labels=False)
+        shards = open_dataset(cfg.root, check_labels=False)
         if not shards.meta.labels_in_records:
             raise ConfigError(
                 f"data.backend: dali reads labels from the record headers, but "
-                f"{cfg.root} was relabelled in its manifest only; rewrite it with "
-                "tools/reshard.py or use data.backend=torch"
+                f"{cfg.root} was relabelled in its manifest only or stores label arrays; "
+                "rewrite it with tools/reshard.py (tools/pack.py for a .rec) or use "
+                "data.backend=torch"
+            )
+        if not shards.meta.shuffled:
+            logger.warning(
+                "data.backend=dali: %s are not globally shuffled and DALI shuffles within "
+                "32768 records only, so batches hold few identities; pack them with "
+                "tools/pack.py (global shuffle) or use data.backend=torch",
+                cfg.root,
             )
         if cfg.on_corrupt == "skip":
             logger.warning(
@@ -349,3 +361,12 @@ def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
                 "sets with tools/verify.py"
             )
     return cfg.backend
+
+
+def _unsuited_to_dali(shards: ShardSet) -> str | None:
+    """Why DALI would read ``shards`` wrongly or badly (None when it suits them)."""
+    if not shards.meta.labels_in_records:
+        return "labels are not in the record headers"
+    if not shards.meta.shuffled:  # an InsightFace .rec: sorted by identity
+        return "records are not globally shuffled, and DALI shuffles within a window only"
+    return None

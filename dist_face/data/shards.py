@@ -225,6 +225,11 @@ class ShardSet:
         """
         root = os.fspath(root)
         meta_path = os.path.join(root, META_NAME)
+        from dist_face.data.rec_index import not_a_shard_set_hint  # imports this module
+
+        hint = not_a_shard_set_hint(root)
+        if hint is not None:
+            raise FileNotFoundError(hint)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(
                 f"{meta_path} does not exist: {root} is not a complete shard set "

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from dist_face.config import ConfigError, list_recipes, load_config
+from dist_face.config import ConfigError, describe, list_recipes, load_config
 from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
 from dist_face.train.precision import check_precision
@@ -23,7 +23,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument(
         "--config",
-        required=True,
         help=f"recipe name ({', '.join(list_recipes())}) or a .py / config.yaml path",
     )
     p.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
@@ -33,7 +32,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     # the deepspeed launcher appends it unless started with --no_local_rank; LOCAL_RANK is read
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     p.add_argument("--init-backbone", default=None, help="backbone-only checkpoint to start from")
+    describe.add_arguments(p)
     args, rest = p.parse_known_args(argv)
+    if args.config is None and args.help_config is None:
+        p.error("the following arguments are required: --config")
     overrides = list(rest)
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the trainer; returns the process exit code."""
     args, overrides = parse_args(argv)
+    if describe.wants_info(args):  # print and exit: nothing is built
+        return describe.run_info(args, overrides)
     topology = Topology.from_env()
     init_logging(topology.rank)
     try:
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             plan.run_dir,
         )
         state = trainer.fit()
-        logger.info("done at step %d; best %s", state.step, state.best)
+        # only the rank that evaluates holds best values; the others say nothing about them
+        best = f"; best {state.best}" if state.best else ""
+        logger.info("done at step %d%s", state.step, best)
     finally:
         if exporter is not None:
             exporter.close()
