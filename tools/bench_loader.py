@@ -9,8 +9,13 @@ For a shard set (default: generated on the fly), reports images/s of
 and the efficiency of the torch backend, rate / (K × single-core decode rate); the target is
 ≥ 0.8 with K workers (K ≤ cores).
 
+``--startup`` instead measures what starting an epoch costs: the time from opening the epoch
+to its first batch, with the workers forked by the thread opening the epoch (what the loader
+does) against the forkserver and spawn start methods, and against no workers at all.
+
     python tools/bench_loader.py                       # 2,000 generated 112x112 JPEGs
     python tools/bench_loader.py --shards data/quickstart/shards --workers 1 2
+    python tools/bench_loader.py --startup --workers 1 2
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from PIL import Image
 from dist_face.cli.pack import main as pack_main
 from dist_face.config import DataConfig
 from dist_face.data.dali_loader import dali_available
-from dist_face.data.loader import build_loader
+from dist_face.data.loader import ShardBatches, build_loader
 from dist_face.data.shards import ShardSet
 from dist_face.data.synthetic_faces import sample_jpeg
 from dist_face.dist import Topology
@@ -79,16 +84,56 @@ def _loader(root: str, backend: str, workers: int, batch: int, classes: int) -> 
     return _rate(count, time.perf_counter() - start)
 
 
+def _first_batch_ms(root: str, workers: int, method: str | None, batch: int, epochs: int) -> float:
+    """Median milliseconds from opening an epoch to its first batch, over ``epochs`` epochs."""
+    cfg = DataConfig(root=root, backend="torch", batch_size=batch, num_workers=workers)
+    source = build_loader(cfg, Topology(), torch.device("cpu"), seed=0)
+    times = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        if method is None:  # the loader itself: fork by the caller's (main) thread
+            batches = source.epoch(epoch)
+            next(batches)
+            times.append(time.perf_counter() - start)
+            batches.close()
+            continue
+        dataset = ShardBatches(cfg, Topology(), 0, epoch, 0, source.num_samples)
+        it = iter(
+            torch.utils.data.DataLoader(
+                dataset, batch_size=None, num_workers=workers, multiprocessing_context=method
+            )
+        )
+        next(it)
+        times.append(time.perf_counter() - start)
+        del it
+    return 1000 * float(np.median(times))
+
+
+def _startup(root: str, workers: list[int], batch: int) -> None:
+    base = _first_batch_ms(root, 0, None, batch, 3)
+    print(f"# first batch of an epoch (batch {batch}), median of 3 epochs")
+    print("| workers | start method | ms to first batch | vs in-process |\n|---|---|---:|---:|")
+    print(f"| 0 | (in-process) | {base:,.0f} | 1.00 |")
+    for k in [k for k in workers if k > 0]:
+        for method in (None, "forkserver", "spawn"):
+            ms = _first_batch_ms(root, k, method, batch, 3)
+            print(f"| {k} | {method or 'fork from main thread'} | {ms:,.0f} | {ms / base:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--shards", help="shard set to read (default: generate --images JPEGs)")
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--startup", action="store_true", help="measure epoch start-up instead")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.shards) if args.shards else _generate(Path(tmp), args.images)
+        if args.startup:
+            _startup(str(root), args.workers, args.batch_size)
+            return 0
         shards = ShardSet.open(root)
         n = min(len(shards), 2000)
         read = _read_only(shards, n)
