@@ -3,7 +3,7 @@
 Each epoch is one batch per rank, followed by a collective as in training, so a rank whose
 new worker never starts would hold the other in the collective. ``data.timeout_s`` turns such
 a stall into an error naming the rank, epoch and worker. The full count (``soak`` marker) is
-300 boundaries per worker count, run with ``DIST_FACE_SOAK=1``; the default suite runs 60.
+300 boundaries per worker count, run with ``DIST_FACE_SOAK=1``; the default suite runs 25.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def _epochs(rank: int, world: int, root: str, workers: int, epochs: int) -> dict
 
 
 def _check(tiny_shards: Path, workers: int, epochs: int) -> None:
-    outs = run_distributed(_epochs, 2, str(tiny_shards), workers, epochs, timeout=600)
+    # a stalled worker fails within data.timeout_s (60 s); this bound is only for slowness
+    outs = run_distributed(_epochs, 2, str(tiny_shards), workers, epochs, timeout=3500)
     # every record exactly once per epoch over the two ranks: no epoch was cut short
     assert torch.equal(outs[0]["seen"], torch.full((RECORDS,), epochs))
 
@@ -58,12 +59,12 @@ def _check(tiny_shards: Path, workers: int, epochs: int) -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_epoch_boundaries_subset(tiny_shards: Path, workers: int) -> None:
-    _check(tiny_shards, workers, epochs=60)
+    _check(tiny_shards, workers, epochs=25)
 
 
 @pytest.mark.soak
 @pytest.mark.skipif(not os.environ.get("DIST_FACE_SOAK"), reason="set DIST_FACE_SOAK=1")
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_300_epoch_boundaries(tiny_shards: Path, workers: int) -> None:
     _check(tiny_shards, workers, epochs=300)
