@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed import ReduceOp
 
 from dist_face.checkpoint.atomic import atomic_torch_save, fsync_dir
 from dist_face.checkpoint.sharded import load_rows, shard_file, total_classes
-from dist_face.dist import Topology, all_reduce, barrier
+from dist_face.dist import ParallelContext, Topology
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -110,6 +109,7 @@ def save_checkpoint(
     class_range: tuple[int, int],
     num_classes: int,
     keep: int,
+    parallel: ParallelContext | None = None,
 ) -> Path | None:
     """Write a checkpoint collectively (every rank calls this) and prune old ones.
 
@@ -123,6 +123,9 @@ def save_checkpoint(
         class_range: this rank's ``[start, end)``.
         num_classes: C.
         keep: complete checkpoints to keep.
+        parallel: the run's groups; the success flag and the barriers go over its control
+            group, which serves CPU tensors under NCCL too (None: built from the default
+            group).
 
     Returns:
         The checkpoint directory, or None when a rank failed to write (the error is logged on
@@ -131,11 +134,13 @@ def save_checkpoint(
     root = checkpoint_root(run_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f"step_{step:08d}.tmp"
+    if parallel is None:
+        parallel = ParallelContext.from_default_group(topology, torch.device("cpu"))
     if topology.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
-    barrier()
-    ok = torch.ones(())
+    parallel.barrier()
+    ok = True
     try:
         rows, other = split_head(head, head_optimizer)
         atomic_torch_save(
@@ -154,12 +159,11 @@ def save_checkpoint(
             topology.rank,
             exc,
         )
-        ok.zero_()
-    all_reduce(ok, ReduceOp.MIN)
-    if not bool(ok):
+        ok = False
+    if not parallel.all_ranks_ok(ok):
         if topology.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        barrier()
+        parallel.barrier()
         return None
     if topology.is_main:
         shutil.rmtree(final, ignore_errors=True)
@@ -167,7 +171,7 @@ def save_checkpoint(
         fsync_dir(root)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    barrier()
+    parallel.barrier()
     return final
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin
@@ -18,7 +20,11 @@ logger = logging.getLogger("dist_face.evaluate")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="dist-face-evaluate --compare OUT_A OUT_B --plot-dir DIR draws several IJB "
+        "outputs (dist-face-ijb --out) on one ROC/DET figure.",
+    )
     p.add_argument("--bin", action="append", required=True, help="pair file (repeatable)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory holding model.pt (written by the trainer)")
@@ -34,8 +40,37 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def compare(argv: list[str]) -> int:
+    """``--compare OUT OUT … --plot-dir DIR``: ROC/DET of several IJB outputs on one figure.
+
+    Each ``OUT`` is a ``dist-face-ijb --out`` directory (``scores.npy``, ``labels.npy``); it is
+    named in the legend by its folder name.
+    """
+    p = argparse.ArgumentParser(prog="dist-face-evaluate --compare")
+    p.add_argument("--compare", nargs="+", required=True, help="dist-face-ijb output directories")
+    p.add_argument("--plot-dir", required=True, help="where roc.png and det.png go")
+    p.add_argument("--title", default="1:1 verification")
+    args = p.parse_args(argv)
+    init_logging()
+    from dist_face.eval.plots import Curve, plot_roc_det
+
+    curves = []
+    for d in map(Path, args.compare):
+        try:
+            curves.append(Curve(d.name, np.load(d / "labels.npy"), np.load(d / "scores.npy")))
+        except (FileNotFoundError, ValueError) as exc:
+            logger.error("%s: not a dist-face-ijb output (%s)", d, exc)
+            return 2
+    roc, det = plot_roc_det(curves, args.plot_dir, args.title)
+    logger.info("ROC: %s  DET: %s", roc, det)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Evaluate and print one line per pair file; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--compare" in argv:
+        return compare(argv)
     args = _parse(argv)
     init_logging()
     path = Path(args.run) / "model.pt" if args.run else Path(args.backbone)

@@ -99,8 +99,9 @@ class HeadConfig:
     interclass_filtering_threshold: float = 0.0
     """Zero non-target cosines above this value (noisy labels; 0 = off, arcface_torch uses 0.4)."""
     check_labels: bool = False
-    """Verify each step that labels are in [0, C); costs one host sync per step, so it is off by
-    default: shard sets are range-checked when opened (debugging aid)."""
+    """Verify each step that labels are in [0, C) (a device-side assertion, no host sync; the
+    first batch is checked on the host with the offending row named). Off by default: shard
+    sets are range-checked when opened (debugging aid)."""
 
     def __post_init__(self) -> None:
         require(self.scale > 0, "scale", f"must be > 0, got {self.scale}")
@@ -157,7 +158,9 @@ class DataConfig:
     drop_last: bool = False
     """Per epoch, drop the last N mod W samples instead of padding every rank to ceil(N/W)."""
     on_corrupt: str = "skip"
-    """A record that fails to decode: skip (count it, use another sample) or fail."""
+    """A record that fails its CRC-32 or to decode: skip (count it, use another sample) or fail."""
+    check_crc: bool = True
+    """torch backend: compare each record's CRC-32 with the manifest before decoding it."""
     hflip: bool = True
     """Random horizontal mirror with probability 0.5."""
     synthetic_samples: int = 65536
@@ -285,6 +288,9 @@ class DistConfig:
     """DeepSpeed ZeRO stage of the backbone: 0, 1 (optimizer state partitioned) or 2
     (gradients too). Stage 3 would partition the weights, which the head's gradient contract
     does not need and the per-step gathers would slow down."""
+    force_process_group: bool = False
+    """Create a process group and run every collective even with one rank, so that a
+    one-GPU run meets NCCL's rules (device of every tensor, control group) like a cluster."""
 
     def __post_init__(self) -> None:
         require_choice(self.backend, "backend", ["auto", "nccl", "gloo"])

@@ -13,9 +13,11 @@ this rank's batches of the rest of one epoch: ``(images, labels)`` with images f
 * The random flip and augmentations of a sample are drawn from a generator seeded by
   ``(seed, epoch, position of the sample in the epoch's global order)``: the same whichever
   rank or worker reads it and wherever the run resumed.
-* A record that fails to decode is counted and replaced by another sample of the same batch,
-  or raises :class:`~dist_face.data.framing.CorruptRecordError` naming shard, key and offset
-  when ``data.on_corrupt=fail``.
+* A record whose payload CRC-32 differs from the manifest's (torch backend, ``data.check_crc``)
+  or that fails to decode is counted and replaced by another sample of the same batch, or
+  raises :class:`~dist_face.data.framing.CorruptRecordError` naming shard, key and offset
+  when ``data.on_corrupt=fail``. A flipped bit in a JPEG usually still decodes, to other
+  pixels: only the checksum tells.
 
 Backends: ``torch`` (DataLoader workers reading the memory-mapped shards, Pillow decoding,
 flips on the CPU, a background thread moving batches to the device), ``dali`` (see
@@ -73,7 +75,8 @@ class DataSource:
     num_classes: int
     backend: str
     corrupt_records: int = 0
-    """Records skipped because they failed to decode (host counter, exported as a metric)."""
+    """Records of this rank skipped for a CRC-32 mismatch or a failed decode (host counter;
+    the log line shows the sum over ranks)."""
     _synthetic: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -203,27 +206,36 @@ class ShardBatches(IterableDataset):
         images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
         labels = np.empty(len(indices), dtype=np.int64)
         good: list[int] = []
+        first_error: CorruptRecordError | None = None
         for slot, (i, position) in enumerate(zip(indices, positions)):
             rng = sample_rng(self.seed, self.epoch, position)
             flip = rng.random() < 0.5
             try:
-                data, labels[slot] = shards.read_image(int(i))
+                data, labels[slot] = shards.read_image(int(i), self.cfg.check_crc)
                 img = _decode(data, size)
                 if self.cfg.augments:
                     img = augment(img, rng, self.cfg)
                 images[slot] = np.asarray(img)
-            except (CorruptRecordError, OSError, ValueError) as exc:
+            except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBomb…
+                error = _located(exc, shards, int(i))
                 if self.cfg.on_corrupt == "fail":
-                    raise _located(exc, shards, int(i)) from None
-                logger.warning("skipping record %d: %s", int(i), _located(exc, shards, int(i)))
+                    raise error from None
+                logger.warning("skipping record %d: %s", int(i), error)
+                first_error = first_error or error
                 continue
             if self.cfg.hflip and flip:
                 images[slot] = images[slot, :, ::-1]
             good.append(slot)
         kept = set(good)
         bad = [s for s in range(len(indices)) if s not in kept]
-        if bad and not good:
-            raise RuntimeError(f"every record of a batch failed to decode (records {indices})")
+        if first_error is not None and not good:
+            raise CorruptRecordError(
+                f"every record of a batch is corrupt (records {indices.tolist()}); the first: "
+                f"{first_error.reason}",
+                first_error.path,
+                first_error.key,
+                first_error.offset,
+            )
         for k, slot in enumerate(bad):  # keep the batch full: reuse good samples of this batch
             images[slot], labels[slot] = images[good[k % len(good)]], labels[good[k % len(good)]]
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), len(bad)

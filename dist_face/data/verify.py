@@ -46,6 +46,9 @@ class BadRecord:
 class Expected:
     """What a shard set's manifest and meta say about one ``.rec`` (all arrays by row)."""
 
+    rows: np.ndarray
+    """Global manifest row of each entry."""
+    keys: np.ndarray
     offsets: np.ndarray
     lengths: np.ndarray
     labels: np.ndarray
@@ -82,11 +85,24 @@ def verify_rec(
         keys, offsets = read_index(idx_path)
     except (OSError, ValueError) as err:
         return 0, [BadRecord(idx_path, None, None, str(err))]
+    bad += _duplicates(idx_path, keys, offsets, np.arange(1, keys.size + 1), "line")
     key_at = dict(zip(offsets.tolist(), keys.tolist()))
     rows = {} if expected is None else {int(o): i for i, o in enumerate(expected.offsets)}
     buf = MappedFile(rec_path).get()
     if expected is not None:
         bad += _check_file(rec_path, buf, expected)
+        bad += _duplicates(rec_path, expected.keys, expected.offsets, expected.rows, "row")
+        for offset, row in rows.items():
+            if offset in key_at and key_at[offset] != expected.keys[row]:
+                bad.append(
+                    BadRecord(
+                        rec_path,
+                        key_at[offset],
+                        offset,
+                        f"the .idx gives this record key {key_at[offset]}, the manifest key "
+                        f"{expected.keys[row]} (swapped or edited .idx line)",
+                    )
+                )
     seen: set[int] = set()
     crcs: list[int] = []
     for offset, payload in scan(buf, rec_path):
@@ -115,6 +131,38 @@ def verify_rec(
     if expected is not None and records_checksum(crcs) != expected.records_crc32:
         bad.append(BadRecord(rec_path, None, None, "shard checksum differs from meta.json"))
     return len(seen), bad
+
+
+def _duplicates(
+    file: str, keys: np.ndarray, offsets: np.ndarray, places: np.ndarray, unit: str
+) -> list[BadRecord]:
+    """A problem for every key or offset listed more than once.
+
+    A duplicated entry makes a reader return one record for two keys, or a loader read a
+    record twice per epoch.
+
+    Args:
+        file: The file to name in the report.
+        keys: The entries' keys, int64 ``[n]``.
+        offsets: The entries' byte offsets, int64 ``[n]``.
+        places: Where each entry is listed (``.idx`` line or manifest row), ``[n]``.
+        unit: ``line`` or ``row``.
+    """
+    bad = []
+    for name, values in (("key", keys), ("offset", offsets)):
+        uniq, first, counts = np.unique(values, return_index=True, return_counts=True)
+        for value, at in zip(uniq[counts > 1], first[counts > 1]):
+            where = ", ".join(str(int(p)) for p in places[values == value])
+            source = "the .idx" if unit == "line" else "the manifest"
+            bad.append(
+                BadRecord(
+                    file,
+                    int(keys[at]),
+                    int(offsets[at]),
+                    f"{name} {value} is listed more than once by {source} ({unit}s {where})",
+                )
+            )
+    return bad
 
 
 def _check_file(rec_path: str, buf: Any, expected: Expected) -> list[BadRecord]:
@@ -198,6 +246,8 @@ def verify_shard_set(
     for s, info in enumerate(shards.meta.shards):
         rows = shards.shard_ids == s
         exp = Expected(
+            np.flatnonzero(rows),
+            shards.keys[rows],
             shards.offsets[rows],
             shards.lengths[rows],
             shards.labels[rows],

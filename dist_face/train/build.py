@@ -21,7 +21,7 @@ from dist_face.checkpoint import (
 )
 from dist_face.config import RunConfig, save_config, to_yaml
 from dist_face.data.loader import build_loader
-from dist_face.dist import Topology
+from dist_face.dist import ParallelContext, Topology
 from dist_face.heads import build_head
 from dist_face.heads.shard_math import class_range
 from dist_face.metrics import MultiSink, Sink
@@ -53,9 +53,19 @@ def seed_everything(seed: int, rank: int) -> None:
 
 
 def build_trainer(
-    cfg: RunConfig, topology: Topology, device: torch.device, sink: Sink | None = None
+    cfg: RunConfig,
+    topology: Topology,
+    device: torch.device,
+    sink: Sink | None = None,
+    parallel: ParallelContext | None = None,
 ) -> tuple[Trainer, RunPlan]:
-    """Build every component of a run, resume if asked, and return the trainer and its plan."""
+    """Build every component of a run, resume if asked, and return the trainer and its plan.
+
+    ``parallel`` (from ``init_distributed``) gives the groups every component talks over;
+    None builds it from the default group (collective: every rank calls this together).
+    """
+    if parallel is None:
+        parallel = ParallelContext.from_default_group(topology, device)
     data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
     num_classes = data.num_classes
     plan = RunPlan.create(cfg, topology, num_classes, data.batches_per_epoch)
@@ -65,7 +75,9 @@ def build_trainer(
     seed_everything(cfg.train.seed, topology.rank)
     backbone = build_backbone(cfg.model).to(device)  # honours model.init_backbone
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
-    head = build_head(cfg.head, cfg.model.embedding_size, num_classes, seed=cfg.train.seed)
+    head = build_head(
+        cfg.head, cfg.model.embedding_size, num_classes, parallel.class_group, seed=cfg.train.seed
+    )
     head = head.to(device)
     head_lr = cfg.optim.head_lr or cfg.optim.lr
     head_wd = (
@@ -79,7 +91,7 @@ def build_trainer(
         build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
     ]
     timer = StepTimer(device) if cfg.metrics.step_phases else None
-    engine = _build_step(cfg, topology, device, backbone, head, opt_b, opt_h, scheds, timer)
+    engine = _build_step(cfg, parallel, backbone, head, opt_b, opt_h, scheds, timer)
     step_fn = engine.step_fn
     scaler = step_fn.scaler
 
@@ -115,6 +127,7 @@ def build_trainer(
             class_range=crange,
             num_classes=num_classes,
             keep=cfg.checkpoint.keep,
+            parallel=parallel,
         )
 
     if sink is None:
@@ -126,8 +139,12 @@ def build_trainer(
             scaler.state_dict,
             lambda: scheds[0].get_last_lr()[0],
             device,
-            extra=lambda: {"data/corrupt_records": data.corrupt_records, **memory_stats(device)},
+            extra=lambda: {
+                "data/rank_corrupt_records": data.corrupt_records,
+                **memory_stats(device),
+            },
             timer=timer,
+            summed=lambda: {"data/corrupt_records": data.corrupt_records},
         ),
         EvalHook(
             cfg.eval.targets,
@@ -170,8 +187,7 @@ class BackboneEngine:
 
 def _build_step(
     cfg: RunConfig,
-    topology: Topology,
-    device: torch.device,
+    parallel: ParallelContext,
     backbone: torch.nn.Module,
     head: torch.nn.Module,
     opt_b: torch.optim.Optimizer,
@@ -180,6 +196,7 @@ def _build_step(
     timer: StepTimer | None,
 ) -> BackboneEngine:
     """The step over DDP (or the bare backbone at one rank) or over a DeepSpeed engine."""
+    topology, device = parallel.topology, parallel.device
     if cfg.dist.engine == "deepspeed":
         from dist_face.train import deepspeed_engine as ds  # deepspeed only when asked for
 
@@ -192,9 +209,15 @@ def _build_step(
             state=lambda: ds.backbone_state(engine),
             load_state=lambda w, o: ds.load_backbone_state(engine, w, o),
         )
-    model = wrap_backbone(backbone, cfg.dist, topology, device, cfg.train.grad_accum)
+    model = wrap_backbone(
+        backbone, cfg.dist, topology, device, cfg.train.grad_accum, parallel.data_group
+    )
     scaler = LossScaler(
-        cfg.train.precision, device, cfg.train.loss_scale_init, cfg.train.loss_scale_growth_interval
+        cfg.train.precision,
+        device,
+        cfg.train.loss_scale_init,
+        cfg.train.loss_scale_growth_interval,
+        group=parallel.data_group,
     )
     step_fn = TrainStep(
         backbone=model,

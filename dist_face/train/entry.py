@@ -55,10 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         check_precision(cfg.train.precision, select_device(topology))
+        if cfg.dist.engine == "deepspeed":
+            from dist_face.train.deepspeed_engine import check_deepspeed_version
+
+            check_deepspeed_version()
     except ConfigError as exc:
         logger.error("bad configuration: %s", exc)
         return 2
-    device = init_distributed(topology, cfg.dist.backend, cfg.dist.timeout_s)
+    parallel = init_distributed(
+        topology,
+        cfg.dist.backend,
+        cfg.dist.timeout_s,
+        force_process_group=cfg.dist.force_process_group,
+    )
+    device = parallel.device
     exporter = None
     try:
         from dist_face.metrics.build import serve_metrics
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sink = build_sinks(cfg, topology, Path(cfg.output_root) / cfg.name)
         exporter = serve_metrics(sink, cfg.metrics, topology)
-        trainer, plan = build_trainer(cfg, topology, device, sink=sink)
+        trainer, plan = build_trainer(cfg, topology, device, sink=sink, parallel=parallel)
         logger.info(
             "run %s: %d ranks, global batch %d, %d steps (%d per epoch), run dir %s",
             cfg.name,
