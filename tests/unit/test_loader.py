@@ -232,7 +232,8 @@ def test_workers_are_forked_by_the_thread_opening_the_epoch(shards: Path, worker
 
 def test_a_stopped_worker_is_an_error_naming_rank_epoch_and_worker(shards: Path) -> None:
     before = _children()
-    batches = _source(shards, 1, 2, num_workers=2, timeout_s=1.0).epoch(3)
+    # 10 s: far above a healthy batch's latency even on a loaded machine
+    batches = _source(shards, 1, 2, num_workers=2, timeout_s=10.0).epoch(3)
     workers = sorted(_children() - before)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGSTOP)  # a real hang: the process exists but never answers
@@ -244,7 +245,7 @@ def test_a_stopped_worker_is_an_error_naming_rank_epoch_and_worker(shards: Path)
         assert got < N // 2 // B  # it stopped before the end of the epoch
         assert (
             f"rank 1, epoch 3: batch {got} since the epoch was opened did not arrive within "
-            f"data.timeout_s=1 s from loader worker 1 of 2 (pid {workers[1]})"
+            f"data.timeout_s=10 s from loader worker 1 of 2 (pid {workers[1]})"
         ) in str(err.value)
         assert got % 2 == 1  # batches alternate between the workers: worker 1 owes odd ones
     finally:
