@@ -9,6 +9,10 @@ For a shard set (default: generated on the fly), reports images/s of
 and the efficiency of the torch backend, rate / (K × single-core decode rate); the target is
 ≥ 0.8 with K workers (K ≤ cores).
 
+``--startup`` instead measures what starting an epoch costs: the time from opening the epoch
+to its first batch, with the workers forked by the thread opening the epoch (what the loader
+does) against the forkserver and spawn start methods, and against no workers at all.
+
 ``--crc`` measures what the per-record CRC-32 check against the manifest costs: the CPU time
 per image of the checked and the unchecked path (``data.check_crc=false``), for the raw reads
 and for the in-process torch backend (read, check, decode, normalise), in back-to-back pairs
@@ -18,6 +22,7 @@ adds, and unlike wall time it does not depend on what else runs on the machine.
     python tools/bench_loader.py                       # 2,000 generated 112x112 JPEGs
     python tools/bench_loader.py --shards data/quickstart/shards --workers 1 2
     python tools/bench_loader.py --crc                   # cost of the CRC-32 check
+    python tools/bench_loader.py --startup --workers 1 2  # cost of starting an epoch
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from PIL import Image
 from dist_face.cli.pack import main as pack_main
 from dist_face.config import DataConfig
 from dist_face.data.dali_loader import dali_available
-from dist_face.data.loader import build_loader
+from dist_face.data.loader import ShardBatches, build_loader
 from dist_face.data.shards import ShardSet
 from dist_face.data.synthetic_faces import sample_jpeg
 from dist_face.dist import Topology
@@ -90,6 +95,42 @@ def _loader(
     return _rate(count, time.perf_counter() - start)
 
 
+def _first_batch_ms(root: str, workers: int, method: str | None, batch: int, epochs: int) -> float:
+    """Median milliseconds from opening an epoch to its first batch, over ``epochs`` epochs."""
+    cfg = DataConfig(root=root, backend="torch", batch_size=batch, num_workers=workers)
+    source = build_loader(cfg, Topology(), torch.device("cpu"), seed=0)
+    times = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        if method is None:  # the loader itself: fork by the caller's (main) thread
+            batches = source.epoch(epoch)
+            next(batches)
+            times.append(time.perf_counter() - start)
+            batches.close()
+            continue
+        dataset = ShardBatches(cfg, Topology(), 0, epoch, 0, source.num_samples)
+        it = iter(
+            torch.utils.data.DataLoader(
+                dataset, batch_size=None, num_workers=workers, multiprocessing_context=method
+            )
+        )
+        next(it)
+        times.append(time.perf_counter() - start)
+        del it
+    return 1000 * float(np.median(times))
+
+
+def _startup(root: str, workers: list[int], batch: int) -> None:
+    base = _first_batch_ms(root, 0, None, batch, 3)
+    print(f"# first batch of an epoch (batch {batch}), median of 3 epochs")
+    print("| workers | start method | ms to first batch | vs in-process |\n|---|---|---:|---:|")
+    print(f"| 0 | (in-process) | {base:,.0f} | 1.00 |")
+    for k in [k for k in workers if k > 0]:
+        for method in (None, "forkserver", "spawn"):
+            ms = _first_batch_ms(root, k, method, batch, 3)
+            print(f"| {k} | {method or 'fork from main thread'} | {ms:,.0f} | {ms / base:.2f} |")
+
+
 def _cpu_us(fn: Callable[[bool], int], check: bool) -> float:
     """CPU time of this process (all its threads) per item of ``fn(check)``, in µs."""
     start = time.process_time()
@@ -132,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--crc", action="store_true", help="only measure the CRC-32 check's cost")
     p.add_argument("--repeat", type=int, default=7, help="checked/unchecked pairs (--crc)")
+    p.add_argument("--startup", action="store_true", help="measure epoch start-up instead")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.shards) if args.shards else _generate(Path(tmp), args.images)
+        if args.startup:
+            _startup(str(root), args.workers, args.batch_size)
+            return 0
         shards = ShardSet.open(root)
         n = min(len(shards), 2000)
         if args.crc:

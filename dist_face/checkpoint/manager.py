@@ -194,8 +194,10 @@ def restore_head(
 ) -> None:
     """Load this rank's class-center rows (any saved world size) and their optimizer state.
 
-    The non-sharded head state (margin buffers, a shared bias, a sampling generator) comes from
-    this rank's own file when the world size is unchanged, else from rank 0's.
+    The non-sharded head state (margin buffers, a shared bias) comes from this rank's own file
+    when the world size is unchanged, else from rank 0's. Per-rank state (``*_extra_state``,
+    e.g. a class-sampling generator) is only restored on the same world size; after a re-split
+    the head keeps its own, derived from its new rank (``reseed_sampler`` in the trainer).
 
     Raises:
         CheckpointError: the checkpoint holds another number of classes.
@@ -213,7 +215,11 @@ def restore_head(
     ]
     device = head.weight.device
     weight = load_rows(path, "weight", start, end).to(device)
-    head.load_state_dict({**other["head"], "weight": weight})
+    saved = other["head"]
+    if not same_world:  # another rank's generator: keep this rank's own (see above)
+        own = head.state_dict()
+        saved = {k: own[k] if k.endswith("_extra_state") else v for k, v in saved.items()}
+    head.load_state_dict({**saved, "weight": weight})
     idx = _weight_index(head_optimizer, head.weight)
     if idx != other["weight_index"]:
         raise CheckpointError(f"{path}: head optimizer layout differs from the saved one")

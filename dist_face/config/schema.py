@@ -177,6 +177,8 @@ class DataConfig:
     """Samples per epoch of the synthetic backend (its images are fixed random tensors)."""
     prefetch: int = 2
     """Batches prepared ahead, per worker and on the device."""
+    timeout_s: float = 300.0
+    """Seconds to wait for one batch before failing with the rank, epoch and loader worker."""
     aug_downscale_p: float = 0.0
     """Probability of downscale-blur: resize to U(56, 89) px and back (arcface_torch: 0.1)."""
     aug_blur_p: float = 0.0
@@ -195,6 +197,7 @@ class DataConfig:
         require_choice(self.on_corrupt, "on_corrupt", ["skip", "fail"])
         require(self.synthetic_samples > 0, "synthetic_samples", "must be > 0")
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
+        require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
         for name in ("aug_downscale_p", "aug_blur_p", "aug_hsv_p", "aug_gray_p"):
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")

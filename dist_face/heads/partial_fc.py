@@ -259,6 +259,14 @@ class PartialFC(nn.Module):
         """Load from the ``export_shard`` dicts of a run with any world size (re-split)."""
         shard_io.load_shards(self, shards)
 
+    def reseed_sampler(self, step: int) -> None:
+        """Restart this rank's sampling generator from ``(seed, rank, step)``.
+
+        Used when a run resumes on another world size: the saved generators belong to the old
+        ranks, so each new rank derives its own deterministically from its new rank.
+        """
+        self._generator.manual_seed(sampler_seed(self.seed, self.rank, step))
+
     def get_extra_state(self) -> dict[str, Any]:
         """The sampling generator's state (per rank), so a resumed run samples the same."""
         return {"sampler_state": self._generator.get_state()}

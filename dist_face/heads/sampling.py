@@ -28,9 +28,13 @@ def init_class_centers(
     return out
 
 
-def sampler_seed(seed: int, rank: int) -> int:
-    """Seed of rank ``rank``'s sampling generator: distinct per rank, fixed per run."""
-    return (seed * 1_000_003 + 7919 * (rank + 1)) % (2**63)
+def sampler_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of rank ``rank``'s sampling generator: distinct per rank, fixed per run.
+
+    ``step`` > 0 restarts the stream at a resume on another world size (a new rank's state
+    must not depend on which old rank's file it would otherwise have read).
+    """
+    return (seed * 1_000_003 + 7919 * (rank + 1) + 104_729 * step) % (2**63)
 
 
 def num_sampled(num_local: int, sample_rate: float) -> int:

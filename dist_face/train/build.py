@@ -110,7 +110,7 @@ def build_trainer(
         replicated = {
             "step": trainer.state.step,
             "epoch": trainer.state.epoch,
-            "offset": trainer.state.offset,
+            "consumed": trainer.state.consumed,
             "best": trainer.state.best,
             "config": to_yaml(cfg),
             "backbone": weights,
@@ -172,6 +172,8 @@ def build_trainer(
         grad_accum=cfg.train.grad_accum,
         hooks=hooks,
         state=state,
+        world_size=topology.world_size,
+        steps_left=lambda consumed: data.batches_left(consumed) // cfg.train.grad_accum,
     )
     return trainer, plan
 
@@ -272,28 +274,42 @@ def _resume(path, topology, cfg, plan, engine, head, opt_h, scheds, scaler, cran
         sched.load_state_dict(sd)
     scaler.load_state_dict(state["scaler"])
     restore_head(path, topology, head, opt_h, crange, plan.num_classes, saved_world)
-    offset = int(state["offset"])
+    consumed = _consumed(state, saved_world)
     if saved_world == topology.world_size:
         restore_rng(path, topology)
     else:
-        # the epoch's global order is shared, and ranks read it strided, so the samples
-        # consumed so far are the first offset·W_old of it; continue from there
-        offset = offset * saved_world // topology.world_size
+        # the per-rank RNG streams and the head's sampling generators belong to the old
+        # ranks: each new rank starts its own from (seed, its rank, the step) instead
+        torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1) + int(state["step"]))
+        reseed = getattr(head, "reseed_sampler", None)
+        if reseed is not None:
+            reseed(int(state["step"]))
         logger.warning(
-            "resuming a %d-rank checkpoint on %d ranks: class centers re-split by "
-            "class range, data offset %d -> %d per rank",
+            "resuming a %d-rank checkpoint on %d ranks: class centers re-split by class "
+            "range; the data continues at sample %d of epoch %d, dealt over %d ranks",
             saved_world,
             topology.world_size,
-            int(state["offset"]),
-            offset,
+            consumed,
+            state["epoch"],
+            topology.world_size,
         )
     logger.info(
-        "resumed from %s at step %d (epoch %d, offset %d)",
+        "resumed from %s at step %d (epoch %d, %d samples of it consumed)",
         path,
         state["step"],
         state["epoch"],
-        offset,
+        consumed,
     )
     return TrainState(
-        step=int(state["step"]), epoch=int(state["epoch"]), offset=offset, best=dict(state["best"])
+        step=int(state["step"]),
+        epoch=int(state["epoch"]),
+        consumed=consumed,
+        best=dict(state["best"]),
     )
+
+
+def _consumed(state: dict, saved_world: int) -> int:
+    """Global samples consumed in the saved epoch (checkpoints before it held a per-rank count)."""
+    if "consumed" in state:
+        return int(state["consumed"])
+    return int(state["offset"]) * saved_world
