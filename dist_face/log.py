@@ -1,21 +1,27 @@
-"""One logging set-up for every entry point: stdlib logging, lines prefixed with the rank."""
+"""One logging set-up for every entry point: stdlib logging; a training rank prefixes its lines."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-_FORMAT = "[rank{rank}] %(asctime)s %(levelname)s %(name)s: %(message)s"
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def init_logging(rank: int = 0, level: int | str = logging.INFO) -> None:
+def init_logging(rank: int | None = None, level: int | str = logging.INFO) -> None:
     """Configure the root logger to write ``[rankN] time LEVEL logger: message`` to stderr.
+
+    Args:
+        rank: The training rank whose lines these are; None (single-process tools) writes no
+            ``[rankN]`` prefix.
+        level: Lowest level written.
 
     All ranks log; filter on the launcher side (``torchrun --local-ranks-filter 0``) when one
     rank's lines are enough. Calling it again replaces the previous set-up.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank), datefmt="%H:%M:%S"))
+    prefix = "" if rank is None else f"[rank{rank}] "
+    handler.setFormatter(logging.Formatter(prefix + _FORMAT, datefmt="%H:%M:%S"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -5,6 +5,7 @@
 #   bash launch/deepspeed.sh [--section.field=value ...]       # extra arguments go to the trainer
 #   HOSTFILE=launch/hostfile.example bash launch/deepspeed.sh --dist.zero_stage=2
 #
+# Trainer flags: dist-face-train --help; config fields: dist-face-train --help-config [SECTION].
 # Every setting comes from the environment (defaults in brackets):
 #   CONFIG              recipe name or path                             [debug_cpu]
 #   HOSTFILE            DeepSpeed hostfile ("host slots=N" per line); the launcher reaches
@@ -18,6 +19,8 @@
 #   DRY_RUN=1           print the deepspeed command instead of running it
 # On CPUs DeepSpeed trains in fp32 or bf16 (it refuses fp16 without CUDA).
 set -euo pipefail
+case "${1:-}" in -h | --help)  # the comment block above is the usage
+  sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG="${CONFIG:-debug_cpu}"
 RESUME="${RESUME:-auto}"

@@ -13,6 +13,8 @@
 # The environment is reused while pyproject.toml, this script and the extras are unchanged:
 # a stamp file holds their hash, and a changed hash re-runs the install in place.
 set -euo pipefail
+case "${1:-}" in -h | --help)  # the comment block above is the usage; sourced: return
+  sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; return 0 2>/dev/null || exit 0 ;; esac
 _df_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _df_extras="${1:-dev}"
 _df_venv="${DIST_FACE_VENV:-$_df_root/.venv}"

@@ -3,6 +3,7 @@
 #
 #   bash launch/torchrun.sh [--section.field=value ...]        # extra arguments go to the trainer
 #
+# Trainer flags: dist-face-train --help; config fields: dist-face-train --help-config [SECTION].
 # Every setting comes from the environment (defaults in brackets):
 #   CONFIG          recipe name or path                               [debug_cpu]
 #   NNODES          number of nodes                                   [1]
@@ -16,6 +17,8 @@
 # With RESUME=auto a restarted job (MAX_RESTARTS > 0, or a re-submitted one) continues from its
 # latest complete checkpoint instead of starting over.
 set -euo pipefail
+case "${1:-}" in -h | --help)  # the comment block above is the usage
+  sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG="${CONFIG:-debug_cpu}"
 NNODES="${NNODES:-1}"
@@ -47,6 +50,12 @@ if [ -n "${DRY_RUN:-}" ]; then
   exit 0
 fi
 cd "$root"
+# A restarted job (MAX_RESTARTS > 0) must rendezvous on a fresh TCP store. By default torchrun
+# hands its rendezvous store to the workers of every attempt (upstream pytorch#135712), so a
+# restart after a killed worker re-uses keys of the failed attempt: measured 3 of 6 restarts
+# failing (gloo "connectFullMesh failed ... Connection refused", or a hang) against 7 of 7
+# finishing with this set. Costs one extra store per attempt.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 # Use the active environment when it has dist_face (a cluster image, a job script that already
 # activated one); otherwise build/reuse the project's. Several launchers on one machine must
 # not install into the same environment at once.

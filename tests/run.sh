@@ -3,6 +3,8 @@
 #   bash tests/run.sh              # everything
 #   bash tests/run.sh -m unit      # extra arguments go to pytest
 set -euo pipefail
+case "${1:-}" in -h | --help)  # the comment block above is the usage
+  sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=launch/setup_env.sh
 source launch/setup_env.sh "dev,dali,deepspeed"

@@ -103,7 +103,7 @@ def bench_training(args: argparse.Namespace, overrides: list[str]) -> None:
     from dist_face.train.hooks import LogHook
 
     topology = Topology.from_env()
-    device = init_distributed(topology)
+    device = init_distributed(topology).device
     torch.set_flush_denormal(True)  # a repeated synthetic batch drifts into slow denormals
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,13 @@ optimizer) with a device synchronisation after each, which the trainer itself ne
 
 With ``--engines ddp,deepspeed:2`` it compares backbone engines instead (``engine[:ZeRO
 stage]``, on the shards, rounds alternated, best pass of each) against the first one listed.
+
+With ``--synthetic-classes C`` (and no ``--shards``) it measures the synthetic source only,
+with C classes, and prints images/s per rank (per GPU) and the phase shares; this is what
+tools/gpu_check.sh runs, e.g.
+
+    python tools/bench_train.py --synthetic-classes 93431 --config ms1mv3_r50 \
+        --batch-size 128 --train.precision=fp16 --head.sample_rate=0.1
 """
 
 from __future__ import annotations
@@ -91,15 +98,23 @@ class _Null:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--shards", required=True, help="record shard set (tools/pack.py output)")
+    p.add_argument("--shards", help="record shard set (tools/pack.py output)")
+    p.add_argument(
+        "--synthetic-classes",
+        type=int,
+        default=0,
+        help="measure the synthetic source alone, with this many classes (no --shards)",
+    )
     p.add_argument("--config", default="debug_cpu")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--engines", default="", help="compare engines, e.g. ddp,deepspeed:2")
     args, overrides = p.parse_known_args(argv)
+    if bool(args.shards) == bool(args.synthetic_classes):
+        p.error("give either --shards or --synthetic-classes")
     topology = Topology.from_env()
-    device = init_distributed(topology)
+    device = init_distributed(topology).device
     # the synthetic source repeats one batch, which drives gradients into denormal floats that
     # are slow on CPUs; flush them so both sources measure the same arithmetic
     torch.set_flush_denormal(True)
@@ -110,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "--output_root=/tmp/dist_face_bench",
         *overrides,
     ]
+    if args.synthetic_classes:
+        return _synthetic_only(args, topology, device, common)
     if args.engines:
         return _compare_engines(args, topology, device, [f"--data.root={args.shards}", *common])
     try:
@@ -139,6 +156,29 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| phase | share of step time |\n|---|---:|")
         for name, share in phases.items():
             print(f"| {name} | {100 * share:.1f}% |")
+    return 0
+
+
+def _synthetic_only(args, topology: Topology, device: torch.device, common: list[str]) -> int:
+    """Images/s per rank on the synthetic source, and the phase shares of its steps."""
+    cfg = load_config(
+        args.config,
+        ["--data.root=synthetic", f"--data.num_classes={args.synthetic_classes}", *common],
+    )
+    try:
+        rate = max(_throughput(cfg, topology, device, args.steps) for _ in range(2))
+        phases = _phases(cfg, topology, device, max(args.steps // 2, 5))
+    finally:
+        destroy_distributed()
+    if topology.is_main:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        print(
+            f"# {args.config}: {cfg.model.name}, {cfg.train.precision}, batch {cfg.data.batch_size}"
+            f"/rank, Partial FC r={cfg.head.sample_rate}, {args.synthetic_classes} classes, "
+            f"{topology.world_size} rank(s) on {name}, {args.steps} steps, synthetic data"
+        )
+        print(f"images/s per rank: {rate:,.1f}")
+        print("phase shares: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in phases.items()))
     return 0
 
 

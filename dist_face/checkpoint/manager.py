@@ -26,11 +26,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed import ReduceOp
 
 from dist_face.checkpoint.atomic import atomic_torch_save, fsync_dir
 from dist_face.checkpoint.sharded import load_rows, shard_file, total_classes
-from dist_face.dist import Topology, all_reduce, barrier
+from dist_face.dist import ParallelContext, Topology
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -113,6 +112,7 @@ def save_checkpoint(
     keep: int,
     extra_rows: dict[str, torch.Tensor] | None = None,
     export: Callable[[], object] | None = None,
+    parallel: ParallelContext | None = None,
 ) -> Path | None:
     """Write a checkpoint collectively (every rank calls this) and prune old ones.
 
@@ -130,6 +130,9 @@ def save_checkpoint(
             of a center loss), re-split like the head's rows on load (:func:`load_rows`).
         export: run on rank 0 inside the same success agreement, after the checkpoint files
             (writing ``model.pt``).
+        parallel: the run's groups; the success flag and the barriers go over its control
+            group, which serves CPU tensors under NCCL too (None: built from the default
+            group).
 
     Returns:
         The checkpoint directory, or None when a rank failed to write or holds inf/NaN values
@@ -139,11 +142,13 @@ def save_checkpoint(
     root = checkpoint_root(run_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f"step_{step:08d}.tmp"
+    if parallel is None:
+        parallel = ParallelContext.from_default_group(topology, torch.device("cpu"))
     if topology.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
-    barrier()
-    ok = torch.ones(())
+    parallel.barrier()
+    ok = True
     try:
         rows, other = split_head(head, head_optimizer)
         rows.update(extra_rows or {})
@@ -166,19 +171,18 @@ def save_checkpoint(
             topology.rank,
             exc,
         )
-        ok.zero_()
-    all_reduce(ok, ReduceOp.MIN)
-    if not bool(ok):
+        ok = False
+    if not parallel.all_ranks_ok(ok):
         if topology.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        barrier()
+        parallel.barrier()
         return None
     if topology.is_main:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         fsync_dir(root)
         prune(run_dir, final, keep)
-    barrier()
+    parallel.barrier()
     return final
 
 
@@ -249,8 +253,10 @@ def restore_head(
 ) -> None:
     """Load this rank's class-center rows (any saved world size) and their optimizer state.
 
-    The non-sharded head state (margin buffers, a shared bias, a sampling generator) comes from
-    this rank's own file when the world size is unchanged, else from rank 0's.
+    The non-sharded head state (margin buffers, a shared bias) comes from this rank's own file
+    when the world size is unchanged, else from rank 0's. Per-rank state (``*_extra_state``,
+    e.g. a class-sampling generator) is only restored on the same world size; after a re-split
+    the head keeps its own, derived from its new rank (``reseed_sampler`` in the trainer).
 
     Raises:
         CheckpointError: the checkpoint holds another number of classes.
@@ -268,7 +274,11 @@ def restore_head(
     ]
     device = head.weight.device
     weight = load_rows(path, "weight", start, end).to(device)
-    head.load_state_dict({**other["head"], "weight": weight})
+    saved = other["head"]
+    if not same_world:  # another rank's generator: keep this rank's own (see above)
+        own = head.state_dict()
+        saved = {k: own[k] if k.endswith("_extra_state") else v for k, v in saved.items()}
+    head.load_state_dict({**saved, "weight": weight})
     idx = _weight_index(head_optimizer, head.weight)
     if idx != other["weight_index"]:
         raise CheckpointError(f"{path}: head optimizer layout differs from the saved one")

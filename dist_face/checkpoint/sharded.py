@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from dist_face.heads.shard_math import resplit_rows
+
 _NAME = "head-{rank:05d}-of-{world:05d}.pt"
 _PATTERN = re.compile(r"head-(\d{5})-of-(\d{5})\.pt$")
 
@@ -55,21 +57,24 @@ def list_shards(directory: Path) -> list[tuple[int, int, Path]]:
 def load_rows(directory: Path, key: str, start: int, end: int) -> torch.Tensor:
     """Rows ``[start, end)`` of the sharded tensor ``key``, assembled from overlapping files.
 
+    Only the files overlapping ``[start, end)`` are read (memory-mapped); the re-split itself
+    is :func:`dist_face.heads.shard_math.resplit_rows`, shared with the head's own shards.
+
     Raises:
         ShardedCheckpointError: the files do not cover ``[start, end)`` or lack ``key``.
     """
-    parts = []
-    for s, e, path in list_shards(directory):
-        lo, hi = max(s, start), min(e, end)
-        if lo >= hi:
-            continue
+
+    def rows(path: Path) -> torch.Tensor:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if key not in state["rows"]:
             raise ShardedCheckpointError(f"{path}: no sharded tensor {key!r}")
-        parts.append(state["rows"][key][lo - s : hi - s].clone())
-    if sum(p.shape[0] for p in parts) != end - start:
-        raise ShardedCheckpointError(f"{directory}: classes [{start}, {end}) are not all present")
-    return torch.cat(parts, dim=0)
+        return state["rows"][key]
+
+    pieces = [(s, e, lambda p=p: rows(p)) for s, e, p in list_shards(directory)]
+    try:
+        return resplit_rows(pieces, start, end)
+    except ValueError as exc:
+        raise ShardedCheckpointError(f"{directory}: {key}: {exc}") from None
 
 
 def total_classes(directory: Path) -> int:

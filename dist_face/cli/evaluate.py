@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from dist_face.cli.common import closed_pipe_is_quiet, progress_off
 from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin
 from dist_face.eval.verification import evaluate_model
 from dist_face.log import init_logging
@@ -18,7 +23,12 @@ logger = logging.getLogger("dist_face.evaluate")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="dist-face-evaluate",
+        description=__doc__,
+        epilog="dist-face-evaluate --compare OUT_A OUT_B --plot-dir DIR draws several IJB "
+        "outputs (dist-face-ijb --out) on one ROC/DET figure.",
+    )
     p.add_argument("--bin", action="append", required=True, help="pair file (repeatable)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory holding model.pt (written by the trainer)")
@@ -31,11 +41,54 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="also score a freshly initialised backbone of the same architecture",
     )
     p.add_argument("--out", help="JSON report path (default: <run>/eval_report.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
+def _decode(images: list[bytes], bar: tqdm) -> np.ndarray:
+    """Decode a pair file's images in chunks, advancing ``bar``; ``uint8 [N, 112, 112, 3]``."""
+    parts = []
+    for start in range(0, len(images), _DECODE_CHUNK):
+        parts.append(decode_images(images[start : start + _DECODE_CHUNK]))
+        bar.update(len(parts[-1]))
+    return np.concatenate(parts) if parts else decode_images([])
+
+
+_DECODE_CHUNK = 512
+
+
+def compare(argv: list[str]) -> int:
+    """``--compare OUT OUT … --plot-dir DIR``: ROC/DET of several IJB outputs on one figure.
+
+    Each ``OUT`` is a ``dist-face-ijb --out`` directory (``scores.npy``, ``labels.npy``); it is
+    named in the legend by its folder name.
+    """
+    p = argparse.ArgumentParser(prog="dist-face-evaluate --compare")
+    p.add_argument("--compare", nargs="+", required=True, help="dist-face-ijb output directories")
+    p.add_argument("--plot-dir", required=True, help="where roc.png and det.png go")
+    p.add_argument("--title", default="1:1 verification")
+    args = p.parse_args(argv)
+    init_logging()
+    from dist_face.eval.plots import Curve, plot_roc_det
+
+    curves = []
+    for d in map(Path, args.compare):
+        try:
+            curves.append(Curve(d.name, np.load(d / "labels.npy"), np.load(d / "scores.npy")))
+        except (FileNotFoundError, ValueError) as exc:
+            logger.error("%s: not a dist-face-ijb output (%s)", d, exc)
+            return 2
+    roc, det = plot_roc_det(curves, args.plot_dir, args.title)
+    logger.info("ROC: %s  DET: %s", roc, det)
+    return 0
+
+
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Evaluate and print one line per pair file; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--compare" in argv:
+        return compare(argv)
     args = _parse(argv)
     init_logging()
     path = Path(args.run) / "model.pt" if args.run else Path(args.backbone)
@@ -51,21 +104,28 @@ def main(argv: list[str] | None = None) -> int:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         models["untrained"] = create(stored.get("name", args.name), **stored.get("kwargs", {}))
     report: dict[str, dict[str, float]] = {}
-    for name, (images, issame) in pairs.items():
-        pixels = decode_images(images)
-        for kind, m in models.items():
-            result = evaluate_model(m, pixels, issame, args.batch_size, torch.device("cpu"))
-            report[f"{name}/{kind}"] = result.as_dict()
-            logger.info(
-                "%-12s %-9s accuracy %.4f ± %.4f  EER %.4f  TAR@FAR=1e-3 %.4f  (%d pairs)",
-                name,
-                kind,
-                result.accuracy,
-                result.accuracy_std,
-                result.eer,
-                result.tar_at_far[1e-3],
-                result.num_pairs,
-            )
+    # one bar over every image decoded and embedded; on a terminal only, unless --quiet
+    total = sum(len(images) * (1 + len(models)) for images, _ in pairs.values())
+    bar = tqdm(total=total, unit="img", desc="evaluate", disable=progress_off(args.quiet))
+    with logging_redirect_tqdm():
+        for name, (images, issame) in pairs.items():
+            pixels = _decode(images, bar)
+            for kind, m in models.items():
+                result = evaluate_model(
+                    m, pixels, issame, args.batch_size, torch.device("cpu"), progress=bar.update
+                )
+                report[f"{name}/{kind}"] = result.as_dict()
+                logger.info(
+                    "%-12s %-9s accuracy %.4f ± %.4f  EER %.4f  TAR@FAR=1e-3 %.4f  (%d pairs)",
+                    name,
+                    kind,
+                    result.accuracy,
+                    result.accuracy_std,
+                    result.eer,
+                    result.tar_at_far[1e-3],
+                    result.num_pairs,
+                )
+    bar.close()
     out = Path(args.out) if args.out else path.parent / "eval_report.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     logger.info("evaluation report: %s", out)

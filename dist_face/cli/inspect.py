@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.data.sources import RecSource, ShardSetSource, open_source
 
 _BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Print the summary; returns the process exit code."""
     args = build_parser().parse_args(argv)

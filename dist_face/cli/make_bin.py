@@ -7,6 +7,8 @@ import os
 import pickle
 import sys
 
+from dist_face.cli.common import closed_pipe_is_quiet
+
 _TRUE = {"1", "true", "yes", "same"}
 _FALSE = {"0", "false", "no", "diff"}
 
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Build the ``.bin``; returns the process exit code."""
     args = build_parser().parse_args(argv)

@@ -6,16 +6,18 @@ import argparse
 import logging
 import time
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.data.embedded import EmbeddedSpec, generate_embedded_dataset
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.make_dataset")
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, write the dataset, return the exit code."""
     d = EmbeddedSpec()
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="dist-face-make-dataset", description=__doc__)
     p.add_argument("out_dir", help="directory to write train/, val.bin and dataset.json into")
     p.add_argument("--identities", type=int, default=d.identities, help="training identities")
     p.add_argument("--images-per-identity", type=int, default=d.images_per_identity)

@@ -1,4 +1,9 @@
-"""PNG report of a run's dashboard panels from a Prometheus server (``dist-face-report``)."""
+"""PNG report of training curves (``dist-face-report``).
+
+Two sources: ``--run RUN_DIR`` (repeatable) reads the runs' own ``metrics-rank*.jsonl`` and
+compares them on one figure; without it, the dashboard panels are queried from a Prometheus
+server.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.log import init_logging
 from dist_face.metrics.report import ReportError, fetch, render
 
@@ -25,7 +31,14 @@ def parse_duration(text: str) -> float:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="dist-face-report", description=__doc__)
+    p.add_argument(
+        "--run",
+        action="append",
+        type=Path,
+        default=[],
+        help="run directory to draw from its metrics-rank*.jsonl (repeat to compare runs)",
+    )
     p.add_argument("--prometheus", default="http://127.0.0.1:9090", help="server base URL")
     p.add_argument("--job", default=".+", help="regex of the runs' job label (the run name)")
     p.add_argument("--last", type=parse_duration, default=3600.0, help="time range (1h)")
@@ -35,10 +48,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Query, draw, print where the PNG went; return the exit code."""
     args = _parse(argv)
     init_logging()
+    if args.run:
+        return _from_runs(args.run, args.out)
     end = args.end if args.end is not None else time.time()
     start = end - args.last
     step = args.step or max(1.0, args.last / 300)
@@ -53,4 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     for panel, lines in data:
         logger.info("%-45s %d series", panel.title, len(lines))
     print(out)
+    return 0
+
+
+def _from_runs(run_dirs: list[Path], out: Path) -> int:
+    """Curves of ``run_dirs`` from their JSONL metrics into ``out``."""
+    from dist_face.metrics.run_report import RunReportError, load_run, render_runs
+
+    try:
+        runs = [load_run(d) for d in run_dirs]
+    except RunReportError as exc:
+        logger.error("%s", exc)
+        return 1
+    if len({r.name for r in runs}) < len(runs):  # same run name under different roots
+        for run, d in zip(runs, run_dirs):
+            run.name = str(d)
+    print(render_runs(runs, out))
     return 0

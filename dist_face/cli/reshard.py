@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.data.pack import PackOptions, pack
 from dist_face.data.sources import ShardSetSource
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Run the resharder; returns the process exit code."""
     args = build_parser().parse_args(argv)

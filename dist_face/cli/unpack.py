@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from dist_face.cli.common import closed_pipe_is_quiet
 from dist_face.data.recordio import CorruptRecordError
 from dist_face.data.sources import open_source
 
@@ -36,7 +37,9 @@ def unpack(src: str, out_dir: str, progress: bool = True) -> int:
     digits = len(str(max(len(source) - 1, 0)))
     for label in sorted(set(source.labels.tolist())):
         os.makedirs(os.path.join(out_dir, f"{label:0{width}d}"), exist_ok=True)
-    for i in tqdm(range(len(source)), unit="img", disable=not progress, desc="unpack"):
+    for i in tqdm(
+        range(len(source)), unit="img", disable=None if progress else True, desc="unpack"
+    ):
         image = source.read(i)
         name = f"{int(source.labels[i]):0{width}d}/{i:0{digits}d}{extension(image)}"
         with open(os.path.join(out_dir, name), "wb") as f:
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Run the unpacker; returns the process exit code."""
     args = build_parser().parse_args(argv)

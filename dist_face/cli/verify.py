@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dist_face.data.verify import verify_path
+from tqdm import tqdm
+
+from dist_face.cli.common import closed_pipe_is_quiet, progress_off
+from dist_face.data.verify import rec_bytes, verify_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +25,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images")
     p.add_argument("--workers", type=int, default=1, help="shards scanned in parallel")
     p.add_argument("--max-report", type=int, default=1000, help="print at most this many problems")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+@closed_pipe_is_quiet
 def main(argv: list[str] | None = None) -> int:
     """Run the scan; returns 0 when everything is good, 1 when a problem was found."""
     args = build_parser().parse_args(argv)
+    # bytes scanned, on stderr; shown on a terminal only, unless --quiet
+    bar = tqdm(
+        total=rec_bytes(args.path),
+        unit="B",
+        unit_scale=True,
+        desc="verify",
+        disable=progress_off(args.quiet),
+    )
     try:
-        count, bad = verify_path(args.path, args.num_classes, not args.no_decode, args.workers)
+        with bar:
+            count, bad = verify_path(
+                args.path, args.num_classes, not args.no_decode, args.workers, bar.update
+            )
     except OSError as err:
         print(f"dist-face-verify: error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dist_face.config.base import ConfigError, FieldError
+from dist_face.config.margin_defaults import check_overridden_fields
 from dist_face.config.schema import RunConfig
 
 #: The repository's recipe directory; ``DIST_FACE_CONFIGS`` points elsewhere.
@@ -80,15 +81,17 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
     Raises:
         ConfigError: an override is malformed, names an unknown key, has a value of the wrong
-            type, or fails a section's validation. The message names the dotted key.
+            type, fails a section's validation, or sets a head margin field that the chosen
+            margin does not read. The message names the dotted key.
     """
-    dotlist = []
+    dotlist, keys = [], []
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
         key, sep, _ = text.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form --section.field=value")
         dotlist.append(text)
+        keys.append(key)
     base = OmegaConf.structured(cfg)
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
@@ -96,7 +99,13 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
         key = getattr(exc, "full_key", None) or "?"
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"{key}: {reason}") from None
-    return _build(merged)
+    out = _build(merged)
+    head_keys = [k.removeprefix("head.") for k in keys if k.startswith("head.")]
+    try:
+        check_overridden_fields(out.head, head_keys)
+    except FieldError as exc:
+        raise ConfigError(f"head.{exc.field}: {exc.message}") from None
+    return out
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:

@@ -9,6 +9,7 @@ class ranges) are computed elsewhere and never written back here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dist_face.config.base import require, require_choice
@@ -64,75 +65,84 @@ class HeadConfig:
 
     Which margin reads which value: arcface, curricularface → m2; cosface, uniface → m3;
     combined → m1, m2, m3; sphereface, lsoftmax → m1 (an integer); normface, softmax → none.
+    Margin fields default to ``None`` = the chosen margin's paper default
+    (:mod:`dist_face.config.margin_defaults`; the run's ``config.yaml`` shows the resolved
+    values). A field the chosen margin does not read is an error on the command line and a
+    warning (then dropped) when a recipe set it.
     """
 
     margin: str = "arcface"
     """Registered margin name (see ``dist_face.heads``)."""
-    scale: float = 64.0
-    """Logit scale s (not used by softmax, lsoftmax, sphereface)."""
-    m1: float = 1.0
-    """Multiplicative angular margin (SphereFace / L-Softmax integer m; combined margin)."""
-    m2: float = 0.5
-    """Additive angular margin in radians (ArcFace, CurricularFace, combined margin)."""
-    m3: float = 0.0
-    """Additive cosine margin (CosFace, UniFace, combined margin)."""
+    scale: float | None = None
+    """Logit scale s (64; not used by softmax, lsoftmax, sphereface)."""
+    m1: float | None = None
+    """Multiplicative angular margin (SphereFace / L-Softmax integer m = 4; combined 1.0)."""
+    m2: float | None = None
+    """Additive angular margin in radians (ArcFace, CurricularFace 0.5; combined 0.3)."""
+    m3: float | None = None
+    """Additive cosine margin (CosFace 0.35, UniFace 0.4, combined 0.2)."""
     sample_rate: float = 1.0
     """Partial FC: fraction of each rank's class centers kept per step (1.0 = all; UniFace's r)."""
-    easy_margin: bool = False
-    """ArcFace: apply the margin only where cos θ_y > 0 (else the th/mm fallback)."""
-    straight_through: bool = False
-    """ArcFace: arcface_torch's margin, constant in backward (∂logit/∂cos θ = s)."""
-    lambda_base: float = 1000.0
-    """SphereFace / L-Softmax: initial blend weight λ of the annealing schedule."""
-    lambda_gamma: float = 0.12
-    """SphereFace / L-Softmax: λ = max(lambda_min, base·(1 + gamma·step)^(−power))."""
-    lambda_power: float = 1.0
-    """SphereFace / L-Softmax: power of the λ decay."""
-    lambda_min: float = 5.0
-    """SphereFace / L-Softmax: floor of λ."""
-    curricular_momentum: float = 0.01
-    """CurricularFace: EMA weight of the batch's mean target cosine in t."""
-    uniface_lambda: float = 1.0
-    """UniFace: weight λ of the negative terms (paper: 0.7 on large data)."""
-    uniface_bias_init: float = 0.0
+    easy_margin: bool | None = None
+    """ArcFace: apply the margin only where cos θ_y > 0 (else the th/mm fallback; False)."""
+    straight_through: bool | None = None
+    """ArcFace: arcface_torch's margin, constant in backward (∂logit/∂cos θ = s; False)."""
+    lambda_base: float | None = None
+    """SphereFace / L-Softmax: initial blend weight λ of the annealing schedule (1000)."""
+    lambda_gamma: float | None = None
+    """SphereFace / L-Softmax: λ = max(lambda_min, base·(1 + gamma·step)^(−power))
+    (SphereFace 0.12, L-Softmax 2.5e-5)."""
+    lambda_power: float | None = None
+    """SphereFace / L-Softmax: power of the λ decay (SphereFace 1, L-Softmax 35)."""
+    lambda_min: float | None = None
+    """SphereFace / L-Softmax: floor of λ (SphereFace 5, L-Softmax 0)."""
+    curricular_momentum: float | None = None
+    """CurricularFace: EMA weight of the batch's mean target cosine in t (0.01)."""
+    uniface_lambda: float | None = None
+    """UniFace: weight λ of the negative terms (1.0; paper: 0.7 on large data)."""
+    uniface_bias_init: float | None = None
     """UniFace: initial shared bias b̃; 0 = log(10 · C · sample_rate) as in the official code."""
     interclass_filtering_threshold: float = 0.0
     """Zero non-target cosines above this value (noisy labels; 0 = off, arcface_torch uses 0.4)."""
     check_labels: bool = False
-    """Verify each step that labels are in [0, C); costs one host sync per step, so it is off by
-    default: shard sets are range-checked when opened (debugging aid)."""
+    """Verify each step that labels are in [0, C) (a device-side assertion, no host sync; the
+    first batch is checked on the host with the offending row named). Off by default: shard
+    sets are range-checked when opened (debugging aid)."""
 
     def __post_init__(self) -> None:
-        require(self.scale > 0, "scale", f"must be > 0, got {self.scale}")
+        require(self.scale is None or self.scale > 0, "scale", f"must be > 0, got {self.scale}")
         require(
             0.0 <= self.sample_rate <= 1.0,
             "sample_rate",
             f"must be in [0, 1], got {self.sample_rate}",
         )
-        if self.margin in ("sphereface", "lsoftmax"):
+        if self.margin in ("sphereface", "lsoftmax") and self.m1 is not None:
             require(
                 self.m1 >= 1 and float(self.m1).is_integer(),
                 "m1",
                 f"must be an integer >= 1 for {self.margin}, got {self.m1}",
             )
-        require(0.0 <= self.m2 < 3.1416, "m2", f"must be in [0, π), got {self.m2}")
-        require(-1.0 < self.m3 < 1.0, "m3", f"must be in (-1, 1), got {self.m3}")
-        require(self.lambda_min >= 0, "lambda_min", f"must be >= 0, got {self.lambda_min}")
-        require(self.lambda_base >= 0, "lambda_base", f"must be >= 0, got {self.lambda_base}")
-        require(self.lambda_gamma >= 0, "lambda_gamma", f"must be >= 0, got {self.lambda_gamma}")
-        require(
-            0.0 < self.curricular_momentum <= 1.0,
+        _optional(self.m2, lambda v: 0.0 <= v < 3.1416, "m2", "must be in [0, π)")
+        _optional(self.m3, lambda v: -1.0 < v < 1.0, "m3", "must be in (-1, 1)")
+        for name in ("lambda_min", "lambda_base", "lambda_gamma"):
+            _optional(getattr(self, name), lambda v: v >= 0, name, "must be >= 0")
+        _optional(
+            self.curricular_momentum,
+            lambda v: 0.0 < v <= 1.0,
             "curricular_momentum",
-            f"must be in (0, 1], got {self.curricular_momentum}",
+            "must be in (0, 1]",
         )
-        require(
-            self.uniface_lambda > 0, "uniface_lambda", f"must be > 0, got {self.uniface_lambda}"
-        )
+        _optional(self.uniface_lambda, lambda v: v > 0, "uniface_lambda", "must be > 0")
         require(
             0.0 <= self.interclass_filtering_threshold < 1.0,
             "interclass_filtering_threshold",
             f"must be in [0, 1), got {self.interclass_filtering_threshold}",
         )
+
+
+def _optional(value: float | None, ok: Callable[[float], bool], name: str, rule: str) -> None:
+    """``require`` for a field that may be ``None`` (unset: the margin's default applies)."""
+    require(value is None or ok(value), name, f"{rule}, got {value}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +153,8 @@ class DataConfig:
     """Training data source and loader."""
 
     root: str = "data/quickstart/shards"
-    """Directory of record shards (written by tools/pack.py), or 'synthetic'."""
+    """Directory of record shards (written by tools/pack.py); an MXNet/InsightFace .rec file, or
+    a folder holding train.rec/train.idx, trained on as it is; or 'synthetic'."""
     backend: str = "auto"
     """Loader backend: auto, dali, torch or synthetic."""
     num_classes: int = 0
@@ -157,13 +168,17 @@ class DataConfig:
     drop_last: bool = False
     """Per epoch, drop the last N mod W samples instead of padding every rank to ceil(N/W)."""
     on_corrupt: str = "skip"
-    """A record that fails to decode: skip (count it, use another sample) or fail."""
+    """A record that fails its CRC-32 or to decode: skip (count it, use another sample) or fail."""
+    check_crc: bool = True
+    """torch backend: compare each record's CRC-32 with the manifest before decoding it."""
     hflip: bool = True
     """Random horizontal mirror with probability 0.5."""
     synthetic_samples: int = 65536
     """Samples per epoch of the synthetic backend (its images are fixed random tensors)."""
     prefetch: int = 2
     """Batches prepared ahead, per worker and on the device."""
+    timeout_s: float = 300.0
+    """Seconds to wait for one batch before failing with the rank, epoch and loader worker."""
     aug_downscale_p: float = 0.0
     """Probability of downscale-blur: resize to U(56, 89) px and back (arcface_torch: 0.1)."""
     aug_blur_p: float = 0.0
@@ -182,6 +197,7 @@ class DataConfig:
         require_choice(self.on_corrupt, "on_corrupt", ["skip", "fail"])
         require(self.synthetic_samples > 0, "synthetic_samples", "must be > 0")
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
+        require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
         for name in ("aug_downscale_p", "aug_blur_p", "aug_hsv_p", "aug_gray_p"):
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")
@@ -290,6 +306,9 @@ class DistConfig:
     """DeepSpeed ZeRO stage of the backbone: 0, 1 (optimizer state partitioned) or 2
     (gradients too). Stage 3 would partition the weights, which the head's gradient contract
     does not need and the per-step gathers would slow down."""
+    force_process_group: bool = False
+    """Create a process group and run every collective even with one rank, so that a
+    one-GPU run meets NCCL's rules (device of every tensor, control group) like a cluster."""
 
     def __post_init__(self) -> None:
         require_choice(self.backend, "backend", ["auto", "nccl", "gloo"])
@@ -436,6 +455,8 @@ class MetricsConfig:
     """Also push to the Pushgateway every this many seconds while training (0: only at the end)."""
     job: str = ""
     """Value of the ``job`` label (empty: the run name)."""
+    tensorboard: bool = False
+    """Write every logged scalar to ``<run dir>/tensorboard`` on rank 0 (extra ``tensorboard``)."""
     step_phases: bool = True
     """Time forward, head collectives, backward and optimizer of every step (device events,
     read on log steps only; see ``tools/bench_metrics.py`` for the cost)."""

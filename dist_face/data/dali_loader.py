@@ -58,8 +58,9 @@ def combined_index(shards: ShardSet, cache_dir: str | os.PathLike[str] | None = 
 
     Built from the manifest (already checked against ``meta.json`` by :meth:`ShardSet.open`),
     so DALI yields the records in manifest order: key ``i`` is global record ``i``. The file is
-    keyed by a hash of the shard set's ``meta.json`` (which holds every shard's size and
-    checksum) and its path, and written atomically, so concurrent ranks can share it.
+    keyed by a hash of the shard set's summary (every shard's size and checksum), the ``.rec``
+    files' sizes and mtimes and its path, and written atomically, so concurrent ranks can
+    share it.
 
     Args:
         shards: The shard set.
@@ -73,8 +74,13 @@ def combined_index(shards: ShardSet, cache_dir: str | os.PathLike[str] | None = 
         ValueError: A shard's records are not in file order in the manifest (DALI derives
             each record's size from the next offset), naming the manifest, shard and row.
     """
-    meta = (Path(shards.root) / "meta.json").read_bytes()
-    digest = hashlib.sha256(meta + os.fsencode(os.path.abspath(shards.root))).hexdigest()[:16]
+    # meta.json's content and every .rec's size and mtime: a shard set or a scanned .rec
+    # (which has no meta.json) replaced in place gets a new index
+    stamp = [shards.meta.to_json(), os.path.abspath(shards.root)]
+    for s in range(shards.num_shards):
+        st = os.stat(shards.rec_path(s))
+        stamp.append(f"{shards.rec_path(s)}:{st.st_size}:{st.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
     folder = Path(cache_dir or Path(tempfile.gettempdir()) / "dist_face_dali")
     path = folder / f"{digest}.idx"
     if path.exists():

@@ -100,6 +100,7 @@ def generate_embedded_dataset(
                 desc="train identities",
                 unit="id",
                 mininterval=2.0,
+                disable=None,  # a terminal only
             )
         )
         images = list(
@@ -109,6 +110,7 @@ def generate_embedded_dataset(
                 desc="verification pairs",
                 unit="pair",
                 mininterval=2.0,
+                disable=None,  # a terminal only
             )
         )
     save_bin(out / "val.bin", [im for pair in images for im in pair], [p[4] for p in pairs])

@@ -71,6 +71,31 @@ class CorruptRecordError(ValueError):
         )
 
 
+class DataFileError(ValueError):
+    """A shard-set file (``.idx``, manifest, ``meta.json``) is unreadable or inconsistent.
+
+    Library errors (pyarrow, json, struct) are wrapped in this class so that every message
+    names the file and, where one applies, the line, row or key.
+
+    Attributes:
+        path: The file.
+        where: ``row 17``, ``key 'num_classes'``… or None for the whole file.
+        line: 1-based line of a text file (shown as ``path:line``), or None.
+        reason: What is wrong, without the location.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        path: str | os.PathLike[str],
+        where: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.path, self.where, self.line, self.reason = os.fspath(path), where, line, reason
+        at = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{at}: {where}: {reason}" if where else f"{at}: {reason}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Framing
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +250,8 @@ def read_index(idx_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray
         ``(keys, offsets)``, both int64 arrays in file-line order.
 
     Raises:
-        ValueError: A line that is not two integers, naming the file and line.
+        DataFileError: A line that is not two int64 integers, or a negative offset, naming
+            the file and line.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -241,34 +267,38 @@ def read_index(idx_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray
                 column_types={"key": pa.int64(), "offset": pa.int64()}
             ),
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except pa.ArrowException as err:
         _diagnose_index(idx_path)
-        raise
+        raise DataFileError(f"not a 'key\\toffset' index: {err}", idx_path) from None
+    if table.column("key").null_count or table.column("offset").null_count:
+        _diagnose_index(idx_path)  # an empty field parses as null, not as an error
     keys = table.column("key").to_numpy()
     offsets = table.column("offset").to_numpy()
     if (offsets < 0).any():
         line = int(np.flatnonzero(offsets < 0)[0]) + 1
-        raise ValueError(f"{os.fspath(idx_path)}:{line}: negative offset {offsets[line - 1]}")
+        raise DataFileError(f"negative offset {offsets[line - 1]}", idx_path, line=line)
     return keys.astype(np.int64, copy=False), offsets.astype(np.int64, copy=False)
 
 
 def _diagnose_index(idx_path: str | os.PathLike[str]) -> None:
-    """Raise a ValueError naming the first malformed line of an index file."""
+    """Raise a DataFileError naming the first malformed line of an index file."""
     with open(idx_path, "rb") as f:
         for line_no, line in enumerate(f, 1):
-            fields = line.split()
-            if len(fields) != 2 or not all(_is_int(x) for x in fields):
-                raise ValueError(
-                    f"{os.fspath(idx_path)}:{line_no}: expected 'key\\toffset', got {line[:80]!r}"
+            fields = line.rstrip(b"\r\n").split(b"\t")
+            if len(fields) != 2 or not all(_is_int64(x) for x in fields):
+                raise DataFileError(
+                    f"expected 'key\\toffset' (two int64), got {line[:80]!r}",
+                    idx_path,
+                    line=line_no,
                 )
 
 
-def _is_int(token: bytes) -> bool:
+def _is_int64(token: bytes) -> bool:
     try:
-        int(token)
+        value = int(token)
     except ValueError:
         return False
-    return True
+    return -(1 << 63) <= value < (1 << 63)
 
 
 ITER_CHUNK = 1 << 16  # records whose headers are checked at once while iterating

@@ -1,27 +1,40 @@
 """Training data: the same contract for every backend.
 
-:func:`build_loader` returns a :class:`DataSource`; ``source.epoch(epoch, offset)`` iterates
-this rank's batches of one epoch from a sample offset: ``(images, labels)`` with images float
+:func:`build_loader` returns a :class:`DataSource`; ``source.epoch(epoch, consumed)`` iterates
+this rank's batches of the rest of one epoch: ``(images, labels)`` with images float
 ``[B, 3, H, W]`` in [-1, 1] and labels int64 ``[B]``, both on the training device.
 
 * Every rank yields the same number of full batches per epoch (the sharded head runs
   collectives every step): the partition pads or drops to equal counts, and a trailing partial
   batch is never yielded.
-* The order is a pure function of (seed, epoch); ``offset`` (samples this rank already
-  consumed in the epoch) resumes with exactly the samples not yet seen.
-* A record that fails to decode is counted and replaced by another sample of the same batch,
-  or raises :class:`~dist_face.data.framing.CorruptRecordError` naming shard, key and offset
-  when ``data.on_corrupt=fail``.
+* The order is a pure function of (seed, epoch); ``consumed`` (samples all ranks together
+  consumed in the epoch, on any earlier world size) resumes with exactly the samples not yet
+  seen, dealt over the ranks of the resumed job (:mod:`dist_face.data.partition`).
+* The random flip and augmentations of a sample are drawn from a generator seeded by
+  ``(seed, epoch, position of the sample in the epoch's global order)``: the same whichever
+  rank or worker reads it and wherever the run resumed.
+* A record whose payload CRC-32 differs from the manifest's (torch backend, ``data.check_crc``)
+  or that fails to decode is counted and replaced by another sample of the same batch, or
+  raises :class:`~dist_face.data.framing.CorruptRecordError` naming shard, key and offset
+  when ``data.on_corrupt=fail``. A flipped bit in a JPEG usually still decodes, to other
+  pixels: only the checksum tells.
 
 Backends: ``torch`` (DataLoader workers reading the memory-mapped shards, Pillow decoding,
 flips on the CPU, a background thread moving batches to the device), ``dali`` (see
 :mod:`dist_face.data.dali_loader`) and ``synthetic`` (fixed random tensors on the device, to
 measure the model and the collectives without I/O).
+
+The torch backend's worker processes are forked by the thread that opens the epoch (the
+training loop's main thread), never by the prefetch thread: forking from a background thread
+while the main thread holds an interpreter lock can leave the child stopped for ever. A batch
+that does not arrive within ``data.timeout_s`` raises :class:`DataTimeoutError` naming the
+rank, the epoch and the worker that owes it, instead of waiting until a collective times out.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import queue
 import threading
@@ -37,7 +50,8 @@ from dist_face.config import ConfigError, DataConfig
 from dist_face.data.augment import augment
 from dist_face.data.dali_loader import dali_available, dali_batches_per_epoch, dali_epoch
 from dist_face.data.framing import CorruptRecordError
-from dist_face.data.partition import partition, samples_per_rank
+from dist_face.data.partition import partition, samples_left, samples_per_rank
+from dist_face.data.rec_index import open_dataset
 from dist_face.data.shards import ShardSet
 from dist_face.dist import Topology
 
@@ -46,9 +60,13 @@ logger = logging.getLogger(__name__)
 _JOIN_TIMEOUT_S = 30.0  # a closed epoch waits this long for the batch being decoded
 
 
+class DataTimeoutError(RuntimeError):
+    """A batch did not arrive within ``data.timeout_s``: a stuck or dead loader worker."""
+
+
 @dataclass
 class DataSource:
-    """One rank's training data; ``epoch(e, offset)`` iterates the rest of epoch ``e``."""
+    """One rank's training data; ``epoch(e, consumed)`` iterates the rest of epoch ``e``."""
 
     cfg: DataConfig
     topology: Topology
@@ -58,7 +76,8 @@ class DataSource:
     num_classes: int
     backend: str
     corrupt_records: int = 0
-    """Records skipped because they failed to decode (host counter, exported as a metric)."""
+    """Records of this rank skipped for a CRC-32 mismatch or a failed decode (host counter;
+    the log line shows the sum over ranks)."""
     _synthetic: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -75,19 +94,27 @@ class DataSource:
             )
         return self.samples_per_rank // self.cfg.batch_size
 
-    def epoch(self, epoch: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's batches of ``epoch``, after the first ``offset`` samples."""
-        remaining = (self.samples_per_rank - offset) // self.cfg.batch_size
+    def batches_left(self, consumed: int) -> int:
+        """Full batches this rank yields in an epoch whose first ``consumed`` samples are used."""
+        world = self.topology.world_size
+        if self.backend == "dali":  # per-rank readers: only same-world-size positions exist
+            return max(self.batches_per_epoch - consumed // world // self.cfg.batch_size, 0)
+        return samples_left(self.num_samples, world, consumed, self.cfg.drop_last) // (
+            self.cfg.batch_size
+        )
+
+    def epoch(self, epoch: int, consumed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of ``epoch`` after the first ``consumed`` samples of all ranks."""
         if self.backend == "synthetic":
-            return self._synthetic_batches(remaining)
+            return self._synthetic_batches(self.batches_left(consumed))
         if self.backend == "dali":
             return dali_epoch(
-                ShardSet.open(self.cfg.root, check_labels=False),
+                open_dataset(self.cfg.root, check_labels=False),
                 self.topology,
                 self.device,
                 batch_size=self.cfg.batch_size,
                 epoch=epoch,
-                offset=offset,
+                offset=consumed // self.topology.world_size,
                 seed=self.seed,
                 hflip=self.cfg.hflip,
                 threads=self.cfg.num_workers,
@@ -100,7 +127,10 @@ class DataSource:
                 ),
                 image_size=self.cfg.image_size,
             )
-        return _to_device(self._torch_batches(epoch, offset), self.device, self.cfg.prefetch, self)
+        # iter() starts the worker processes: here, in the caller's thread, not in the
+        # prefetch thread (see the module docstring)
+        batches = iter(self._torch_batches(epoch, consumed))
+        return _to_device(batches, self, epoch)
 
     def _synthetic_batches(self, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._synthetic is None:
@@ -112,8 +142,10 @@ class DataSource:
         for _ in range(count):
             yield self._synthetic
 
-    def _torch_batches(self, epoch: int, offset: int) -> DataLoader:
-        dataset = ShardBatches(self.cfg, self.topology, self.seed, epoch, offset, self.num_samples)
+    def _torch_batches(self, epoch: int, consumed: int) -> DataLoader:
+        dataset = ShardBatches(
+            self.cfg, self.topology, self.seed, epoch, consumed, self.num_samples
+        )
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
@@ -124,29 +156,35 @@ class DataSource:
         )
 
 
+def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of one sample's flip and augmentations.
+
+    Args:
+        seed: the run's seed.
+        epoch: the epoch.
+        position: the sample's position in the epoch's global order (see
+            :func:`dist_face.data.partition.rank_positions`), the same on any world size.
+    """
+    return np.random.default_rng([int(seed), int(epoch), int(position)])
+
+
 class ShardBatches(IterableDataset):
     """Worker side of the torch backend: uint8 batches of this (rank, worker)'s samples."""
 
     def __init__(
-        self, cfg: DataConfig, topology: Topology, seed: int, epoch: int, offset: int, n: int
+        self, cfg: DataConfig, topology: Topology, seed: int, epoch: int, consumed: int, n: int
     ) -> None:
-        """Describe one epoch of one rank; nothing is opened until a worker iterates."""
+        """Describe the rest of one epoch of one rank; nothing is opened until iterated."""
         super().__init__()
-        self.cfg, self.topology, self.seed, self.epoch, self.offset, self.n = (
-            cfg,
-            topology,
-            seed,
-            epoch,
-            offset,
-            n,
-        )
+        self.cfg, self.topology, self.seed, self.epoch = cfg, topology, seed, epoch
+        self.consumed, self.n = consumed, n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """Yield ``(images uint8 [B, 3, H, W], labels int64 [B], corrupt count)``."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         cfg, b = self.cfg, self.cfg.batch_size
-        indices = partition(
+        indices, positions = partition(
             self.n,
             world_size=self.topology.world_size,
             rank=self.topology.rank,
@@ -155,43 +193,50 @@ class ShardBatches(IterableDataset):
             batch_size=b,
             seed=self.seed,
             epoch=self.epoch,
-            offset=self.offset,
+            start=self.consumed,
             drop_last=cfg.drop_last,
         )
-        shards = ShardSet.open(cfg.root, check_labels=False)
-        rng = np.random.default_rng(
-            [self.seed, self.epoch, self.topology.rank, worker, self.offset]
-        )
+        shards = open_dataset(cfg.root, check_labels=False)
         for start in range(0, len(indices) - b + 1, b):
-            yield self._batch(shards, indices[start : start + b], rng)
+            yield self._batch(shards, indices[start : start + b], positions[start : start + b])
 
     def _batch(
-        self, shards: ShardSet, indices: np.ndarray, rng: np.random.Generator
+        self, shards: ShardSet, indices: np.ndarray, positions: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         size = self.cfg.image_size
         images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
         labels = np.empty(len(indices), dtype=np.int64)
         good: list[int] = []
-        flips = rng.random(len(indices)) < 0.5
-        for slot, i in enumerate(indices):
+        first_error: CorruptRecordError | None = None
+        for slot, (i, position) in enumerate(zip(indices, positions)):
+            rng = sample_rng(self.seed, self.epoch, position)
+            flip = rng.random() < 0.5
             try:
-                data, labels[slot] = shards.read_image(int(i))
+                data, labels[slot] = shards.read_image(int(i), self.cfg.check_crc)
                 img = _decode(data, size)
                 if self.cfg.augments:
                     img = augment(img, rng, self.cfg)
                 images[slot] = np.asarray(img)
-            except (CorruptRecordError, OSError, ValueError) as exc:
+            except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBomb…
+                error = _located(exc, shards, int(i))
                 if self.cfg.on_corrupt == "fail":
-                    raise _located(exc, shards, int(i)) from None
-                logger.warning("skipping record %d: %s", int(i), _located(exc, shards, int(i)))
+                    raise error from None
+                logger.warning("skipping record %d: %s", int(i), error)
+                first_error = first_error or error
                 continue
-            if self.cfg.hflip and flips[slot]:
+            if self.cfg.hflip and flip:
                 images[slot] = images[slot, :, ::-1]
             good.append(slot)
         kept = set(good)
         bad = [s for s in range(len(indices)) if s not in kept]
-        if bad and not good:
-            raise RuntimeError(f"every record of a batch failed to decode (records {indices})")
+        if first_error is not None and not good:
+            raise CorruptRecordError(
+                f"every record of a batch is corrupt (records {indices.tolist()}); the first: "
+                f"{first_error.reason}",
+                first_error.path,
+                first_error.key,
+                first_error.offset,
+            )
         for k, slot in enumerate(bad):  # keep the batch full: reuse good samples of this batch
             images[slot], labels[slot] = images[good[k % len(good)]], labels[good[k % len(good)]]
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), len(bad)
@@ -218,16 +263,21 @@ def _located(exc: Exception, shards: ShardSet, i: int) -> CorruptRecordError:
 
 
 def _to_device(
-    batches: DataLoader, device: torch.device, depth: int, source: DataSource
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], source: DataSource, epoch: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Move batches to ``device`` and normalise them in a background thread, ``depth`` ahead.
+    """Move batches to the device and normalise them in a background thread, a few ahead.
+
+    ``batches`` is an iterator whose workers already run (started by the caller's thread).
+    The consumer waits at most ``data.timeout_s`` for each batch, then raises
+    :class:`DataTimeoutError` naming the worker that owes it.
 
     Closing the returned generator (or dropping it) stops and joins the thread. A prefetch
     thread still inside a torch op when the interpreter exits is killed by CPython's daemon
     thread shutdown, which aborts the process ("terminate called without an active exception")
     after training has finished.
     """
-    out: queue.Queue = queue.Queue(maxsize=depth)
+    device, cfg = source.device, source.cfg
+    out: queue.Queue = queue.Queue(maxsize=cfg.prefetch)
     stop = threading.Event()
     done = object()
 
@@ -257,9 +307,14 @@ def _to_device(
 
     thread = threading.Thread(target=produce, name="dist_face-prefetch", daemon=True)
     thread.start()
+    join_s = _JOIN_TIMEOUT_S
     try:
-        while True:
-            item = out.get()
+        for count in itertools.count():
+            try:
+                item = out.get(timeout=cfg.timeout_s)
+            except queue.Empty:
+                join_s = 1.0  # the thread is stuck with the worker: do not wait for it
+                raise _timed_out(source, epoch, count, batches) from None
             if item is done:
                 return
             if isinstance(item, BaseException):
@@ -267,11 +322,25 @@ def _to_device(
             yield item
     finally:
         stop.set()
-        thread.join(timeout=_JOIN_TIMEOUT_S)
+        thread.join(timeout=join_s)
         if thread.is_alive():
-            logger.warning(
-                "prefetch thread still busy %.0f s after the epoch was closed", _JOIN_TIMEOUT_S
-            )
+            logger.warning("prefetch thread still busy %.0f s after the epoch was closed", join_s)
+
+
+def _timed_out(source: DataSource, epoch: int, batch: int, batches: object) -> DataTimeoutError:
+    """The error for batch ``batch`` of this epoch not arriving: which worker owes it."""
+    workers = source.cfg.num_workers
+    if workers:  # batch b of an epoch comes from worker b mod K (see partition.py)
+        worker = batch % workers
+        procs = getattr(batches, "_workers", None)  # DataLoader's worker processes
+        pid = f" (pid {procs[worker].pid})" if procs and worker < len(procs) else ""
+        who = f"loader worker {worker} of {workers}{pid}"
+    else:
+        who = "the in-process loader (data.num_workers=0)"
+    return DataTimeoutError(
+        f"data: rank {source.topology.rank}, epoch {epoch}: batch {batch} since the epoch was "
+        f"opened did not arrive within data.timeout_s={source.cfg.timeout_s:g} s from {who}"
+    )
 
 
 def dataset_size(cfg: DataConfig) -> tuple[int, int]:
@@ -285,9 +354,9 @@ def dataset_size(cfg: DataConfig) -> tuple[int, int]:
             raise ConfigError("data.num_classes: the synthetic backend needs a class count > 0")
         return cfg.synthetic_samples, cfg.num_classes
     try:
-        shards = ShardSet.open(cfg.root)
+        shards = open_dataset(cfg.root)
     except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"data.root: cannot open shard set {cfg.root!r}: {exc}") from None
+        raise ConfigError(f"data.root: cannot open dataset {cfg.root!r}: {exc}") from None
     if cfg.num_classes and cfg.num_classes != shards.num_classes:
         raise ConfigError(
             f"data.num_classes: {cfg.num_classes}, but the shard set {cfg.root} "
@@ -317,19 +386,30 @@ def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
         return "synthetic"
     if cfg.backend == "auto":
         if device.type == "cuda" and dali_available():
-            return "dali"
-        why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
+            why = _unsuited_to_dali(open_dataset(cfg.root, check_labels=False))
+            if why is None:
+                return "dali"
+        else:
+            why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
         logger.info("data.backend=auto: torch loader (%s for DALI GPU decoding)", why)
         return "torch"
     if cfg.backend == "dali":
         if not dali_available():
             raise ConfigError("data.backend: dali needs nvidia-dali (pip install dist_face[dali])")
-        shards = ShardSet.open(cfg.root, check_labels=False)
+        shards = open_dataset(cfg.root, check_labels=False)
         if not shards.meta.labels_in_records:
             raise ConfigError(
                 f"data.backend: dali reads labels from the record headers, but "
-                f"{cfg.root} was relabelled in its manifest only; rewrite it with "
-                "tools/reshard.py or use data.backend=torch"
+                f"{cfg.root} was relabelled in its manifest only or stores label arrays; "
+                "rewrite it with tools/reshard.py (tools/pack.py for a .rec) or use "
+                "data.backend=torch"
+            )
+        if not shards.meta.shuffled:
+            logger.warning(
+                "data.backend=dali: %s are not globally shuffled and DALI shuffles within "
+                "32768 records only, so batches hold few identities; pack them with "
+                "tools/pack.py (global shuffle) or use data.backend=torch",
+                cfg.root,
             )
         if cfg.on_corrupt == "skip":
             logger.warning(
@@ -337,3 +417,12 @@ def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
                 "sets with tools/verify.py"
             )
     return cfg.backend
+
+
+def _unsuited_to_dali(shards: ShardSet) -> str | None:
+    """Why DALI would read ``shards`` wrongly or badly (None when it suits them)."""
+    if not shards.meta.labels_in_records:
+        return "labels are not in the record headers"
+    if not shards.meta.shuffled:  # an InsightFace .rec: sorted by identity
+        return "records are not globally shuffled, and DALI shuffles within a window only"
+    return None

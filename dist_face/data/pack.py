@@ -73,7 +73,7 @@ def pack(source: Source, out_dir: str, options: PackOptions, progress: bool = Tr
         source: What to pack (see :mod:`dist_face.data.sources`).
         out_dir: Output directory; must be empty unless ``options.overwrite``.
         options: Shard count, shuffling, parallelism and re-encoding.
-        progress: Show a tqdm progress bar.
+        progress: Show a tqdm progress bar (on a terminal).
 
     Returns:
         The written ``meta.json`` contents.
@@ -107,7 +107,8 @@ def _run(
 ) -> list[tuple[list[Any], ShardResult]]:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(source), unit="img", disable=not progress, desc="pack")
+    # shown on a terminal only: a log file or CI output gets no bar lines
+    bar = tqdm(total=len(source), unit="img", disable=None if progress else True, desc="pack")
     if options.workers == 1:
         _init_worker(source, None)
         out = [_write_shard(out_dir, options, s, idx, bar.update) for s, idx in tasks]

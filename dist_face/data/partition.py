@@ -12,8 +12,14 @@ runs collectives every step and a rank with one batch more would hang the others
 Within a rank, batches of ``batch_size`` consecutive samples are dealt round-robin to the
 loader workers (batch ``b`` to worker ``b mod K``), which is the order in which
 ``torch.utils.data.DataLoader`` collects batches from iterable workers, so the rank sees its
-samples in exactly the partition's order. Resuming from ``offset`` (samples this rank already
-consumed in the epoch) deals the remaining samples anew, starting at worker 0.
+samples in exactly the partition's order.
+
+The position in an epoch is global: ``start`` counts the samples all ranks together consumed,
+i.e. the first ``start`` entries of the (padded) epoch order. The rest of the epoch is dealt
+strided over the ranks of the job that resumes, whatever its size, so a run resumed on another
+number of ranks mid-epoch still sees every sample of the epoch exactly once. Position ``p``
+always holds sample ``perm[p mod N]``, for any world size, which is what per-sample randomness
+(flips, augmentations) is keyed on.
 """
 
 from __future__ import annotations
@@ -37,6 +43,41 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = T
     return rng.permutation(num_samples).astype(np.int64)
 
 
+def rank_positions(
+    num_samples: int, world_size: int, rank: int, *, start: int = 0, drop_last: bool = False
+) -> np.ndarray:
+    """Positions in the epoch's global order that rank ``rank`` reads, from ``start`` on.
+
+    The ``N - start`` positions left are dealt strided: rank ``r`` reads ``start + r + W·j``.
+    Every rank gets ``ceil((N - start)/W)`` of them (padding past ``N`` wraps around to the
+    start of the permutation) or ``floor((N - start)/W)`` with ``drop_last``. From ``start=0``
+    this is :func:`samples_per_rank` positions; resuming with the same ``W`` at a multiple of
+    ``W`` continues each rank's own sequence exactly.
+
+    Args:
+        num_samples: N, records in the dataset.
+        world_size: W, number of ranks now.
+        rank: This rank, in ``[0, W)``.
+        start: Samples all ranks together consumed in this epoch (any earlier world size).
+        drop_last: Drop the tail instead of padding.
+
+    Returns:
+        int64 positions, shape ``(count,)``; position ``p`` holds sample ``perm[p mod N]``.
+    """
+    _check(num_samples, world_size, rank)
+    count = samples_left(num_samples, world_size, start, drop_last)
+    return start + rank + world_size * np.arange(count, dtype=np.int64)
+
+
+def samples_left(num_samples: int, world_size: int, start: int, drop_last: bool = False) -> int:
+    """Samples each rank still reads in an epoch whose first ``start`` positions are consumed."""
+    _check(num_samples, world_size, 0)
+    if start < 0:
+        raise ValueError(f"epoch position {start} is negative")
+    left = max(num_samples - start, 0)
+    return left // world_size if drop_last else -(-left // world_size)
+
+
 def rank_samples(
     num_samples: int,
     world_size: int,
@@ -46,9 +87,9 @@ def rank_samples(
     epoch: int,
     shuffle: bool = True,
     drop_last: bool = False,
-    offset: int = 0,
+    start: int = 0,
 ) -> np.ndarray:
-    """Global sample indices rank ``rank`` reads in ``epoch``, from position ``offset`` on.
+    """Global sample indices rank ``rank`` reads in ``epoch``, from global position ``start`` on.
 
     Args:
         num_samples: N, records in the dataset.
@@ -58,20 +99,13 @@ def rank_samples(
         epoch: Epoch number; each epoch has its own permutation.
         shuffle: False keeps the dataset order (then strided across ranks).
         drop_last: Drop the tail instead of padding (see the module docstring).
-        offset: Samples this rank already consumed in this epoch.
+        start: Samples all ranks consumed in this epoch so far.
 
     Returns:
-        int64 array of shape ``(samples_per_rank − offset,)``.
+        int64 array of the positions' samples (see :func:`rank_positions`).
     """
-    _check(num_samples, world_size, rank)
-    per_rank = samples_per_rank(num_samples, world_size, drop_last)
-    if not 0 <= offset <= per_rank:
-        raise ValueError(f"resume offset {offset} is outside [0, {per_rank}] samples per rank")
-    perm = epoch_permutation(num_samples, seed, epoch, shuffle)
-    total = per_rank * world_size
-    if total > num_samples:  # pad by wrapping around the permutation
-        perm = np.concatenate([perm, np.resize(perm, total - num_samples)])
-    return perm[:total][rank::world_size][offset:]
+    positions = rank_positions(num_samples, world_size, rank, start=start, drop_last=drop_last)
+    return epoch_permutation(num_samples, seed, epoch, shuffle)[positions % num_samples]
 
 
 def worker_samples(
@@ -101,28 +135,27 @@ def partition(
     batch_size: int,
     seed: int,
     epoch: int,
-    offset: int = 0,
+    start: int = 0,
     shuffle: bool = True,
     drop_last: bool = False,
-) -> np.ndarray:
-    """Global sample indices for one (rank, worker) in one epoch, resumed at ``offset``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of one (rank, worker) in one epoch, resumed at global position ``start``.
 
-    Combines :func:`rank_samples` and :func:`worker_samples`; see the module docstring.
+    Combines :func:`rank_positions` and :func:`worker_samples`; see the module docstring.
 
     Returns:
-        int64 array of global sample indices, in the order this worker reads them.
+        ``(indices, positions)``: int64 global sample indices in the order this worker reads
+        them, and their positions in the epoch's global order (the key of per-sample
+        randomness).
     """
-    samples = rank_samples(
-        num_samples,
-        world_size,
-        rank,
-        seed=seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        offset=offset,
+    positions = worker_samples(
+        rank_positions(num_samples, world_size, rank, start=start, drop_last=drop_last),
+        num_workers,
+        worker_id,
+        batch_size,
     )
-    return worker_samples(samples, num_workers, worker_id, batch_size)
+    perm = epoch_permutation(num_samples, seed, epoch, shuffle)
+    return perm[positions % num_samples], positions
 
 
 def _check(num_samples: int, world_size: int, rank: int) -> None:

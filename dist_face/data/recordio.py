@@ -26,6 +26,7 @@ from dist_face.data.framing import (
     MAGIC,
     MAX_LENGTH,
     CorruptRecordError,
+    DataFileError,
     frame,
     frame_pieces,
     read_frame,
@@ -41,6 +42,7 @@ __all__ = [
     "MAGIC",
     "MAX_LENGTH",
     "CorruptRecordError",
+    "DataFileError",
     "IRHeader",
     "MappedFile",
     "RecordReader",
@@ -256,7 +258,7 @@ class RecordReader:
 
     Raises:
         FileNotFoundError: Either file is missing.
-        ValueError: A malformed ``.idx`` line, or a duplicate key.
+        DataFileError: A malformed ``.idx`` line, or a duplicate key (a ValueError).
     """
 
     def __init__(
@@ -351,7 +353,7 @@ class _KeyLookup:
             self._sorted = keys[self._order]
             dup = np.flatnonzero(self._sorted[1:] == self._sorted[:-1])
             if dup.size:
-                raise ValueError(f"{idx_path}: key {self._sorted[dup[0]]} appears more than once")
+                raise DataFileError(f"key {self._sorted[dup[0]]} appears more than once", idx_path)
         self._n = n
 
     def position(self, key: int) -> int:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
+import typing
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -28,9 +30,11 @@ from dist_face.data.recordio import (
     HEAD_UNPACK,
     MAGIC,
     CorruptRecordError,
+    DataFileError,
     MappedFile,
     RecordWriter,
     read_frame,
+    scalar_label,
     unpack_record,
 )
 
@@ -91,6 +95,9 @@ class ShardMeta:
     """Format tag."""
     version: int = 1
     """Format version."""
+    manifest_crc32: int | None = None
+    """zlib CRC-32 of the ``manifest.parquet`` file's bytes; :meth:`ShardSet.open` checks it
+    (None in sets packed before it was recorded: not checked)."""
 
     def to_json(self) -> str:
         """Serialize to indented JSON."""
@@ -98,15 +105,88 @@ class ShardMeta:
 
     @classmethod
     def from_json(cls, text: str, path: str) -> ShardMeta:
-        """Parse ``meta.json`` text; ValueError naming ``path`` if it is not a shard set."""
+        """Parse ``meta.json`` text, checking the type and range of every field.
+
+        Raises:
+            DataFileError: Not JSON, not a shard set summary, or a field of the wrong type or
+                out of range; names ``path`` and the key.
+        """
         try:
             raw = json.loads(text)
-            if raw.get("format") != FORMAT:
-                raise ValueError(f"format is {raw.get('format')!r}, expected {FORMAT!r}")
-            raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
-            return cls(**raw)
-        except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"{path}: not a valid shard set summary: {err}") from err
+        except ValueError as err:
+            raise DataFileError(f"not valid JSON: {err}", path) from None
+        if isinstance(raw, dict) and raw.get("format", FORMAT) != FORMAT:
+            raise DataFileError(
+                f"is {raw['format']!r}, expected {FORMAT!r}"[:200], path, "key 'format'"
+            )
+        _check_fields(cls, raw, path, "")
+        if not raw["shards"]:
+            raise DataFileError("lists no shard", path, "key 'shards'")
+        for k, shard in enumerate(raw["shards"]):
+            _check_fields(ShardInfo, shard, path, f"shards[{k}].")
+            name = shard["name"]
+            if not name or os.path.basename(name) != name or name in (".", ".."):
+                raise DataFileError(
+                    f"{name!r} is not a plain file name", path, f"key 'shards[{k}].name'"
+                )
+        meta = cls(**{**raw, "shards": [ShardInfo(**s) for s in raw["shards"]]})
+        for key, value, low, high in (
+            ("num_classes", meta.num_classes, 1, None),
+            ("num_images", meta.num_images, 0, None),
+            ("manifest_crc32", meta.manifest_crc32, 0, 1 << 32),
+            *(
+                (f"shards[{k}].{f}", getattr(info, f), 0, 1 << 32 if f == "records_crc32" else None)
+                for k, info in enumerate(meta.shards)
+                for f in ("num_records", "rec_bytes", "records_crc32")
+            ),
+        ):
+            if value is not None and (value < low or (high is not None and value >= high)):
+                bound = f"[{low}, {high})" if high is not None else f">= {low}"
+                raise DataFileError(f"{value} is not {bound}", path, f"key {key!r}")
+        return meta
+
+
+def _check_fields(cls: type, raw: Any, path: str, prefix: str) -> None:
+    """Raise DataFileError unless ``raw`` is a dict of ``cls``'s fields with their types."""
+    if not isinstance(raw, dict):
+        where = f"key {prefix[:-1]!r}" if prefix else None
+        raise DataFileError(f"expected a JSON object, got {type(raw).__name__}", path, where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in raw.keys() - fields.keys():
+        raise DataFileError("unknown field", path, f"key '{prefix}{name}'")
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING:
+                raise DataFileError("missing", path, f"key '{prefix}{name}'")
+            continue
+        if not _has_type(raw[name], hints[name]):
+            raise DataFileError(
+                f"expected {_type_name(hints[name])}, got {raw[name]!r}"[:200],
+                path,
+                f"key '{prefix}{name}'",
+            )
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value matches a field annotation (int excludes bool)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)  # checked field by field by the caller
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("dist_face.data.shards.", "")
 
 
 class ShardSet:
@@ -140,53 +220,94 @@ class ShardSet:
         Raises:
             FileNotFoundError: No ``meta.json`` (not a shard set, or packing did not finish),
                 or a shard file is missing.
-            ValueError: The manifest disagrees with ``meta.json``.
+            DataFileError: ``meta.json`` or the manifest is unreadable, malformed or
+                inconsistent (a ValueError naming the file and the key or row).
         """
-        import pyarrow.parquet as pq
-
         root = os.fspath(root)
         meta_path = os.path.join(root, META_NAME)
+        from dist_face.data.rec_index import not_a_shard_set_hint  # imports this module
+
+        hint = not_a_shard_set_hint(root)
+        if hint is not None:
+            raise FileNotFoundError(hint)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(
                 f"{meta_path} does not exist: {root} is not a complete shard set "
                 "(packing may not have finished)"
             )
-        with open(meta_path) as f:
-            meta = ShardMeta.from_json(f.read(), meta_path)
-        table = pq.read_table(os.path.join(root, MANIFEST_NAME), columns=_NUMERIC)
-        columns = {name: table.column(name).to_numpy() for name in _NUMERIC}
-        shard_set = cls(root, meta, columns)
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as err:
+            raise DataFileError(f"not UTF-8 text: {err}", meta_path) from None
+        meta = ShardMeta.from_json(text, meta_path)
+        shard_set = cls(root, meta, read_manifest(root, meta))
         shard_set._check_consistent(check_labels)
         return shard_set
 
     def _check_consistent(self, check_labels: bool) -> None:
         where = os.path.join(self.root, MANIFEST_NAME)
+
+        def first(bad: np.ndarray) -> str:
+            return f"row {int(np.flatnonzero(bad)[0])}"
+
         if len(self) != self.meta.num_images:
-            raise ValueError(f"{where}: {len(self)} rows but meta.json says {self.meta.num_images}")
+            raise DataFileError(
+                f"{len(self)} rows but meta.json says {self.meta.num_images}", where
+            )
+        bad_shard = (self.shard_ids < 0) | (self.shard_ids >= self.num_shards)
+        if bad_shard.any():
+            raise DataFileError(
+                f"shard {self.shard_ids[bad_shard][0]} is not one of the {self.num_shards} "
+                "shards of meta.json",
+                where,
+                first(bad_shard),
+            )
+        for name, column in (
+            ("key", self.keys),
+            ("offset", self.offsets),
+            ("length", self.lengths),
+        ):
+            if (column < 0).any():
+                raise DataFileError(
+                    f"negative {name} {column[column < 0][0]}", where, first(column < 0)
+                )
         if (
             check_labels
             and self.labels.size
             and (self.labels.min() < 0 or self.labels.max() >= self.num_classes)
         ):
             bad = int(np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))[0])
-            raise ValueError(
-                f"{where}: row {bad} (shard {self.shard_ids[bad]}, key {self.keys[bad]}) has "
-                f"label {self.labels[bad]}, outside [0, {self.num_classes}) of meta.json"
+            raise DataFileError(
+                f"row {bad} (shard {self.shard_ids[bad]}, key {self.keys[bad]}) has label "
+                f"{self.labels[bad]}, outside [0, {self.num_classes}) of meta.json",
+                where,
             )
         counts = np.bincount(self.shard_ids, minlength=len(self.meta.shards))
+        rec_bytes = np.array([info.rec_bytes for info in self.meta.shards], dtype=np.int64)
+        room = rec_bytes[self.shard_ids] - 8  # compared one term at a time: no int64 overflow
+        past_end = (self.offsets > room) | (self.lengths > room - np.minimum(self.offsets, room))
+        if past_end.any():
+            raise DataFileError(
+                "record runs past the end of its .rec (offset + 8 + length > rec_bytes of "
+                "meta.json)",
+                where,
+                first(past_end),
+            )
         for s, info in enumerate(self.meta.shards):
             for path in (self.rec_path(s), self.idx_path(s)):
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"shard file {path} listed in meta.json is missing")
             if counts[s] != info.num_records:
-                raise ValueError(
-                    f"{where}: shard {info.name} has {counts[s]} rows, meta.json says "
-                    f"{info.num_records}"
+                raise DataFileError(
+                    f"shard {info.name} has {counts[s]} rows, meta.json says {info.num_records}",
+                    where,
                 )
             if os.path.getsize(self.rec_path(s)) != info.rec_bytes:
-                raise ValueError(
-                    f"{self.rec_path(s)}: {os.path.getsize(self.rec_path(s))} bytes, "
-                    f"meta.json says {info.rec_bytes} (truncated or replaced?)"
+                raise DataFileError(
+                    f"{os.path.getsize(self.rec_path(s))} bytes, meta.json says "
+                    f"{info.rec_bytes} (truncated or replaced?)",
+                    self.rec_path(s),
                 )
 
     def __len__(self) -> int:
@@ -217,14 +338,31 @@ class ShardSet:
 
         return pq.read_table(os.path.join(self.root, MANIFEST_NAME))
 
-    def read(self, i: int) -> bytes:
+    def read(self, i: int, check_crc: bool = True) -> bytes:
         """Payload of global record ``i`` (IRHeader + image bytes).
+
+        Args:
+            i: Global record number (manifest row).
+            check_crc: Compare the payload's CRC-32 with the manifest's (about 1 GB/s of
+                zlib; a flipped bit in an image often still decodes, to other pixels).
 
         Raises:
             IndexError: ``i`` outside ``[0, len)``.
-            CorruptRecordError: The record cannot be framed or its length disagrees with
-                the manifest (names the shard file, key and offset).
+            CorruptRecordError: The record cannot be framed, or its length or CRC-32
+                disagrees with the manifest (names the shard file, key and offset).
         """
+        payload = self._read(i)
+        if check_crc and zlib.crc32(payload) != self.crc32s.item(i):
+            raise CorruptRecordError(
+                f"payload CRC-32 {zlib.crc32(payload):08x} differs from the manifest's "
+                f"{self.crc32s.item(i):08x}",
+                self.rec_path(self.shard_ids.item(i)),
+                self.keys.item(i),
+                self.offsets.item(i),
+            )
+        return payload
+
+    def _read(self, i: int) -> bytes:
         if not 0 <= i < self.labels.size:
             raise IndexError(f"record {i} is outside [0, {len(self)}) of {self.root}")
         shard, offset, length = self.shard_ids.item(i), self.offsets.item(i), self.lengths.item(i)
@@ -243,17 +381,33 @@ class ShardSet:
             )
         return payload
 
-    def read_image(self, i: int) -> tuple[bytes, int]:
-        """``(encoded image bytes, label)`` of global record ``i``; the label is the manifest's."""
-        payload = self.read(i)
+    def read_image(self, i: int, check_crc: bool = True) -> tuple[bytes, int]:
+        """``(encoded image bytes, label)`` of global record ``i``; the label is the manifest's.
+
+        Args:
+            i: Global record number (manifest row).
+            check_crc: See :meth:`read`.
+
+        Raises:
+            CorruptRecordError: As :meth:`read`; also a payload shorter than its header, or a
+                record header label that differs from the manifest's while
+                ``meta.labels_in_records`` (a manifest row pointing at another record).
+        """
+        payload = self.read(i, check_crc)
+        label = self.labels.item(i)
         try:
-            _, image = unpack_record(payload)
+            header, image = unpack_record(payload)
+            if self.meta.labels_in_records and scalar_label(header) != label:
+                raise CorruptRecordError(
+                    f"record header label {scalar_label(header):g} differs from the "
+                    f"manifest label {label}"
+                )
         except CorruptRecordError as err:
             shard = int(self.shard_ids[i])
             raise err.located(
                 self.rec_path(shard), int(self.keys[i]), int(self.offsets[i])
             ) from None
-        return image, int(self.labels[i])
+        return image, label
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +534,7 @@ def commit_shard_set(
         raise ValueError(
             f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes})"
         )
-    write_manifest(out_dir, pa.table(arrays))
+    manifest_crc32 = write_manifest(out_dir, pa.table(arrays))
     meta = ShardMeta(
         num_classes=num_classes,
         num_images=int(labels.size),
@@ -389,18 +543,86 @@ def commit_shard_set(
         labels_in_records=labels_in_records,
         shuffled=shuffled,
         seed=seed,
+        manifest_crc32=manifest_crc32,
     )
     write_meta(out_dir, meta)
     return meta
 
 
-def write_manifest(out_dir: str, table: Any) -> None:
-    """Atomically (write + rename) store the manifest table."""
+def read_manifest(root: str, meta: ShardMeta) -> dict[str, np.ndarray]:
+    """The numeric manifest columns of the shard set in ``root``, checked against ``meta``.
+
+    Returns:
+        Column name -> array of ``meta.num_images`` rows, in the dtypes of the format.
+
+    Raises:
+        FileNotFoundError: No manifest.
+        DataFileError: The file's CRC-32 differs from ``meta.manifest_crc32``, Parquet cannot
+            read it, or a column is missing, null or of the wrong type (names the column
+            and row).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = os.path.join(root, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest {path} listed by meta.json is missing")
+    if meta.manifest_crc32 is not None and file_crc32(path) != meta.manifest_crc32:
+        raise DataFileError(
+            f"file CRC-32 {file_crc32(path):08x} differs from meta.json's manifest_crc32 "
+            f"{meta.manifest_crc32:08x} (edited or damaged)",
+            path,
+        )
+    try:
+        missing = [c for c in _NUMERIC if c not in pq.read_schema(path).names]
+        if missing:
+            raise DataFileError(f"has no column {', '.join(map(repr, missing))}", path)
+        table = pq.read_table(path, columns=_NUMERIC)
+    except (pa.ArrowException, OSError) as err:  # a damaged page is an OSError in pyarrow
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataFileError(f"Parquet cannot read it: {first_line}", path) from None
+    columns = {}
+    for name, dtype in _DTYPES.items():
+        column = table.column(name)
+        if not (pa.types.is_integer(column.type)):
+            raise DataFileError(
+                f"has type {column.type}, expected an integer", path, f"column {name!r}"
+            )
+        if column.null_count:
+            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataFileError("is null", path, f"column {name!r}, row {row}")
+        values = column.to_numpy()
+        info = np.iinfo(dtype)
+        outside = (values < info.min) | (values > info.max)
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise DataFileError(
+                f"{values[row]} does not fit {np.dtype(dtype).name}",
+                path,
+                f"column {name!r}, row {row}",
+            )
+        columns[name] = values.astype(dtype, copy=False)
+    return columns
+
+
+def file_crc32(path: str) -> int:
+    """The zlib CRC-32 of a whole file, read in 1 MiB blocks."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def write_manifest(out_dir: str, table: Any) -> int:
+    """Atomically (write + rename) store the manifest table; returns the file's CRC-32."""
     import pyarrow.parquet as pq
 
     tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp")
     pq.write_table(table, tmp)
+    crc = file_crc32(tmp)
     os.replace(tmp, os.path.join(out_dir, MANIFEST_NAME))
+    return crc
 
 
 def write_meta(out_dir: str, meta: ShardMeta) -> None:
@@ -436,7 +658,12 @@ def relabel(root: str, labels: np.ndarray, num_classes: int) -> ShardMeta:
     table = shard_set.manifest
     table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
     os.remove(os.path.join(root, META_NAME))  # incomplete while the manifest changes
-    write_manifest(root, table)
-    meta = dataclasses.replace(shard_set.meta, num_classes=num_classes, labels_in_records=False)
+    manifest_crc32 = write_manifest(root, table)
+    meta = dataclasses.replace(
+        shard_set.meta,
+        num_classes=num_classes,
+        labels_in_records=False,
+        manifest_crc32=manifest_crc32,
+    )
     write_meta(root, meta)
     return meta

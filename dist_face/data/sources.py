@@ -6,6 +6,7 @@ workers in other processes can read it. :func:`open_source` picks the kind from 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Protocol
 
@@ -20,6 +21,8 @@ from dist_face.data.recordio import (
     unpack_record,
 )
 from dist_face.data.shards import META_NAME, ShardSet
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -42,24 +45,54 @@ class Source(Protocol):
 
 
 class FolderSource:
-    """One subfolder per identity; labels follow the sorted folder names (im2rec's rule)."""
+    """One subfolder per identity; labels follow the sorted folder names (im2rec's rule).
+
+    Identity folders without an image are skipped with a warning and get no label, so labels
+    stay contiguous. Files without an image extension are left out and counted by extension in
+    :attr:`other_files`.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
-        if not classes:
+        entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        folders = [e.name for e in entries if e.is_dir()]
+        if not folders:
             raise ValueError(f"image folder {root} has no identity subfolders")
-        paths, labels = [], []
-        for label, name in enumerate(classes):
+        self.other_files: dict[str, int] = {}
+        for e in entries:
+            if not e.is_dir():
+                self._count_other(e.name)
+        paths, labels, self.empty_classes = [], [], []
+        for name in folders:
+            images = []
             for file in sorted(os.listdir(os.path.join(self.root, name))):
                 if file.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(f"{name}/{file}")
-                    labels.append(label)
+                    images.append(f"{name}/{file}")
+                else:
+                    self._count_other(file)
+            if not images:
+                self.empty_classes.append(name)
+                continue
+            label = labels[-1] + 1 if labels else 0  # contiguous: empty folders take none
+            labels += [label] * len(images)
+            paths += images
+        if self.empty_classes:
+            logger.warning(
+                "%s: skipped %d identity folder(s) without images (no class for them): %s",
+                root,
+                len(self.empty_classes),
+                ", ".join(self.empty_classes[:10])
+                + (" ..." if len(self.empty_classes) > 10 else ""),
+            )
         if not paths:
             raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.num_classes = len(classes)
+        self.num_classes = len(folders) - len(self.empty_classes)
+
+    def _count_other(self, name: str) -> None:
+        ext = os.path.splitext(name)[1].lower() or "(none)"
+        self.other_files[ext] = self.other_files.get(ext, 0) + 1
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -273,7 +306,7 @@ class ShardSetSource:
 
 
 def open_source(path: str, root: str | None = None) -> Source:
-    """The source at ``path``: a shard set directory, an image folder, a ``.lst`` or a ``.rec``.
+    """The source at ``path``: a shard set, an image folder, a ``.lst``, a ``.rec`` or its folder.
 
     Args:
         path: The dataset to read.
@@ -282,7 +315,10 @@ def open_source(path: str, root: str | None = None) -> Source:
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, META_NAME)):
             return ShardSetSource(path)
-        return FolderSource(path)
+        from dist_face.data.rec_index import find_rec  # imports this module
+
+        rec = find_rec(path)  # an InsightFace release folder: train.rec / train.idx
+        return RecSource(rec) if rec is not None else FolderSource(path)
     if path.endswith(".lst"):
         return ListSource(path, root)
     if path.endswith(".rec"):

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import os
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,9 @@ class BadRecord:
 class Expected:
     """What a shard set's manifest and meta say about one ``.rec`` (all arrays by row)."""
 
+    rows: np.ndarray
+    """Global manifest row of each entry."""
+    keys: np.ndarray
     offsets: np.ndarray
     lengths: np.ndarray
     labels: np.ndarray
@@ -62,6 +66,7 @@ def verify_rec(
     expected: Expected | None = None,
     decode: bool = True,
     skip_keys: frozenset[int] = frozenset(),
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[int, list[BadRecord]]:
     """Scan one ``.rec``/``.idx`` pair.
 
@@ -73,6 +78,7 @@ def verify_rec(
         decode: Decode every image with Pillow.
         skip_keys: Keys of non-image records (InsightFace header and identity records),
             checked for framing only.
+        progress: Called with the bytes of the ``.rec`` scanned since the last call.
 
     Returns:
         ``(records scanned, problems)``.
@@ -82,14 +88,31 @@ def verify_rec(
         keys, offsets = read_index(idx_path)
     except (OSError, ValueError) as err:
         return 0, [BadRecord(idx_path, None, None, str(err))]
+    bad += _duplicates(idx_path, keys, offsets, np.arange(1, keys.size + 1), "line")
     key_at = dict(zip(offsets.tolist(), keys.tolist()))
     rows = {} if expected is None else {int(o): i for i, o in enumerate(expected.offsets)}
     buf = MappedFile(rec_path).get()
     if expected is not None:
         bad += _check_file(rec_path, buf, expected)
+        bad += _duplicates(rec_path, expected.keys, expected.offsets, expected.rows, "row")
+        for offset, row in rows.items():
+            if offset in key_at and key_at[offset] != expected.keys[row]:
+                bad.append(
+                    BadRecord(
+                        rec_path,
+                        key_at[offset],
+                        offset,
+                        f"the .idx gives this record key {key_at[offset]}, the manifest key "
+                        f"{expected.keys[row]} (swapped or edited .idx line)",
+                    )
+                )
     seen: set[int] = set()
     crcs: list[int] = []
+    reported = 0  # bytes handed to progress so far
     for offset, payload in scan(buf, rec_path):
+        if progress is not None and offset - reported >= _PROGRESS_BYTES:
+            progress(offset - reported)
+            reported = offset
         key = key_at.get(offset)
         if isinstance(payload, CorruptRecordError):
             bad.append(BadRecord(rec_path, key, offset, payload.reason))
@@ -114,7 +137,44 @@ def verify_rec(
         )
     if expected is not None and records_checksum(crcs) != expected.records_crc32:
         bad.append(BadRecord(rec_path, None, None, "shard checksum differs from meta.json"))
+    if progress is not None:
+        progress(len(buf) - reported)
     return len(seen), bad
+
+
+_PROGRESS_BYTES = 1 << 22  # progress callbacks every 4 MiB scanned
+
+
+def _duplicates(
+    file: str, keys: np.ndarray, offsets: np.ndarray, places: np.ndarray, unit: str
+) -> list[BadRecord]:
+    """A problem for every key or offset listed more than once.
+
+    A duplicated entry makes a reader return one record for two keys, or a loader read a
+    record twice per epoch.
+
+    Args:
+        file: The file to name in the report.
+        keys: The entries' keys, int64 ``[n]``.
+        offsets: The entries' byte offsets, int64 ``[n]``.
+        places: Where each entry is listed (``.idx`` line or manifest row), ``[n]``.
+        unit: ``line`` or ``row``.
+    """
+    bad = []
+    for name, values in (("key", keys), ("offset", offsets)):
+        uniq, first, counts = np.unique(values, return_index=True, return_counts=True)
+        for value, at in zip(uniq[counts > 1], first[counts > 1]):
+            where = ", ".join(str(int(p)) for p in places[values == value])
+            source = "the .idx" if unit == "line" else "the manifest"
+            bad.append(
+                BadRecord(
+                    file,
+                    int(keys[at]),
+                    int(offsets[at]),
+                    f"{name} {value} is listed more than once by {source} ({unit}s {where})",
+                )
+            )
+    return bad
 
 
 def _check_file(rec_path: str, buf: Any, expected: Expected) -> list[BadRecord]:
@@ -181,9 +241,14 @@ def decode_problem(image: bytes) -> str | None:
 
 
 def verify_shard_set(
-    root: str, decode: bool = True, workers: int = 1
+    root: str,
+    decode: bool = True,
+    workers: int = 1,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[int, list[BadRecord]]:
     """Scan every shard of a shard set against its manifest and ``meta.json``.
+
+    ``progress`` is called with bytes scanned (per shard when ``workers > 1``).
 
     Returns:
         ``(records scanned, problems)``.
@@ -198,6 +263,8 @@ def verify_shard_set(
     for s, info in enumerate(shards.meta.shards):
         rows = shards.shard_ids == s
         exp = Expected(
+            np.flatnonzero(rows),
+            shards.keys[rows],
             shards.offsets[rows],
             shards.lengths[rows],
             shards.labels[rows],
@@ -207,28 +274,53 @@ def verify_shard_set(
             info.records_crc32,
         )
         jobs.append((shards.rec_path(s), shards.idx_path(s), shards.num_classes, exp, decode))
-    return _run_jobs(jobs, workers)
+    return _run_jobs(jobs, workers, progress)
 
 
-def _run_jobs(jobs: list[Any], workers: int) -> tuple[int, list[BadRecord]]:
+def _run_jobs(
+    jobs: list[Any], workers: int, progress: Callable[[int], object] | None = None
+) -> tuple[int, list[BadRecord]]:
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            results = pool.starmap(verify_rec, jobs)
+            results = []
+            for job, result in zip(jobs, pool.imap(_verify_job, jobs)):  # in job order
+                results.append(result)
+                if progress is not None:
+                    progress(os.path.getsize(job[0]))
     else:
-        results = [verify_rec(*job) for job in jobs]
+        results = [verify_rec(*job, progress=progress) for job in jobs]
     return sum(n for n, _ in results), [b for _, bad in results for b in bad]
 
 
+def _verify_job(job: tuple[Any, ...]) -> tuple[int, list[BadRecord]]:
+    return verify_rec(*job)
+
+
 def verify_path(
-    path: str, num_classes: int | None = None, decode: bool = True, workers: int = 1
+    path: str,
+    num_classes: int | None = None,
+    decode: bool = True,
+    workers: int = 1,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[int, list[BadRecord]]:
-    """Verify a shard set directory or a single ``.rec`` (with its ``.idx`` beside it)."""
+    """Verify a shard set directory or a single ``.rec`` (with its ``.idx`` beside it).
+
+    ``progress`` is called with the bytes of ``.rec`` scanned since its last call.
+    """
     if os.path.isdir(path):
-        return verify_shard_set(path, decode, workers)
+        return verify_shard_set(path, decode, workers, progress)
     idx = os.path.splitext(path)[0] + ".idx"
-    return verify_rec(path, idx, num_classes, None, decode, _insightface_keys(path, idx))
+    keys = _insightface_keys(path, idx)
+    return verify_rec(path, idx, num_classes, None, decode, keys, progress=progress)
+
+
+def rec_bytes(path: str) -> int:
+    """Bytes :func:`verify_path` will scan: every ``.rec`` of a shard set, or the ``.rec``."""
+    if os.path.isdir(path):
+        return sum(e.stat().st_size for e in os.scandir(path) if e.name.endswith(".rec"))
+    return os.path.getsize(path) if os.path.isfile(path) else 0
 
 
 def _insightface_keys(rec_path: str, idx_path: str) -> frozenset[int]:

@@ -8,10 +8,12 @@ from dist_face.dist.comm import (
     backend_name,
     barrier,
     broadcast,
+    control_group,
     get_rank,
     get_world_size,
     is_active,
 )
+from dist_face.dist.context import ParallelContext
 from dist_face.dist.env import (
     Topology,
     TopologyError,
@@ -22,6 +24,7 @@ from dist_face.dist.env import (
 )
 
 __all__ = [
+    "ParallelContext",
     "Topology",
     "TopologyError",
     "all_gather",
@@ -31,6 +34,7 @@ __all__ = [
     "backend_name",
     "barrier",
     "broadcast",
+    "control_group",
     "destroy_distributed",
     "get_rank",
     "get_world_size",

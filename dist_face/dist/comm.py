@@ -2,7 +2,12 @@
 
 Every function takes an explicit ``group`` (``None`` = the default group). With no process
 group, or a group of size 1, they return their input unchanged, so single-process code needs
-no branches.
+no branches. A run started with ``dist.force_process_group`` runs them even at world size 1,
+so that a one-GPU run meets NCCL's rules on every collective.
+
+Host-side flags (a checkpoint's success, an early stop) are CPU tensors, which an NCCL group
+rejects: :func:`control_group` returns a group that serves CPU tensors for any group (see
+:mod:`dist_face.dist.context` for why it is a cached gloo group).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class CollectiveTimer(Protocol):
 
 
 _timer: CollectiveTimer | None = None
+_forced = False
+_control: dict[ProcessGroup | None, ProcessGroup | None] = {}
 
 
 def time_collectives(timer: CollectiveTimer | None) -> None:
@@ -44,9 +51,50 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> None:
         timer.collective_end(token)  # type: ignore[union-attr]
 
 
+def force_collectives(enabled: bool) -> None:
+    """Run collectives even on a one-member group (set by ``init_distributed``)."""
+    global _forced
+    _forced = enabled
+
+
 def is_active(group: ProcessGroup | None = None) -> bool:
-    """True when a process group exists and has more than one member."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+    """True when a process group exists and has more than one member (or collectives are forced)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return _forced or dist.get_world_size(group) > 1
+
+
+def serves_cpu(group: ProcessGroup | None = None) -> bool:
+    """Whether ``group``'s backend accepts CPU tensors (gloo, mpi, or a ``cpu:`` entry).
+
+    A plain ``nccl`` group serves CUDA tensors only; a mixed ``"cpu:gloo,cuda:nccl"`` group
+    serves both.
+    """
+    backend = str(dist.get_backend(group)).lower()
+    if ":" in backend:
+        return any(part.split(":")[0].strip() == "cpu" for part in backend.split(","))
+    return backend in ("gloo", "mpi")
+
+
+def control_group(group: ProcessGroup | None = None) -> ProcessGroup | None:
+    """A group with the ranks of ``group`` that serves CPU tensors (built once, then cached).
+
+    ``group`` itself when its backend serves the CPU, else a gloo group over the same ranks.
+    Building one is collective over the whole world: call it on every rank in the same order
+    (``init_distributed`` does so at start-up).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or serves_cpu(group):
+        return group
+    if group not in _control:
+        ranks = None if group is None else dist.get_process_group_ranks(group)
+        _control[group] = dist.new_group(ranks=ranks, backend="gloo")
+    return _control[group]
+
+
+def forget_groups() -> None:
+    """Drop the cached control groups (their process groups are being destroyed)."""
+    _control.clear()
+    force_collectives(False)
 
 
 def get_world_size(group: ProcessGroup | None = None) -> int:

@@ -11,11 +11,18 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+from dist_face.dist import comm
+
+if TYPE_CHECKING:
+    from dist_face.dist.context import ParallelContext
 
 logger = logging.getLogger(__name__)
 
@@ -141,22 +148,37 @@ def select_backend(device: torch.device, requested: str = "auto") -> str:
 
 
 def init_distributed(
-    topology: Topology, backend: str = "auto", timeout_s: float = 600.0
-) -> torch.device:
-    """Pick this rank's device and join the default process group.
+    topology: Topology,
+    backend: str = "auto",
+    timeout_s: float = 600.0,
+    *,
+    force_process_group: bool = False,
+) -> ParallelContext:
+    """Pick this rank's device, join the default process group and build the parallel context.
 
-    A single-rank job gets no process group: every helper in :mod:`dist_face.dist.comm` works
-    without one. Rendezvous uses ``MASTER_ADDR``/``MASTER_PORT`` as set by the launcher.
+    A single-rank job gets no process group (every helper in :mod:`dist_face.dist.comm` works
+    without one) unless ``force_process_group``: then a one-member group of the chosen backend
+    is created and every collective runs through it, so a one-GPU run meets NCCL's rules.
+    Rendezvous uses ``MASTER_ADDR``/``MASTER_PORT`` as set by the launcher (defaults to a local
+    address for a forced one-rank group). Under NCCL the context's control group, a gloo group
+    over the same ranks, is created here, while every rank is at the same point.
 
     Returns:
-        The device this rank trains on.
+        The parallel context (its ``device`` is the device this rank trains on).
     """
+    from dist_face.dist.context import ParallelContext  # context imports this module
+
     device = select_device(topology)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if topology.world_size == 1 or dist.is_initialized():
-        return device
+    if dist.is_initialized():
+        return ParallelContext.from_default_group(topology, device)
+    if topology.world_size == 1 and not force_process_group:
+        return ParallelContext(topology, device)
     name = select_backend(device, backend)
+    if topology.world_size == 1:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     dist.init_process_group(
         backend=name,
         rank=topology.rank,
@@ -164,6 +186,7 @@ def init_distributed(
         timeout=datetime.timedelta(seconds=timeout_s),
         device_id=device if device.type == "cuda" else None,
     )
+    comm.force_collectives(force_process_group)
     logger.info(
         "joined process group: backend=%s rank=%d/%d node=%d/%d device=%s",
         name,
@@ -173,10 +196,17 @@ def init_distributed(
         topology.num_nodes,
         device,
     )
-    return device
+    return ParallelContext.from_default_group(topology, device)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def destroy_distributed() -> None:
     """Leave the default process group if one exists (safe to call twice)."""
+    comm.forget_groups()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,1 +1,1 @@
-"""Verification: pair files, embeddings with flip, 10-fold accuracy, EER and TAR@FAR."""
+"""Evaluation: .bin pairs, IJB-B/C 1:1 and 1:N, open-set identification, CSV pairs, plots."""

@@ -9,6 +9,7 @@ accept and false reject rates meet) and TAR at a fixed FAR are computed on all p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,11 +143,13 @@ def embed_images(
     batch_size: int = 64,
     device: torch.device | None = None,
     flip: bool = True,
+    progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Embed RGB ``uint8 [N, H, W, 3]`` images; returns L2-normalised ``float32 [N, D]``.
 
     Pixels are mapped to [-1, 1] as in training. With ``flip``, the embedding is the sum of the
     image's and its mirror's before normalisation. The model is put in eval mode and restored.
+    ``progress`` is called with the number of images of each batch once it is embedded.
     """
     first = next(model.parameters())
     device, dtype = device or first.device, first.dtype  # bf16 under DeepSpeed's bf16 mode
@@ -161,6 +164,8 @@ def embed_images(
             if flip:
                 e = e + model(torch.flip(x, dims=[3])).float()
             out.append(torch.nn.functional.normalize(e, dim=1).cpu().numpy())
+            if progress is not None:
+                progress(len(x))
     finally:
         model.train(was_training)
     return np.concatenate(out, axis=0)
@@ -172,7 +177,11 @@ def evaluate_model(
     issame: np.ndarray,
     batch_size: int = 64,
     device: torch.device | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> VerificationResult:
-    """Embed 2·P pair images ``uint8 [2P, H, W, 3]`` (pair k = images 2k, 2k+1) and score them."""
-    emb = embed_images(model, images, batch_size, device)
+    """Embed 2·P pair images ``uint8 [2P, H, W, 3]`` (pair k = images 2k, 2k+1) and score them.
+
+    ``progress`` is called with the number of images of each embedded batch.
+    """
+    emb = embed_images(model, images, batch_size, device, progress=progress)
     return evaluate_pairs(emb[0::2], emb[1::2], issame)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch.distributed import ProcessGroup
 
 from dist_face.config.base import ConfigError
+from dist_face.config.margin_defaults import resolve_head
 from dist_face.config.schema import HeadConfig
 from dist_face.heads.margins import MARGINS, Margin
 from dist_face.heads.partial_fc import PartialFC
@@ -53,11 +54,15 @@ def _annealing(c: HeadConfig) -> dict[str, object]:
 def build_margin(cfg: HeadConfig, num_classes: int) -> Margin:
     """The margin named by ``cfg.margin`` with its options from ``cfg``.
 
+    Unset options take the margin's paper defaults (:func:`~dist_face.config.margin_defaults.
+    resolve_head`).
+
     Raises:
         ConfigError: unknown margin name (the message lists the known ones).
     """
     if cfg.margin not in MARGINS:
         raise ConfigError(f"head.margin: unknown margin {cfg.margin!r}; known: {MARGINS.names()}")
+    cfg = resolve_head(cfg)
     args = _ARGS[cfg.margin](cfg, num_classes) if cfg.margin in _ARGS else {}
     return MARGINS.get(cfg.margin)(**args)
 

@@ -57,6 +57,8 @@ class CurricularFace(Margin):
         z = inp.z
         t = self.t.to(z.dtype)
         logits = torch.where(hard, z * (t + z), z) * self.scale
-        rows, cols = inp.targets()
-        target = arcface_target(z[rows, cols], self.margin, easy_margin=False)
-        return replace_targets(logits, rows, cols, target * self.scale)
+        zt = inp.target_z()
+        target = arcface_target(zt, self.margin, easy_margin=False)
+        # the negative formula at the target column, for rows whose target is elsewhere
+        unchanged = torch.where(zt > bound, zt * (t + zt), zt) * self.scale
+        return replace_targets(logits, inp, target * self.scale, unchanged)

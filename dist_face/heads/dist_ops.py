@@ -22,8 +22,9 @@ class _DistCrossEntropy(torch.autograd.Function):
         ctx: Any, logits: torch.Tensor, labels: torch.Tensor, group: ProcessGroup | None
     ) -> torch.Tensor:
         n, k = logits.shape
-        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        cols = labels[rows]
+        # masks, not nonzero: the number of rows owning their target stays on the device
+        owned = labels >= 0
+        cols = labels.clamp_min(0)[:, None]
         # global row max: the softmax is shift-invariant, so it needs no gradient
         if k > 0:
             row_max = logits.detach().amax(dim=1)
@@ -34,21 +35,24 @@ class _DistCrossEntropy(torch.autograd.Function):
         # one all-reduce for both the denominator and the (max-shifted) target logit
         stats = torch.zeros((2, n), dtype=logits.dtype, device=logits.device)
         stats[0] = probs.sum(dim=1)
-        stats[1, rows] = logits.detach()[rows, cols] - row_max[rows]
+        if k > 0:
+            target = logits.detach().gather(1, cols).squeeze(1) - row_max
+            stats[1] = torch.where(owned, target, 0.0)
         comm.all_reduce(stats, ReduceOp.SUM, group)
         denom, target = stats[0], stats[1]
         # denom >= 1 (the max term is exp(0)), so the log is finite; no 1e-30 floor needed
         loss = (torch.log(denom) - target).sum() / n
         probs.div_(denom[:, None])
-        ctx.save_for_backward(probs, rows, cols)
+        ctx.save_for_backward(probs, cols, owned)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        probs, rows, cols = ctx.saved_tensors
+        probs, cols, owned = ctx.saved_tensors
         scale = grad / probs.shape[0]
         out = probs * scale
-        out.index_put_((rows, cols), -scale.expand(rows.shape), accumulate=True)
+        if out.shape[1] > 0:  # -1/N at each owned target; rows owned elsewhere add 0
+            out.scatter_add_(1, cols, (-scale * owned.to(out.dtype))[:, None])
         return out, None, None
 
 

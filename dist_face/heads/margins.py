@@ -63,10 +63,25 @@ class MarginInput:
     target_cos: torch.Tensor | None = None
     group: ProcessGroup | None = None
 
-    def targets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of this block that own their target and the target's column: ``[T]``, ``[T]``."""
-        rows = torch.nonzero(self.labels >= 0, as_tuple=True)[0]
-        return rows, self.labels[rows]
+    @property
+    def owned(self) -> torch.Tensor:
+        """``[N]`` bool: row ``i``'s target column is in this block."""
+        return self.labels >= 0
+
+    @property
+    def target_index(self) -> torch.Tensor:
+        """``[N, 1]`` int64 target column of every row (0 for rows owned elsewhere)."""
+        return self.labels.clamp_min(0)[:, None]
+
+    def target_z(self) -> torch.Tensor:
+        """``[N]`` projection at each row's target column (column 0 where not owned).
+
+        Every row has a value, so margins compute on all ``N`` rows with masks and
+        :func:`replace_targets`, and never count the owned rows on the host (``nonzero``).
+        """
+        if self.z.shape[1] == 0:  # no class in this block
+            return self.z.new_zeros(self.z.shape[0])
+        return self.z.gather(1, self.target_index).squeeze(1)
 
 
 class Margin(nn.Module):
@@ -91,13 +106,20 @@ class Margin(nn.Module):
 
 
 def replace_targets(
-    logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor
+    logits: torch.Tensor, inp: MarginInput, values: torch.Tensor, unchanged: torch.Tensor
 ) -> torch.Tensor:
-    """Write ``values`` ``[T]`` at ``(rows, cols)`` of a fresh ``logits`` tensor, in place.
+    """Write each owned row's target ``values`` ``[N]`` into a fresh ``logits`` ``[N, K]``.
 
-    Differentiable: the old entries get zero gradient, ``values`` gets theirs.
+    The write covers every row at ``inp.target_index`` (so its size never depends on the
+    labels): rows owned elsewhere get ``unchanged`` ``[N]``, the value ``logits`` already has
+    there, recomputed from ``inp.z`` (reading it from ``logits`` would not survive the in-place
+    write in backward). Differentiable: overwritten entries pass their gradient to ``values``
+    (owned rows) or ``unchanged`` (the others).
     """
-    return logits.index_put_((rows, cols), values.to(logits.dtype))
+    if logits.shape[1] == 0:
+        return logits
+    src = torch.where(inp.owned, values.to(logits.dtype), unchanged.to(logits.dtype))
+    return logits.scatter_(1, inp.target_index, src[:, None])
 
 
 def sin_from_cos(c: torch.Tensor) -> torch.Tensor:
@@ -126,8 +148,9 @@ def filter_interclass(z: torch.Tensor, labels: torch.Tensor, threshold: float) -
         return z
     with torch.no_grad():
         dirty = z > threshold
-        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        dirty[rows, labels[rows]] = False
+        if z.shape[1] > 0:  # targets are never filtered
+            cols = labels.clamp_min(0)[:, None]
+            dirty.scatter_(1, cols, dirty.gather(1, cols) & (labels < 0)[:, None])
     return z.masked_fill(dirty, 0.0)
 
 
@@ -182,9 +205,9 @@ class CosFace(Margin):
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target shifted by ``-m``."""
-        rows, cols = inp.targets()
+        zt = inp.target_z()
         logits = inp.z * self.scale
-        return replace_targets(logits, rows, cols, (inp.z[rows, cols] - self.margin) * self.scale)
+        return replace_targets(logits, inp, (zt - self.margin) * self.scale, zt * self.scale)
 
 
 def arcface_target(c: torch.Tensor, margin: float, easy_margin: bool) -> torch.Tensor:
@@ -234,15 +257,14 @@ class ArcFace(Margin):
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target replaced by ``cos(θ + m)``."""
-        rows, cols = inp.targets()
-        c = inp.z[rows, cols]
+        c = inp.target_z()
         if self.straight_through:
             with torch.no_grad():
                 shift = arcface_target(c, self.margin, self.easy_margin) - c
             target = c + shift
         else:
             target = arcface_target(c, self.margin, self.easy_margin)
-        return replace_targets(inp.z * self.scale, rows, cols, target * self.scale)
+        return replace_targets(inp.z * self.scale, inp, target * self.scale, c * self.scale)
 
 
 @MARGINS.register("combined")
@@ -267,7 +289,6 @@ class CombinedMargin(Margin):
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target replaced by ``cos(m1 θ + m2) − m3``."""
-        rows, cols = inp.targets()
-        theta = safe_acos(inp.z[rows, cols])
-        target = torch.cos(self.m1 * theta + self.m2) - self.m3
-        return replace_targets(inp.z * self.scale, rows, cols, target * self.scale)
+        zt = inp.target_z()
+        target = torch.cos(self.m1 * safe_acos(zt) + self.m2) - self.m3
+        return replace_targets(inp.z * self.scale, inp, target * self.scale, zt * self.scale)

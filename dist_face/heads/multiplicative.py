@@ -65,10 +65,17 @@ class _Annealed(Margin):
         lam = self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power)
         return max(self.lambda_min, lam)
 
-    def _step_lambda(self) -> float:
+    def _step_lambda(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance the schedule; ``(λ, 1 + λ)`` as float32 device tensors (no host read).
+
+        Computed in float64 like :meth:`current_lambda`, then rounded once each.
+        """
         if self.training:
             self.iteration += 1
-        return self.current_lambda()
+        it = self.iteration.to(torch.float64)
+        lam = self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power)
+        lam = lam.clamp_min(self.lambda_min)
+        return lam.float(), (1.0 + lam).float()
 
 
 @MARGINS.register("lsoftmax")
@@ -88,13 +95,12 @@ class LSoftmax(_Annealed):
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """Raw inner products with the annealed ψ target."""
-        lam = self._step_lambda()
-        rows, cols = inp.targets()
-        zy = inp.z[rows, cols]
-        norms = inp.x_norm[rows] * inp.w_norm[cols]
+        lam, one_lam = self._step_lambda()
+        zy = inp.target_z()
+        norms = inp.x_norm * inp.w_norm[inp.target_index.squeeze(1)]
         c = (zy / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
-        target = (lam * zy + norms * psi(c, self.m)) / (1.0 + lam)
-        return replace_targets(inp.z.clone(), rows, cols, target)
+        target = (lam * zy + norms * psi(c, self.m)) / one_lam
+        return replace_targets(inp.z.clone(), inp, target, zy)
 
 
 @MARGINS.register("sphereface")
@@ -113,10 +119,9 @@ class SphereFace(_Annealed):
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """``‖x‖ cos θ`` with the annealed ψ target."""
-        lam = self._step_lambda()
-        rows, cols = inp.targets()
-        zy = inp.z[rows, cols]
-        xn = inp.x_norm[rows]
+        lam, one_lam = self._step_lambda()
+        zy = inp.target_z()
+        xn = inp.x_norm
         c = (zy / xn.clamp_min(1e-12)).clamp(-1.0, 1.0)
-        target = (lam * zy + xn * psi(c, self.m)) / (1.0 + lam)
-        return replace_targets(inp.z.clone(), rows, cols, target)
+        target = (lam * zy + xn * psi(c, self.m)) / one_lam
+        return replace_targets(inp.z.clone(), inp, target, zy)

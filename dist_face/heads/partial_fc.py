@@ -5,13 +5,19 @@ Rank ``r`` of ``W`` (in ``group``) holds the centers of the contiguous global cl
 
 1. all-gather the embeddings ``[B, D] → [N = W·B, D]`` (with gradient) and the labels;
 2. optionally sample classes (all positives of the global batch in this slice, plus uniform
-   negatives up to ``⌊r·num_local⌋``; see :func:`dist_face.heads.sampling.sample_classes`);
+   negatives up to ``⌊r·num_local⌋``, or ``min(N, num_local)`` if that is larger; see
+   :func:`dist_face.heads.sampling.sample_classes`);
 3. project all ``N`` embeddings on this rank's (sampled) centers in float32 (the GEMM may run
    in fp16/bf16 under autocast, everything after it does not) and apply the margin;
 4. softmax objectives: all-reduce the row max, then denominator and target logit together
    (:func:`dist_face.heads.dist_ops.dist_cross_entropy`); UCE: all-reduce the loss sum.
 
 No rank ever holds an ``N × C`` tensor: logits are ``N × num_local`` (``N × K`` sampled).
+
+A steady-state forward and backward never wait for the device: every size depends on shapes
+only, target columns are gathered with masks instead of ``nonzero``, and the label range check
+is a device-side assertion (the first batch, and any batch of a new size, gets the full check
+with a message naming the offending row).
 
 Gradient contract (what ``backward`` leaves behind):
 
@@ -64,7 +70,8 @@ class PartialFC(nn.Module):
         grad_scale_for_dp_average: multiply the local embedding gradient by W (module doc).
         seed: initialises the centers (same values for any W) and the sampling generators.
         interclass_filtering_threshold: zero non-target cosines above it (0 = off).
-        check_labels: verify labels are in ``[0, C)`` every step (one host sync per step).
+        check_labels: verify labels are in ``[0, C)`` every step (a device-side assertion; the
+            first batch of each size is checked on the host, with a message naming the row).
     """
 
     def __init__(
@@ -127,14 +134,14 @@ class PartialFC(nn.Module):
         Returns:
             Scalar float32 loss averaged over the ``N = W·B`` samples, identical on all ranks.
         """
-        self._check_inputs(embeddings, labels)
+        first = self._check_inputs(embeddings, labels)
         x = embeddings
         if self.grad_scale_for_dp_average:
             x = scale_grad(x, float(self.world_size))
         x_all = comm.all_gather_with_grad(x, self.group)
         y_all = comm.all_gather(labels.to(torch.long), self.group)
         if self.check_labels:
-            self._check_label_range(y_all, labels.shape[0])
+            self._check_label_range(y_all, labels.shape[0], on_host=first)
         local = y_all - self.class_start
         local = torch.where((local >= 0) & (local < self.num_local), local, -1)
         weight, bias, local = self._select_classes(local)
@@ -192,12 +199,20 @@ class PartialFC(nn.Module):
 
     def _target_cos(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Every row's target cosine, detached, on every rank (one all-reduce of ``[N]``)."""
-        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        out = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        out[rows] = z.detach()[rows, labels[rows]]
+        if z.shape[1] == 0:  # no class on this rank: it owns no target
+            out = z.new_zeros(z.shape[0])
+        else:
+            mine = z.detach().gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
+            out = torch.where(labels >= 0, mine, 0.0)
         return comm.all_reduce(out, ReduceOp.SUM, self.group)
 
-    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Validate shapes and types.
+
+        Returns:
+            True on the first batch of a new size (found by a collective, so every rank
+            agrees), when the label range is checked on the host.
+        """
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
                 f"embeddings: expected [B, {self.embedding_size}], got {list(embeddings.shape)}"
@@ -216,9 +231,14 @@ class PartialFC(nn.Module):
             if len(set(sizes)) != 1:
                 raise ValueError(f"batch size differs across ranks: {sizes} (use drop_last)")
             self._checked_batch = batch
+            return True
+        return False
 
-    def _check_label_range(self, y_all: torch.Tensor, batch: int) -> None:
+    def _check_label_range(self, y_all: torch.Tensor, batch: int, on_host: bool) -> None:
         bad = (y_all < 0) | (y_all >= self.num_classes)
+        if not on_host:  # steady state: fails on the device, the host does not wait for it
+            torch._assert_async(~bad.any(), f"labels: a value is outside [0, {self.num_classes})")
+            return
         if bool(bad.any()):  # every rank sees the same gathered labels and raises together
             i = int(torch.nonzero(bad)[0])
             raise ValueError(
@@ -238,6 +258,14 @@ class PartialFC(nn.Module):
     def load_shards(self, shards: list[dict[str, Any]]) -> None:
         """Load from the ``export_shard`` dicts of a run with any world size (re-split)."""
         shard_io.load_shards(self, shards)
+
+    def reseed_sampler(self, step: int) -> None:
+        """Restart this rank's sampling generator from ``(seed, rank, step)``.
+
+        Used when a run resumes on another world size: the saved generators belong to the old
+        ranks, so each new rank derives its own deterministically from its new rank.
+        """
+        self._generator.manual_seed(sampler_seed(self.seed, self.rank, step))
 
     def get_extra_state(self) -> dict[str, Any]:
         """The sampling generator's state (per rank), so a resumed run samples the same."""

@@ -28,9 +28,13 @@ def init_class_centers(
     return out
 
 
-def sampler_seed(seed: int, rank: int) -> int:
-    """Seed of rank ``rank``'s sampling generator: distinct per rank, fixed per run."""
-    return (seed * 1_000_003 + 7919 * (rank + 1)) % (2**63)
+def sampler_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of rank ``rank``'s sampling generator: distinct per rank, fixed per run.
+
+    ``step`` > 0 restarts the stream at a resume on another world size (a new rank's state
+    must not depend on which old rank's file it would otherwise have read).
+    """
+    return (seed * 1_000_003 + 7919 * (rank + 1) + 104_729 * step) % (2**63)
 
 
 def num_sampled(num_local: int, sample_rate: float) -> int:
@@ -38,31 +42,53 @@ def num_sampled(num_local: int, sample_rate: float) -> int:
     return int(sample_rate * num_local)
 
 
+def sample_size(num_local: int, budget: int, rows: int) -> int:
+    """Classes kept per step: the budget, raised to ``min(rows, num_local)`` when below it.
+
+    ``rows`` gathered labels hold at most ``min(rows, num_local)`` distinct positives of this
+    rank, so every positive fits in a sample of this size, whatever the batch. The size
+    depends on shapes only, never on label values: no host synchronisation.
+    """
+    return min(num_local, max(budget, rows))
+
+
 @torch.no_grad()
 def sample_classes(
     local_labels: torch.Tensor, num_local: int, budget: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep every positive class plus uniform negatives up to ``budget`` classes.
+    """Keep every positive class plus uniform negatives: a fixed-size top-k of random scores.
+
+    Every class gets a uniform score in ``[0, 1)``; positives get 2, above any draw; the
+    :func:`sample_size` highest are kept. The count is fixed by the shapes, so nothing is read
+    back to the host (no ``unique``, no boolean indexing); labels are remapped to positions in
+    the sorted kept set by a binary search.
 
     Args:
         local_labels: ``[N]`` int64, local class index of each row or ``-1`` (not on this rank).
         num_local: classes held by this rank.
-        budget: classes to keep; if the positives alone exceed it, only they are kept.
+        budget: classes to keep (``⌊r · num_local⌋``); raised to ``min(N, num_local)`` if
+            below it, so that every positive fits.
         generator: CPU generator (the draw is identical on every device type).
 
     Returns:
-        ``index`` ``[K]`` sorted local class ids kept, and ``labels`` ``[N]`` remapped to
-        positions in ``index`` (``-1`` stays ``-1``).
+        ``index`` ``[K]`` sorted local class ids kept (``K = sample_size(num_local, budget,
+        N)``), and ``labels`` ``[N]`` remapped to positions in ``index`` (``-1`` stays ``-1``).
     """
     device = local_labels.device
+    k = sample_size(num_local, budget, local_labels.shape[0])
     owned = local_labels >= 0
-    positives = torch.unique(local_labels[owned])  # sorted
-    if positives.numel() >= budget:
-        index = positives
-    else:
-        score = torch.rand(num_local, generator=generator).to(device)
-        score[positives] = 2.0  # above any uniform draw: positives always win
-        index = torch.topk(score, budget, sorted=False).indices.sort().values
-    labels = torch.full_like(local_labels, -1)
-    labels[owned] = torch.searchsorted(index, local_labels[owned])
+    # one spare slot at the end absorbs the rows whose class lives on another rank
+    score = _to_device(torch.rand(num_local + 1, generator=generator), device)
+    score.index_fill_(0, torch.where(owned, local_labels, num_local), 2.0)
+    index = torch.topk(score[:num_local], k, sorted=False).indices.sort().values
+    labels = torch.where(owned, torch.searchsorted(index, local_labels), -1)
     return index, labels
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without blocking the host (pinned, non-blocking)."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()  # a pageable copy would wait for the device's queue to drain
+    return t.to(device, non_blocking=True)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dist_face.heads.shard_math import resplit_rows
+
 if TYPE_CHECKING:
     from dist_face.heads.partial_fc import PartialFC
 
@@ -42,20 +44,8 @@ def rows_from_shards(shards: list[dict[str, Any]], key: str, start: int, end: in
     Raises:
         ValueError: the shards do not cover ``[start, end)`` or a shard's size is inconsistent.
     """
-    parts, covered = [], start
-    for shard in sorted(shards, key=lambda s: s["class_start"]):
-        lo, hi, rows = shard["class_start"], shard["class_end"], shard[key]
-        if rows is None or rows.shape[0] != hi - lo:
-            raise ValueError(f"shard [{lo}, {hi}): {key!r} has no {hi - lo} rows")
-        a, b = max(lo, covered), min(hi, end)
-        if a < b:
-            if a != covered:
-                raise ValueError(f"shards leave classes [{covered}, {a}) uncovered")
-            parts.append(rows[a - lo : b - lo])
-            covered = b
-    if covered != end:
-        raise ValueError(f"shards leave classes [{covered}, {end}) uncovered")
-    return torch.cat(parts, dim=0)
+    pieces = [(s["class_start"], s["class_end"], lambda s=s: s[key]) for s in shards]
+    return resplit_rows(pieces, start, end)
 
 
 def load_shards(head: PartialFC, shards: list[dict[str, Any]]) -> None:

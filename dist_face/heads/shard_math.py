@@ -6,6 +6,10 @@ Rank ``r`` of ``W`` owns the contiguous global classes ``[start_r, end_r)``. The
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import torch
+
 
 def num_local_classes(num_classes: int, rank: int, world_size: int) -> int:
     """Number of class centers held by ``rank``: ``⌊C/W⌋ + [rank < C mod W]``."""
@@ -50,3 +54,43 @@ def _check(num_classes: int, rank: int, world_size: int) -> None:
             f"{num_classes} classes cannot be sharded over {world_size} ranks: every rank "
             "needs at least one class center"
         )
+
+
+def resplit_rows(
+    pieces: Iterable[tuple[int, int, Callable[[], torch.Tensor]]], start: int, end: int
+) -> torch.Tensor:
+    """Rows ``[start, end)`` of a class-sharded tensor, assembled from pieces of any split.
+
+    The one implementation of the class-range re-split: the head's in-memory shards and the
+    checkpoint's head files both resume on another world size through it.
+
+    Args:
+        pieces: ``(lo, hi, rows)`` for each saved slice, covering classes ``[lo, hi)``;
+            ``rows()`` returns its ``[hi - lo, ...]`` tensor and is only called for slices
+            that overlap ``[start, end)`` (a checkpoint file is then opened only when needed).
+        start: first class of the wanted range.
+        end: one past its last class.
+
+    Returns:
+        ``[end - start, ...]`` tensor (a copy, never a view of a piece).
+
+    Raises:
+        ValueError: a piece has the wrong number of rows, or ``[start, end)`` is not exactly
+            covered (a gap or an overlap).
+    """
+    parts, covered = [], start
+    for lo, hi, rows in sorted(pieces, key=lambda p: (p[0], p[1])):
+        a, b = max(lo, covered), min(hi, end)
+        if a >= b:
+            continue
+        if a != covered:
+            raise ValueError(f"saved slices leave classes [{covered}, {a}) uncovered")
+        tensor = rows()
+        if tensor is None or tensor.shape[0] != hi - lo:
+            got = None if tensor is None else tensor.shape[0]
+            raise ValueError(f"saved slice [{lo}, {hi}) has {got} rows, expected {hi - lo}")
+        parts.append(tensor[a - lo : b - lo])
+        covered = b
+    if covered != end:
+        raise ValueError(f"saved slices leave classes [{covered}, {end}) uncovered")
+    return torch.cat(parts, dim=0).clone()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_face.heads.dist_ops import sum_grad_across_ranks
-from dist_face.heads.margins import MARGINS, Margin, MarginInput
+from dist_face.heads.margins import MARGINS, Margin, MarginInput, replace_targets
 
 
 def uniface_default_bias(num_classes: int, sample_rate: float) -> float:
@@ -64,10 +64,11 @@ class UniFace(Margin):
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """Per-row loss sums ``[N]`` over this block's columns (positive where owned)."""
         b = sum_grad_across_ranks(self.bias, inp.group).to(inp.z.dtype)
-        rows, cols = inp.targets()
+        zt = inp.target_z()
         neg = F.softplus(inp.z * self.scale - b)
-        # the target column is not a negative: drop it before summing
-        neg = neg.index_put((rows, cols), torch.zeros((), dtype=neg.dtype, device=neg.device))
+        # the target column is not a negative: zero it before summing
+        unchanged = F.softplus(zt * self.scale - b)
+        neg = replace_targets(neg, inp, torch.zeros_like(zt), unchanged)
         per_row = self.neg_weight * neg.sum(dim=1)
-        pos = F.softplus(-self.scale * (inp.z[rows, cols] - self.margin) + b)
-        return per_row.index_add(0, rows, pos)
+        pos = F.softplus(-self.scale * (zt - self.margin) + b)
+        return per_row + torch.where(inp.owned, pos, 0.0)

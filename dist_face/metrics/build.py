@@ -63,9 +63,10 @@ def build_sinks(
     job: str = "run",
     info: Mapping[str, str] | None = None,
 ) -> MultiSink:
-    """JSONL on every rank, the console on rank 0, Prometheus on every rank when enabled.
+    """JSONL on every rank, the console on rank 0; Prometheus (every rank), TensorBoard (rank 0).
 
-    No server is started here: the entry point calls :func:`serve_metrics` on the result.
+    Prometheus and TensorBoard only when enabled in ``cfg``. No server is started here: the
+    entry point calls :func:`serve_metrics` on the result.
 
     Args:
         cfg: the ``metrics`` section of the run config.
@@ -77,6 +78,10 @@ def build_sinks(
     sinks: list[Sink] = [JsonlSink(Path(run_dir) / f"metrics-rank{topology.rank}.jsonl")]
     if topology.is_main:
         sinks.append(ConsoleSink())
+    if cfg.tensorboard and topology.is_main:
+        from dist_face.metrics.tensorboard import TensorBoardSink  # the tensorboard extra
+
+        sinks.append(TensorBoardSink(Path(run_dir) / "tensorboard"))
     if cfg.prometheus:
         from dist_face.metrics.prometheus import PrometheusSink  # prometheus_client only if used
 

@@ -117,9 +117,9 @@ PANELS: tuple[Panel, ...] = (
                 f" / max by (job) ({_sel('dist_face_total_steps')})",
                 "done (fraction)",
             ),
-            # ranks read disjoint shards: their corrupt records add up
+            # every rank exports the sum over ranks (gathered on log steps)
             Query(
-                f"sum by (job) "
+                f"max by (job) "
                 f"(increase({_sel('dist_face_corrupt_records_total')}[{RATE_WINDOW}]))",
                 "corrupt records / 2 min",
             ),

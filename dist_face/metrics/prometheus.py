@@ -89,7 +89,9 @@ METRICS: dict[str, MetricSpec] = {
         "dist_face_skipped_steps", "Steps skipped for inf/NaN gradients", counter=True
     ),
     "data/corrupt_records": MetricSpec(
-        "dist_face_corrupt_records", "Records skipped as undecodable", counter=True
+        "dist_face_corrupt_records",
+        "Records skipped for a CRC-32 mismatch or a failed decode, summed over ranks",
+        counter=True,
     ),
     # progress
     "progress/epoch": MetricSpec("dist_face_epoch", "Current epoch"),

@@ -92,7 +92,7 @@ class ConsoleSink(Sink):
             )
             self.logger.info(
                 "step %d/%d epoch %d | %.1f samples/s (rank min %.1f max %.1f) | loss %.4f%s | "
-                "lr %.5f | scale %g | skipped %d | data wait %.1f%% | eta %s",
+                "lr %.5f | scale %g | skipped %d | corrupt %d | data wait %.1f%% | eta %s",
                 step,
                 m.get("progress/total_steps", 0),
                 m.get("progress/epoch", 0),
@@ -104,6 +104,7 @@ class ConsoleSink(Sink):
                 m.get("train/lr", 0),
                 m.get("train/loss_scale", 1.0),
                 m.get("train/skipped_steps", 0),
+                m.get("data/corrupt_records", 0),  # sum over ranks
                 100.0 * m.get("time/data_wait_share", 0.0),
                 _eta(m.get("progress/eta_s", 0.0)),
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from dist_face.checkpoint import (
     save_checkpoint,
 )
 from dist_face.config import RunConfig, save_config, to_yaml
+from dist_face.config.margin_defaults import resolve_head
 from dist_face.data.loader import build_loader
-from dist_face.dist import Topology
+from dist_face.dist import ParallelContext, Topology
 from dist_face.heads import build_head
 from dist_face.heads.aux_losses import WeightedSum, build_aux_losses
 from dist_face.heads.shard_math import class_range
@@ -62,9 +64,21 @@ def seed_everything(seed: int, rank: int) -> None:
 
 
 def build_trainer(
-    cfg: RunConfig, topology: Topology, device: torch.device, sink: Sink | None = None
+    cfg: RunConfig,
+    topology: Topology,
+    device: torch.device,
+    sink: Sink | None = None,
+    parallel: ParallelContext | None = None,
 ) -> tuple[Trainer, RunPlan]:
-    """Build every component of a run, resume if asked, and return the trainer and its plan."""
+    """Build every component of a run, resume if asked, and return the trainer and its plan.
+
+    ``parallel`` (from ``init_distributed``) gives the groups every component talks over;
+    None builds it from the default group (collective: every rank calls this together).
+    """
+    if parallel is None:
+        parallel = ParallelContext.from_default_group(topology, device)
+    # the margin's paper defaults, so config.yaml shows the values that train
+    cfg = dataclasses.replace(cfg, head=resolve_head(cfg.head))
     data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
     num_classes = data.num_classes
     plan = RunPlan.create(cfg, topology, num_classes, data.batches_per_epoch)
@@ -75,16 +89,21 @@ def build_trainer(
         "backend": data.backend,
         "manifest_sha256": dataset_digest(cfg.data.root),
     }
-    check_agreement(run_fields(cfg, dataset, plan))  # before anything heavy is built
+    # before anything heavy is built
+    check_agreement(run_fields(cfg, dataset, plan), parallel.control_group)
     if topology.is_main:
         save_config(cfg, plan.run_dir / "config.yaml")
 
     seed_everything(cfg.train.seed, topology.rank)
     backbone = build_backbone(cfg.model).to(device)  # honours model.init_backbone
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
-    head = build_head(cfg.head, cfg.model.embedding_size, num_classes, seed=cfg.train.seed)
+    head = build_head(
+        cfg.head, cfg.model.embedding_size, num_classes, parallel.class_group, seed=cfg.train.seed
+    )
     head = head.to(device)
-    aux = build_aux_losses(cfg.aux, cfg.model.embedding_size, num_classes).to(device)
+    aux = build_aux_losses(cfg.aux, cfg.model.embedding_size, num_classes, parallel.class_group).to(
+        device
+    )
     aux_rows(aux)  # refuses, before training, a loss whose state checkpoints would not hold
     loss_fn = WeightedSum(head, aux, cfg.aux.weights, cfg.aux.head_weight) if len(aux) else head
     head_lr = cfg.optim.head_lr or cfg.optim.lr
@@ -103,7 +122,7 @@ def build_trainer(
         build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
     ]
     timer = StepTimer(device) if cfg.metrics.step_phases else None
-    engine = _build_step(cfg, topology, device, backbone, loss_fn, opt_b, opt_h, scheds, timer)
+    engine = _build_step(cfg, parallel, backbone, loss_fn, opt_b, opt_h, scheds, timer)
     step_fn = engine.step_fn
     scaler = step_fn.scaler
 
@@ -119,7 +138,7 @@ def build_trainer(
         replicated = {
             "step": trainer.state.step,
             "epoch": trainer.state.epoch,
-            "offset": trainer.state.offset,
+            "consumed": trainer.state.consumed,
             "best": trainer.state.best,
             "config": to_yaml(cfg),
             "backbone": weights,
@@ -144,6 +163,7 @@ def build_trainer(
             keep=cfg.checkpoint.keep,
             extra_rows=aux_rows(aux),
             export=export,
+            parallel=parallel,
         )
 
     if sink is None:
@@ -155,8 +175,12 @@ def build_trainer(
             scaler.state_dict,
             lambda: scheds[0].get_last_lr()[0],
             device,
-            extra=lambda: {"data/corrupt_records": data.corrupt_records, **memory_stats(device)},
+            extra=lambda: {
+                "data/rank_corrupt_records": data.corrupt_records,
+                **memory_stats(device),
+            },
             timer=timer,
+            summed=lambda: {"data/corrupt_records": data.corrupt_records},
         ),
         EvalHook(
             cfg.eval.targets,
@@ -187,6 +211,8 @@ def build_trainer(
         grad_accum=cfg.train.grad_accum,
         hooks=hooks,
         state=state,
+        world_size=topology.world_size,
+        steps_left=lambda consumed: data.batches_left(consumed) // cfg.train.grad_accum,
     )
     return trainer, plan
 
@@ -215,8 +241,7 @@ class BackboneEngine:
 
 def _build_step(
     cfg: RunConfig,
-    topology: Topology,
-    device: torch.device,
+    parallel: ParallelContext,
     backbone: torch.nn.Module,
     loss_fn: torch.nn.Module,
     opt_b: torch.optim.Optimizer,
@@ -225,6 +250,7 @@ def _build_step(
     timer: StepTimer | None,
 ) -> BackboneEngine:
     """The step over DDP (or the bare backbone at one rank) or over a DeepSpeed engine."""
+    topology, device = parallel.topology, parallel.device
     if cfg.dist.engine == "deepspeed":
         from dist_face.train import deepspeed_engine as ds  # deepspeed only when asked for
 
@@ -237,9 +263,15 @@ def _build_step(
             state=lambda: ds.backbone_state(engine),
             load_state=lambda w, o: ds.load_backbone_state(engine, w, o),
         )
-    model = wrap_backbone(backbone, cfg.dist, topology, device, cfg.train.grad_accum)
+    model = wrap_backbone(
+        backbone, cfg.dist, topology, device, cfg.train.grad_accum, parallel.data_group
+    )
     scaler = LossScaler(
-        cfg.train.precision, device, cfg.train.loss_scale_init, cfg.train.loss_scale_growth_interval
+        cfg.train.precision,
+        device,
+        cfg.train.loss_scale_init,
+        cfg.train.loss_scale_growth_interval,
+        group=parallel.data_group,
     )
     step_fn = TrainStep(
         backbone=model,
@@ -292,28 +324,42 @@ def _resume(path, topology, cfg, plan, engine, head, opt_h, scheds, scaler, cran
         sched.load_state_dict(sd)
     scaler.load_state_dict(state["scaler"])
     restore_head(path, topology, head, opt_h, crange, plan.num_classes, saved_world)
-    offset = int(state["offset"])
+    consumed = _consumed(state, saved_world)
     if saved_world == topology.world_size:
         restore_rng(path, topology)
     else:
-        # the epoch's global order is shared, and ranks read it strided, so the samples
-        # consumed so far are the first offset·W_old of it; continue from there
-        offset = offset * saved_world // topology.world_size
+        # the per-rank RNG streams and the head's sampling generators belong to the old
+        # ranks: each new rank starts its own from (seed, its rank, the step) instead
+        torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1) + int(state["step"]))
+        reseed = getattr(head, "reseed_sampler", None)
+        if reseed is not None:
+            reseed(int(state["step"]))
         logger.warning(
-            "resuming a %d-rank checkpoint on %d ranks: class centers re-split by "
-            "class range, data offset %d -> %d per rank",
+            "resuming a %d-rank checkpoint on %d ranks: class centers re-split by class "
+            "range; the data continues at sample %d of epoch %d, dealt over %d ranks",
             saved_world,
             topology.world_size,
-            int(state["offset"]),
-            offset,
+            consumed,
+            state["epoch"],
+            topology.world_size,
         )
     logger.info(
-        "resumed from %s at step %d (epoch %d, offset %d)",
+        "resumed from %s at step %d (epoch %d, %d samples of it consumed)",
         path,
         state["step"],
         state["epoch"],
-        offset,
+        consumed,
     )
     return TrainState(
-        step=int(state["step"]), epoch=int(state["epoch"]), offset=offset, best=dict(state["best"])
+        step=int(state["step"]),
+        epoch=int(state["epoch"]),
+        consumed=consumed,
+        best=dict(state["best"]),
     )
+
+
+def _consumed(state: dict, saved_world: int) -> int:
+    """Global samples consumed in the saved epoch (checkpoints before it held a per-rank count)."""
+    if "consumed" in state:
+        return int(state["consumed"])
+    return int(state["offset"]) * saved_world

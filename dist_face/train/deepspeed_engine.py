@@ -13,22 +13,57 @@ re-partitioned on load, so a run resumes on any number of ranks, on either engin
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from dist_face.config import RunConfig
+from dist_face.config import ConfigError, RunConfig
 from dist_face.train.precision import LossScaler, check_precision
 from dist_face.train.step import TrainStep, optimizer_step
 
 logger = logging.getLogger(__name__)
 
 _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+SUPPORTED_DEEPSPEED = ((0, 19), (0, 20))
+"""``[lowest, first unsupported)`` (major, minor) of DeepSpeed. The adapter reads ZeRO's
+internals (``_hp_mapping``, ``single_partition_of_fp32_groups``, ``cur_scale``), which change
+between minor releases; the bound in pyproject.toml's ``deepspeed`` extra is the same."""
+
+
+def check_deepspeed_version(installed: str | None = None) -> None:
+    """Refuse, before anything is built, a DeepSpeed outside :data:`SUPPORTED_DEEPSPEED`.
+
+    Args:
+        installed: the version string to check (default: the installed distribution's).
+
+    Raises:
+        ConfigError: deepspeed is missing or its version is outside the range; the message
+            names ``dist.engine``, the version found and the range.
+    """
+    lo, hi = SUPPORTED_DEEPSPEED
+    wanted = f">={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}"
+    if installed is None:
+        try:
+            installed = importlib.metadata.version("deepspeed")
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(
+                f"dist.engine=deepspeed: deepspeed is not installed; "
+                f"pip install 'deepspeed{wanted}' (or 'dist_face[deepspeed]')"
+            ) from None
+    found = re.match(r"(\d+)\.(\d+)", installed)
+    if found is None or not lo <= (int(found[1]), int(found[2])) < hi:
+        raise ConfigError(
+            f"dist.engine=deepspeed: deepspeed {installed} is installed, this engine supports "
+            f"deepspeed{wanted} (it uses ZeRO internals that change between releases)"
+        )
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
@@ -66,9 +101,11 @@ def initialize(
         The ``deepspeed.DeepSpeedEngine``; call it like the backbone.
 
     Raises:
-        ConfigError: fp16 on a backbone outside CUDA (DeepSpeed refuses it on the CPU).
+        ConfigError: fp16 on a backbone outside CUDA (DeepSpeed refuses it on the CPU), or a
+            DeepSpeed version outside :data:`SUPPORTED_DEEPSPEED`.
     """
     check_precision(cfg.train.precision, next(backbone.parameters()).device)
+    check_deepspeed_version()
     try:
         import deepspeed
     except ImportError as exc:

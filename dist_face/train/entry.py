@@ -7,15 +7,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from dist_face.checkpoint import CheckpointError
-from dist_face.config import ConfigError, RunConfig, list_recipes, load_config
-from dist_face.dist import Topology, barrier, destroy_distributed, init_distributed, select_device
+from dist_face.config import ConfigError, RunConfig, describe, list_recipes, load_config
+from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
 from dist_face.train.guard import DivergenceError
 from dist_face.train.precision import check_precision
 from dist_face.train.preflight import check_run, run_dir, wipe_run_dir
 
 if TYPE_CHECKING:
-    import torch
+    from dist_face.dist import ParallelContext
 
 logger = logging.getLogger("dist_face.train")
 
@@ -29,7 +29,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument(
         "--config",
-        required=True,
         help=f"recipe name ({', '.join(list_recipes())}) or a .py / config.yaml path",
     )
     p.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
@@ -44,7 +43,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="wipe an earlier run's checkpoints, model and metrics in the run directory first",
     )
+    describe.add_arguments(p)
     args, rest = p.parse_known_args(argv)
+    if args.config is None and args.help_config is None:
+        p.error("the following arguments are required: --config")
     overrides = list(rest)
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
@@ -68,20 +70,30 @@ def main(argv: list[str] | None = None) -> int:
         line on each rank, no traceback); 1 when training diverged (one line naming the step).
     """
     args, overrides = parse_args(argv)
+    if describe.wants_info(args):  # print and exit: nothing is built
+        return describe.run_info(args, overrides)
     topology = Topology.from_env()
     init_logging(topology.rank)
     try:
         cfg = load_config(args.config, overrides)
         check_precision(cfg.train.precision, select_device(topology))
-        check_run(
-            cfg, topology, select_device(topology)
-        )  # paths and names on every rank, before the process group and the build
+        if cfg.dist.engine == "deepspeed":
+            from dist_face.train.deepspeed_engine import check_deepspeed_version
+
+            check_deepspeed_version()
+        # paths and names, on every rank, before the process group and the build
+        check_run(cfg, topology, select_device(topology))
     except ConfigError as exc:
         logger.error("bad configuration: %s", exc)
         return 2
-    device = init_distributed(topology, cfg.dist.backend, cfg.dist.timeout_s)
+    parallel = init_distributed(
+        topology,
+        cfg.dist.backend,
+        cfg.dist.timeout_s,
+        force_process_group=cfg.dist.force_process_group,
+    )
     try:
-        return _train(cfg, topology, device)
+        return _train(cfg, topology, parallel)
     except ConfigError as exc:  # found while building: ranks disagree
         logger.error("bad configuration: %s", exc)
         return 2
@@ -95,20 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         destroy_distributed()
 
 
-def _train(cfg: RunConfig, topology: Topology, device: torch.device) -> int:
+def _train(cfg: RunConfig, topology: Topology, parallel: ParallelContext) -> int:
     """Build and run the trainer in an initialised process group."""
     from dist_face.metrics.build import serve_metrics
     from dist_face.train.build import build_sinks, build_trainer  # heavy imports after checks
 
+    device = parallel.device
     if cfg.checkpoint.overwrite and not cfg.checkpoint.resume:
         if topology.is_main:
             wipe_run_dir(run_dir(cfg))
-        barrier()  # no rank opens its metrics file before the old one is gone
+        parallel.barrier()  # no rank opens its metrics file before the old one is gone
     exporter = None
     try:
         sink = build_sinks(cfg, topology, run_dir(cfg))
         exporter = serve_metrics(sink, cfg.metrics, topology)
-        trainer, plan = build_trainer(cfg, topology, device, sink=sink)
+        trainer, plan = build_trainer(cfg, topology, device, sink=sink, parallel=parallel)
         logger.info(
             "run %s: %d ranks, global batch %d, %d steps (%d per epoch), run dir %s",
             cfg.name,
@@ -119,7 +132,9 @@ def _train(cfg: RunConfig, topology: Topology, device: torch.device) -> int:
             plan.run_dir,
         )
         state = trainer.fit()
-        logger.info("done at step %d; best %s", state.step, state.best)
+        # only the rank that evaluates holds best values; the others say nothing about them
+        best = f"; best {state.best}" if state.best else ""
+        logger.info("done at step %d%s", state.step, best)
     finally:
         if exporter is not None:
             exporter.close()

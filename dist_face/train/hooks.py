@@ -40,9 +40,14 @@ class LogHook(Hook):
         device: torch.device,
         extra: Callable[[], dict[str, float]] | None = None,
         timer: StepTimer | None = None,
+        summed: Callable[[], dict[str, float]] | None = None,
     ) -> None:
-        """Log to ``sink``; the callables and ``timer`` are read on log steps only."""
-        self.extra, self.timer = extra, timer
+        """Log to ``sink``; the callables and ``timer`` are read on log steps only.
+
+        ``summed`` gives per-rank counters (e.g. corrupt records) that are logged as their
+        sum over ranks; they ride on the log step's all_gather, so they cost no extra sync.
+        """
+        self.extra, self.timer, self.summed = extra, timer, summed
         self.every, self.sink, self.scaler_state, self.lr, self.device = (
             every,
             sink,
@@ -81,7 +86,9 @@ class LogHook(Hook):
                 *(metrics[k].float() for k in parts),
             ]
         ).tolist()
-        per_rank = all_gather(torch.tensor([[rate, wait_share]], device=self.device)).cpu()
+        counters = self.summed() if self.summed is not None else {}
+        local = [rate, wait_share, *counters.values()]
+        per_rank = all_gather(torch.tensor([local], dtype=torch.float64, device=self.device)).cpu()
         record = {
             "train/loss": values[0],
             "train/grad_norm": values[1],
@@ -100,6 +107,8 @@ class LogHook(Hook):
             "progress/eta_s": elapsed / max(steps, 1) * (trainer.total_steps - state.step),
         }
         record.update({f"train/{k}": v for k, v in zip(parts, values[4:])})
+        # the same keys in the same order on every rank: the recipe and the code are shared
+        record.update(zip(counters, per_rank[:, 2:].sum(0).round().long().tolist()))
         if self.timer is not None:
             record.update(self.timer.read())  # the device is idle already: .tolist() waited
         if self.extra is not None:

@@ -1,8 +1,8 @@
 """The training loop: pulls batches, runs the step, calls hooks. Nothing else.
 
 Logging, checkpoints and evaluation are hooks; the learning-rate schedule is stepped inside the
-step. The loop keeps the position in the data (epoch, samples this rank consumed in the epoch),
-so a checkpoint taken after any step resumes exactly there.
+step. The loop keeps the position in the data (epoch, samples all ranks together consumed in
+the epoch), so a checkpoint taken after any step resumes exactly there, on any world size.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from dist_face.train.step import Batch, TrainStep
 
 LoaderFactory = Callable[[int, int], Iterable["Batch"]]
-"""``(epoch, offset) -> iterable of (images, labels)``: the rest of that epoch for this rank."""
+"""``(epoch, consumed) -> iterable of (images, labels)``: the rest of that epoch for this rank."""
 
 
 @dataclass
@@ -29,8 +29,8 @@ class TrainState:
     """Optimizer steps done."""
     epoch: int = 0
     """Current epoch (0-based)."""
-    offset: int = 0
-    """Samples this rank consumed in the current epoch."""
+    consumed: int = 0
+    """Samples all ranks together consumed in the current epoch (the global data position)."""
     best: dict[str, float] = field(default_factory=dict)
     """Best value so far of each evaluation metric."""
 
@@ -53,13 +53,17 @@ class Trainer:
 
     Args:
         step_fn: one optimizer step over a list of micro-batches.
-        loader_factory: the data of one epoch from a sample offset.
+        loader_factory: the data of one epoch from a global position.
         steps_per_epoch: optimizer steps per epoch (identical on all ranks).
         total_steps: optimizer steps of the run.
         samples_per_step: samples this rank consumes per optimizer step (B · accumulation).
         grad_accum: micro-batches per step.
         hooks: called in order.
         state: the starting position (restored by resume).
+        world_size: ranks consuming ``samples_per_step`` each per step.
+        steps_left: ``consumed -> optimizer steps`` left in an epoch from that position; by
+            default the rest of ``steps_per_epoch``. A run resumed on another world size
+            mid-epoch has a different number of steps left (the loader knows how many).
     """
 
     def __init__(
@@ -73,6 +77,8 @@ class Trainer:
         grad_accum: int,
         hooks: Sequence[Hook],
         state: TrainState | None = None,
+        world_size: int = 1,
+        steps_left: Callable[[int], int] | None = None,
     ) -> None:
         self.step_fn = step_fn
         self.loader_factory = loader_factory
@@ -82,6 +88,10 @@ class Trainer:
         self.grad_accum = grad_accum
         self.hooks = list(hooks)
         self.state = state or TrainState()
+        self.global_samples_per_step = samples_per_step * world_size
+        self.steps_left = steps_left or (
+            lambda consumed: steps_per_epoch - consumed // self.global_samples_per_step
+        )
         self.data_wait_s = 0.0
         """Host seconds spent waiting for batches since the start (read by the log hook)."""
         self.pause_s = 0.0
@@ -93,7 +103,7 @@ class Trainer:
             hook.before_train(self)
         state = self.state
         while state.step < self.total_steps:
-            batches = iter(self.loader_factory(state.epoch, state.offset))
+            batches = iter(self.loader_factory(state.epoch, state.consumed))
             try:
                 self._run_epoch(batches)
             finally:
@@ -108,16 +118,16 @@ class Trainer:
     def _run_epoch(self, batches: Iterator[Batch]) -> None:
         """Steps over ``batches`` until the epoch or the run ends; advances the state."""
         state = self.state
-        while state.offset < self.steps_per_epoch * self.samples_per_step:
+        for _ in range(self.steps_left(state.consumed)):
             start = time.perf_counter()
             micro = [next(batches) for _ in range(self.grad_accum)]
             self.data_wait_s += time.perf_counter() - start
             metrics = self.step_fn(micro)
             state.step += 1
-            state.offset += self.samples_per_step
+            state.consumed += self.global_samples_per_step
             for hook in self.hooks:
                 hook.after_step(self, metrics)
             if state.step >= self.total_steps:
                 return
         state.epoch += 1
-        state.offset = 0
+        state.consumed = 0

@@ -70,6 +70,29 @@ def test_dry_run_prints_the_rendezvous() -> None:
     assert out.strip().endswith("--config debug_cpu --resume auto --head.scale=32")
 
 
+def test_restarts_rendezvous_on_a_fresh_store(tmp_path: Path) -> None:
+    """torchrun must not share its rendezvous store across restarts (pytorch#135712)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "torchrun"  # prints what the real torchrun would read
+    stand_in.write_text('#!/bin/sh\necho "share=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE-unset}"\n')
+    stand_in.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    env.update(
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", MAX_RESTARTS="1"
+    )
+    out = subprocess.run(
+        ["bash", str(REPO / "launch" / "torchrun.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert out.strip() == "share=1"
+
+
 def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
     """launch/slurm.sbatch in a 2-node allocation, with stand-ins for scontrol and srun."""
     seen = tmp_path / "seen.txt"

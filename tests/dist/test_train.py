@@ -11,6 +11,7 @@ from dist_face.config import load_config
 from dist_face.dist import Topology, all_gather
 from dist_face.eval.bin_format import decode_images, load_bin
 from dist_face.eval.verification import evaluate_model
+from dist_face.heads.sampling import sampler_seed
 from dist_face.metrics import InMemorySink
 from dist_face.train.build import build_trainer
 from dist_face.train.loop import Hook, Trainer
@@ -64,6 +65,8 @@ def _train(
         images, issame = load_bin(cfg.eval.targets[0])
         out["untrained"] = evaluate_model(backbone, decode_images(images), issame).accuracy
     out["resumed_head"] = all_gather(head.weight.detach().clone())  # centers right after resume
+    out["sampler"] = head._generator.get_state()
+    out["start"] = trainer.state.step
     if stop_at:
         trainer.hooks.append(StopAt(stop_at))
     try:
@@ -137,34 +140,66 @@ _RESUME = (
 )
 
 
-def test_same_world_size_resume_is_bitwise(small_dataset: Path, tmp_path) -> None:
+_SEED = load_config("debug_cpu").train.seed
+_RUN_S = 280  # one 14-step run takes ~15 s on 2 idle cores; allow for a loaded machine
+_AUGMENT = (
+    "--data.hflip=true",
+    "--data.aug_downscale_p=0.3",
+    "--data.aug_blur_p=0.3",
+    "--data.aug_hsv_p=0.3",
+    "--data.aug_gray_p=0.2",
+)
+
+
+@pytest.mark.timeout(900)
+def test_mid_epoch_resume_with_flips_and_augmentations_is_bitwise(
+    small_dataset: Path, tmp_path
+) -> None:
+    """Stopped at step 3 of 7: the flips of the rest must not depend on where it stopped."""
+    args = [*_RESUME[:-1], "--checkpoint.every=3", "--data.batch_size=48", *_AUGMENT]
     base = (str(small_dataset), str(tmp_path))
-    full = run_distributed(_train, 2, _overrides(*base, "full", *_RESUME, "--data.batch_size=48"))
-    cut = _overrides(*base, "cut", *_RESUME, "--data.batch_size=48")
-    first = run_distributed(_train, 2, cut, 7)
-    assert first[0]["step"] == 7
-    rest = run_distributed(_train, 2, [*cut, "--checkpoint.resume=auto"])
-    assert first[0]["loss"] + rest[0]["loss"] == full[0]["loss"]
+    full = run_distributed(_train, 2, _overrides(*base, "full", *args), timeout=_RUN_S)
+    cut = _overrides(*base, "cut", *args)
+    first = run_distributed(
+        _train, 2, cut, 4, timeout=_RUN_S
+    )  # killed after step 4: resumes from step 3
+    rest = run_distributed(_train, 2, [*cut, "--checkpoint.resume=auto"], timeout=_RUN_S)
+    assert rest[0]["start"] == 3 and rest[0]["step"] == full[0]["step"] == 14
+    assert first[0]["loss"][:3] + rest[0]["loss"] == full[0]["loss"]
     for key, value in full[0]["backbone"].items():
         assert torch.equal(value, rest[0]["backbone"][key]), key
     assert torch.equal(full[0]["head"], rest[0]["head"])
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2)])
-def test_resume_on_another_world_size(
+def test_resume_on_another_world_size_mid_epoch(
     small_dataset: Path, tmp_path, before: int, after: int
 ) -> None:
+    """Stopped at step 3 of 7 and resumed on another number of ranks."""
+    stop = 3
     base = (str(small_dataset), str(tmp_path))
     batch = {2: "--data.batch_size=48", 3: "--data.batch_size=32"}
-    full = run_distributed(_train, before, _overrides(*base, "full", *_RESUME, batch[before]))
-    run = _overrides(*base, "run", *_RESUME)
-    first = run_distributed(_train, before, [*run, batch[before]], 7)
-    rest = run_distributed(_train, after, [*run, batch[after], "--checkpoint.resume=auto"])
+    args = [*_RESUME, f"--checkpoint.every={stop}", "--head.sample_rate=0.5"]
+    full = run_distributed(
+        _train, before, _overrides(*base, "full", *args, batch[before]), timeout=_RUN_S
+    )
+    run = _overrides(*base, "run", *args)
+    first = run_distributed(_train, before, [*run, batch[before]], stop, timeout=_RUN_S)
+    rest = run_distributed(
+        _train, after, [*run, batch[after], "--checkpoint.resume=auto"], timeout=_RUN_S
+    )
     # every class center is where it belongs: the concatenated slices are unchanged
     assert torch.equal(rest[0]["resumed_head"], first[0]["head"])
-    # the same global batches follow; only BatchNorm statistics (per-rank subsets) differ
-    tail = [v for _, v in full[0]["loss"][7:]]
+    # each new rank's sampling generator comes from its own rank, not from old rank 0's file
+    for rank, out in enumerate(rest):
+        expected = torch.Generator().manual_seed(sampler_seed(_SEED, rank, stop)).get_state()
+        assert torch.equal(out["sampler"], expected), rank
+    # the global position carries over: the same global batches follow, to the same last
+    # step; only BatchNorm statistics (per-rank subsets) and the sampled classes differ
+    assert rest[0]["step"] == full[0]["step"] == 14
+    tail = [v for _, v in full[0]["loss"][stop:]]
     resumed = [v for _, v in rest[0]["loss"]]
-    assert len(resumed) == len(tail) == 7
+    assert len(resumed) == len(tail) == 14 - stop
     for a, b in zip(resumed, tail):
         assert a == pytest.approx(b, rel=0.05), (resumed, tail)

@@ -54,7 +54,7 @@ def test_order_is_a_function_of_seed_and_epoch(color_shards: Path) -> None:
 
 def test_resume_skips_exactly_the_consumed_batches(color_shards: Path) -> None:
     whole = _ids(_source(color_shards, 0, 2).epoch(0))
-    assert _ids(_source(color_shards, 0, 2).epoch(0, offset=2 * B)) == whole[2 * B :]
+    assert _ids(_source(color_shards, 0, 2).epoch(0, 2 * 2 * B)) == whole[2 * B :]
 
 
 def test_pixels_match_the_torch_backend(color_shards: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from PIL import Image
 
 from dist_face.config import ConfigError, DataConfig
 from dist_face.data.framing import CorruptRecordError
-from dist_face.data.loader import build_loader
+from dist_face.data.loader import DataTimeoutError, build_loader
 from dist_face.data.shards import ShardSet
 from dist_face.dist import Topology
 
@@ -75,9 +78,9 @@ def test_drop_last_gives_floor(shards: Path) -> None:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_mid_epoch_continues_with_unseen_records(shards: Path, workers: int) -> None:
     whole = _ids(_source(shards, 1, 2, num_workers=workers).epoch(0))
-    for consumed in (B, 3 * B):
-        rest = _ids(_source(shards, 1, 2, num_workers=workers).epoch(0, offset=consumed))
-        assert rest == whole[consumed:]
+    for per_rank in (B, 3 * B):  # the position is global: both ranks consumed per_rank each
+        rest = _ids(_source(shards, 1, 2, num_workers=workers).epoch(0, 2 * per_rank))
+        assert rest == whole[per_rank:]
 
 
 def _corrupt_one(shards: Path, tmp_path: Path) -> tuple[Path, int, int]:
@@ -155,3 +158,96 @@ def test_closing_an_epoch_early_joins_its_prefetch_thread(shards: Path, workers:
     assert len(prefetchers()) == before + 1
     batches.close()
     assert len(prefetchers()) == before
+
+
+def _images(batches) -> torch.Tensor:
+    return torch.cat([images for images, _ in batches])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_flips_and_augmentations_do_not_depend_on_the_resume_point(
+    shards: Path, workers: int
+) -> None:
+    """Per-sample randomness comes from (seed, epoch, position), never from the offset."""
+    augs = {"aug_downscale_p": 0.5, "aug_blur_p": 0.5, "aug_hsv_p": 0.5, "aug_gray_p": 0.3}
+    whole = _images(_source(shards, 1, 2, num_workers=workers, **augs).epoch(2))
+    for per_rank in (B, 3 * B):
+        src = _source(shards, 1, 2, num_workers=workers, **augs)
+        rest = _images(src.epoch(2, 2 * per_rank))
+        assert torch.equal(rest, whole[per_rank:])
+    # and not on the worker count that read them either
+    assert torch.equal(_images(_source(shards, 1, 2, num_workers=1, **augs).epoch(2)), whole)
+
+
+@pytest.mark.parametrize(("before", "after", "steps"), [(2, 3, 3), (3, 2, 1), (2, 3, 2)])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resize_mid_epoch_reads_every_record_once(
+    shards: Path, before: int, after: int, steps: int, workers: int
+) -> None:
+    """Sample ids logged across a resize: the global position loses and repeats nothing."""
+    seen: list[int] = []
+    for rank in range(before):  # each old rank consumed `steps` batches before the stop
+        seen += _ids(_source(shards, rank, before, num_workers=workers).epoch(0))[: steps * B]
+    consumed = steps * B * before
+    rest = [
+        _ids(_source(shards, rank, after, num_workers=workers).epoch(0, consumed))
+        for rank in range(after)
+    ]
+    left = -(-(N - consumed) // after) // B * B  # full batches of the padded rest per rank
+    assert [len(ids) for ids in rest] == [left] * after
+    everything = seen + [i for ids in rest for i in ids]
+    assert len(everything) == len(set(everything))  # nothing seen twice
+    # what is missing is only the partial last batch of each rank
+    assert N - len(everything) == (N - consumed) - left * after
+    if steps != 2:  # these resume points leave no partial batch: every record exactly once
+        assert sorted(everything) == list(range(N))
+
+
+_FORKS: list[str] = []
+os.register_at_fork(before=lambda: _FORKS.append(threading.current_thread().name))
+
+
+def _children() -> set[int]:
+    """Pids of this process's live children (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_are_forked_by_the_thread_opening_the_epoch(shards: Path, workers: int) -> None:
+    """Never from the prefetch thread: a fork there can leave the child stopped for ever."""
+    _FORKS.clear()
+    for epoch in range(3):
+        ids = _ids(_source(shards, 0, 1, num_workers=workers).epoch(epoch))
+        assert len(ids) == N // B * B
+    assert _FORKS == ["MainThread"] * (3 * workers)
+
+
+def test_a_stopped_worker_is_an_error_naming_rank_epoch_and_worker(shards: Path) -> None:
+    before = _children()
+    # 10 s: far above a healthy batch's latency even on a loaded machine
+    batches = _source(shards, 1, 2, num_workers=2, timeout_s=10.0).epoch(3)
+    workers = sorted(_children() - before)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGSTOP)  # a real hang: the process exists but never answers
+    try:
+        got = 0
+        with pytest.raises(DataTimeoutError) as err:
+            for _ in batches:
+                got += 1
+        assert got < N // 2 // B  # it stopped before the end of the epoch
+        assert (
+            f"rank 1, epoch 3: batch {got} since the epoch was opened did not arrive within "
+            f"data.timeout_s=10 s from loader worker 1 of 2 (pid {workers[1]})"
+        ) in str(err.value)
+        assert got % 2 == 1  # batches alternate between the workers: worker 1 owes odd ones
+    finally:
+        os.kill(workers[1], signal.SIGCONT)
+        batches.close()

@@ -17,8 +17,8 @@ class Epochs:
         self.opened: list[tuple[int, int]] = []
         self.closed: list[int] = []
 
-    def __call__(self, epoch: int, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.opened.append((epoch, offset))
+    def __call__(self, epoch: int, consumed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.opened.append((epoch, consumed))
         return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -63,7 +63,7 @@ def test_epochs_advance_and_every_epoch_is_closed() -> None:
     epochs = Epochs()
     end = ClosedAtTheEnd(epochs)
     state = _trainer(epochs, total=7, hooks=[end]).fit()
-    assert (state.step, state.epoch, state.offset) == (7, 2, 2)
+    assert (state.step, state.epoch, state.consumed) == (7, 2, 2)
     assert epochs.opened == [(0, 0), (1, 0), (2, 0)]
     # the unfinished last epoch too, before the end of training: a loader thread still
     # running when the process exits aborts it
@@ -81,7 +81,7 @@ def test_resume_mid_epoch_and_close_on_error() -> None:
         return {}
 
     trainer = _trainer(
-        epochs, total=9, step_fn=failing, state=TrainState(step=4, epoch=1, offset=2)
+        epochs, total=9, step_fn=failing, state=TrainState(step=4, epoch=1, consumed=2)
     )
     try:
         trainer.fit()
@@ -92,4 +92,4 @@ def test_resume_mid_epoch_and_close_on_error() -> None:
     else:
         pytest.fail("the step's error did not propagate")
     assert epochs.opened == [(1, 2)]
-    assert (trainer.state.step, trainer.state.offset) == (5, 4)
+    assert (trainer.state.step, trainer.state.consumed) == (5, 4)

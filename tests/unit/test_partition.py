@@ -18,7 +18,7 @@ def dataloader_order(num_samples: int, world: int, rank: int, workers: int, batc
     """What a DataLoader collecting batches round-robin from its workers would yield."""
     per_worker = [
         partition(num_samples, world_size=world, rank=rank, num_workers=workers,
-                  worker_id=w, batch_size=batch, **kw)
+                  worker_id=w, batch_size=batch, **kw)[0]
         for w in range(max(workers, 1))
     ]  # fmt: skip
     batches = [
@@ -73,17 +73,35 @@ def test_workers_reassemble_the_rank_order(workers: int, batch: int) -> None:
 def test_resume_yields_exactly_the_unseen_samples(offset: int) -> None:
     full = rank_samples(103, 2, 0, seed=9, epoch=4)
     assert full.size == 52
-    resumed = dataloader_order(103, 2, 0, 3, 4, seed=9, epoch=4, offset=offset)
+    # the position is global: both ranks consumed `offset` samples each
+    resumed = dataloader_order(103, 2, 0, 3, 4, seed=9, epoch=4, start=2 * offset)
     assert np.array_equal(resumed, full[offset:])
     assert np.array_equal(np.concatenate([full[:offset], resumed]), full)
 
 
 def test_errors_name_the_argument() -> None:
-    with pytest.raises(ValueError, match="resume offset 53"):
-        rank_samples(103, 2, 0, seed=0, epoch=0, offset=53)
+    with pytest.raises(ValueError, match="epoch position -1 is negative"):
+        rank_samples(103, 2, 0, seed=0, epoch=0, start=-1)
     with pytest.raises(ValueError, match="rank 2 is outside"):
         rank_samples(10, 2, 2, seed=0, epoch=0)
     with pytest.raises(ValueError, match="worker id 3"):
         worker_samples(np.arange(4), 3, 3, 2)
     with pytest.raises(ValueError, match="empty dataset"):
         samples_per_rank(0, 2)
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2), (4, 1), (1, 5)])
+@pytest.mark.parametrize("steps", [1, 3, 6])
+def test_resize_mid_epoch_sees_every_sample_exactly_once(before, after, steps) -> None:
+    n, batch = 120, 4
+    seen = np.concatenate(
+        [rank_samples(n, before, r, seed=2, epoch=1)[: steps * batch] for r in range(before)]
+    )
+    start = steps * batch * before  # the global position saved in the checkpoint
+    rest = [rank_samples(n, after, r, seed=2, epoch=1, start=start) for r in range(after)]
+    assert len({p.size for p in rest}) == 1  # equal counts after the resize too
+    everything = np.concatenate([seen, *rest])
+    if (n - start) % after == 0:
+        assert np.array_equal(np.sort(everything), np.arange(n))  # each exactly once
+    else:  # padded: every sample, and fewer than `after` repeats
+        assert set(everything.tolist()) == set(range(n)) and everything.size - n < after

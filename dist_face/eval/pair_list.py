@@ -1,0 +1,119 @@
+"""Pair lists as CSV (``img1,img2[,label]``): score every pair, and with labels compute metrics.
+
+Images are aligned 112×112 faces (any format PIL reads), resolved against a root directory.
+Each image is embedded once with its mirror (``normalize(f(x) + f(mirror(x)))``) and a pair is
+scored by cosine. A first row whose label is not 0/1 (``img1,img2,label``) is a header.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dist_face.models import INPUT_SIZE
+
+_TRUE = {"1", "true", "same", "yes"}
+_FALSE = {"0", "false", "diff", "no"}
+
+
+class PairListError(ValueError):
+    """A malformed pair list or image; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class PairList:
+    """A parsed pair list."""
+
+    path: Path
+    """The CSV file."""
+    pairs: list[tuple[str, str]]
+    """Image paths as written."""
+    lines: list[int]
+    """1-based line of each pair."""
+    labels: np.ndarray | None
+    """``bool [P]`` same-identity flags, or ``None`` when the list has no labels."""
+
+
+def read_pair_list(path: str | os.PathLike[str]) -> PairList:
+    """Parse ``img1,img2[,label]`` rows; every row must have the same number of fields.
+
+    Raises:
+        PairListError: missing file, a row with another width, an unknown label, no pairs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PairListError(f"pair list {path} does not exist")
+    pairs, lines, labels = [], [], []
+    width = None
+    with open(path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), 1):
+            row = [c.strip() for c in row]
+            if not row or not any(row) or row[0].startswith("#"):
+                continue
+            if width is None and len(row) == 3 and row[2].lower() not in _TRUE | _FALSE:
+                continue  # header
+            if len(row) not in (2, 3) or (width is not None and len(row) != width):
+                raise PairListError(f"{path}:{line_no}: expected img1,img2[,label], got {row}")
+            width = len(row)
+            if width == 3:
+                if row[2].lower() not in _TRUE | _FALSE:
+                    raise PairListError(f"{path}:{line_no}: label {row[2]!r} is not 0/1")
+                labels.append(row[2].lower() in _TRUE)
+            pairs.append((row[0], row[1]))
+            lines.append(line_no)
+    if not pairs:
+        raise PairListError(f"{path}: no pairs")
+    return PairList(path, pairs, lines, np.array(labels, bool) if width == 3 else None)
+
+
+def load_images(plist: PairList, root: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every distinct image once.
+
+    Returns:
+        ``(uint8 [M, 112, 112, 3] images, int64 [P, 2] index of each pair's images)``.
+
+    Raises:
+        PairListError: an image is missing, unreadable or not 112×112 (names it and the line).
+    """
+    index: dict[str, int] = {}
+    images = []
+    pair_index = np.empty((len(plist.pairs), 2), np.int64)
+    for k, (pair, line) in enumerate(zip(plist.pairs, plist.lines)):
+        for side, name in enumerate(pair):
+            if name not in index:
+                file = Path(root) / name
+                try:
+                    with Image.open(file) as im:
+                        pixels = np.asarray(im.convert("RGB"))
+                except (OSError, ValueError) as exc:
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise PairListError(f"{file} ({plist.path}:{line}): {reason}") from None
+                if pixels.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
+                    raise PairListError(
+                        f"{file} ({plist.path}:{line}): {pixels.shape[1]}×{pixels.shape[0]} "
+                        f"pixels; pair lists take aligned {INPUT_SIZE}×{INPUT_SIZE} faces"
+                    )
+                index[name] = len(images)
+                images.append(pixels)
+            pair_index[k, side] = index[name]
+    return np.stack(images), pair_index
+
+
+def write_scores(plist: PairList, scores: np.ndarray, out: str | os.PathLike[str]) -> Path:
+    """Write ``img1,img2,score[,label]`` rows in list order."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["img1", "img2", "score"] + (["label"] if plist.labels is not None else []))
+        for k, (a, b) in enumerate(plist.pairs):
+            row = [a, b, f"{scores[k]:.6f}"]
+            if plist.labels is not None:
+                row.append(int(plist.labels[k]))
+            w.writerow(row)
+    return out

@@ -1,0 +1,1 @@
+"""Deployment formats of a trained backbone: ONNX (checked against torch) and safetensors."""

@@ -1,0 +1,1 @@
+"""The loss study: every loss trained under one budget and scored on held-out identities."""

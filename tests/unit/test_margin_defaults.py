@@ -1,0 +1,136 @@
+"""A margin chosen by name gets its paper's values; fields it ignores are refused or dropped."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dist_face.config import ConfigError, HeadConfig, RunConfig, apply_overrides, load_config
+from dist_face.config.margin_defaults import MARGIN_DEFAULTS, resolve_head
+from dist_face.heads.build import build_margin
+from tests.helpers.distributed import run_distributed
+
+C = 100
+
+# The papers' values, written out independently of dist_face/config/margin_defaults.py:
+# margin -> {attribute of the built margin module: value}.
+PAPER = {
+    "cosface": {"scale": 64.0, "margin": 0.35},
+    "arcface": {"scale": 64.0, "margin": 0.5, "easy_margin": False, "straight_through": False},
+    "combined": {"scale": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2},
+    "sphereface": {
+        "m": 4,
+        "lambda_base": 1000.0,
+        "lambda_gamma": 0.12,
+        "lambda_power": 1.0,
+        "lambda_min": 5.0,
+    },
+    "lsoftmax": {
+        "m": 4,
+        "lambda_base": 1000.0,
+        "lambda_gamma": 2.5e-5,
+        "lambda_power": 35.0,
+        "lambda_min": 0.0,
+    },
+    "curricularface": {"scale": 64.0, "margin": 0.5, "momentum": 0.01},
+    "uniface": {"scale": 64.0, "margin": 0.4, "neg_weight": 1.0},
+    "normface": {"scale": 64.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_margin_by_name_gets_its_paper_values(name: str) -> None:
+    margin = build_margin(HeadConfig(margin=name), C)
+    got = {k: getattr(margin, k) for k in PAPER[name]}
+    assert got == pytest.approx(PAPER[name])
+
+
+def test_every_registered_margin_has_defaults() -> None:
+    from dist_face.heads import MARGINS
+
+    assert set(MARGINS.names()) == set(MARGIN_DEFAULTS)
+
+
+def test_uniface_bias_starts_at_log_10_c_r() -> None:
+    margin = build_margin(HeadConfig(margin="uniface", sample_rate=0.5), C)
+    assert float(margin.bias.detach()) == pytest.approx(
+        torch.log(torch.tensor(10.0 * C * 0.5)).item()
+    )
+
+
+def test_cosface_alone_on_the_quickstart_recipe_trains_with_m_035() -> None:
+    """The recipe's scale (32) is kept; the margin is CosFace's, not ArcFace's leftover 0."""
+    cfg = load_config("quickstart", ["--head.margin=cosface"])
+    margin = build_margin(cfg.head, C)
+    assert (margin.margin, margin.scale) == (0.35, 32.0)
+
+
+def test_explicit_values_win_over_defaults() -> None:
+    cfg = apply_overrides(RunConfig(), ["--head.margin=cosface", "--head.m3=0.2"])
+    assert build_margin(cfg.head, C).margin == 0.2
+
+
+@pytest.mark.parametrize(
+    ("margin", "field", "value"),
+    [("cosface", "m2", "0.5"), ("arcface", "m3", "0.35"), ("softmax", "scale", "32")],
+)
+def test_overriding_a_field_the_margin_ignores_is_an_error(
+    margin: str, field: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"head\.{field}: is not used by margin '{margin}'"):
+        apply_overrides(RunConfig(), [f"--head.margin={margin}", f"--head.{field}={value}"])
+
+
+def test_recipe_field_the_margin_ignores_is_dropped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = load_config("quickstart", ["--head.margin=softmax"])  # the recipe sets scale = 32
+    with caplog.at_level(logging.WARNING):
+        head = resolve_head(cfg.head)
+    assert head.scale is None
+    assert "head.scale=32.0 is not used by margin 'softmax'" in caplog.text
+
+
+def test_resolution_is_idempotent_and_keeps_unread_fields_unset() -> None:
+    head = resolve_head(HeadConfig(margin="cosface"))
+    assert resolve_head(head) == head
+    assert (head.scale, head.m3, head.m1, head.m2, head.lambda_base) == (
+        64.0,
+        0.35,
+        None,
+        None,
+        None,
+    )
+
+
+def _config_yaml(rank: int, world: int, shards: str, out: str) -> dict:
+    from dist_face.dist import Topology
+    from dist_face.train.build import build_trainer
+
+    cfg = load_config(
+        "debug_cpu",
+        [
+            f"--data.root={shards}",
+            f"--output_root={out}",
+            "--name=cos",
+            "--eval.targets=[]",
+            "--data.num_workers=0",
+            "--head.margin=cosface",
+        ],
+    )
+    trainer, plan = build_trainer(cfg, Topology.from_env(), torch.device("cpu"))
+    margin = trainer.step_fn.loss_fn.margin
+    saved = OmegaConf.to_container(OmegaConf.load(plan.run_dir / "config.yaml"))
+    return {"margin": (margin.scale, margin.margin), "head": saved["head"]}
+
+
+def test_run_config_yaml_shows_the_resolved_margin(color_shards: Path, tmp_path: Path) -> None:
+    (out,) = run_distributed(_config_yaml, 1, str(color_shards), str(tmp_path))
+    assert out["margin"] == (32.0, 0.35)
+    head = out["head"]
+    assert (head["margin"], head["scale"], head["m3"]) == ("cosface", 32.0, 0.35)
+    assert head["m1"] is None and head["m2"] is None and head["lambda_base"] is None
