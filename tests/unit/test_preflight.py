@@ -47,7 +47,7 @@ def _base(data: Path, out: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("--data.root={tmp}/missing", "data.root: cannot open shard set"),
+        ("--data.root={tmp}/missing", "data.root: cannot open"),
         ("--head.margin=arcfaec", "head.margin: unknown margin 'arcfaec'"),
         ("--model.name=iresnet5", "model.name: unknown backbone 'iresnet5'"),
         ("--model.mask_ratio=0.2", "model.mask_ratio: backbone tiny has no mask_ratio option"),
