@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,8 @@ from dist_face.data.synthetic_ijb import IJBSpec, generate_ijb
 from dist_face.eval.ijb_embed import AlignedIJB, embed_ijb
 from dist_face.eval.ijb_meta import read_ijb
 from dist_face.eval.ijb_pipeline import IJBOptions, score_features
+from dist_face.metrics.perf import best_of
 from dist_face.models import create
-
-
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> int:

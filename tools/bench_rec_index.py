@@ -21,12 +21,12 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 from dist_face.data.rec_index import open_rec, scan_rec
 from dist_face.data.recordio import RecordReader, RecordWriter, pack_record
+from dist_face.metrics.perf import best_of
 
 
 def write_rec(folder: str, records: int, payload: int, classes: int, seed: int) -> str:
@@ -45,15 +45,6 @@ def write_rec(folder: str, records: int, payload: int, classes: int, seed: int) 
             w.write(records + 1 + c, pack_record([1 + bounds[c], 1 + bounds[c + 1]], b""))
         w.write(0, pack_record([records + 1, records + 1 + classes], b""))
     return rec
-
-
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def read_all(rec: str) -> None:

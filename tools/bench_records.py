@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
@@ -27,6 +26,7 @@ from dist_face.data.pack import PackOptions, pack
 from dist_face.data.recordio import RecordReader
 from dist_face.data.shards import ShardSet
 from dist_face.data.sources import FolderSource
+from dist_face.metrics.perf import best_of
 
 
 def make_images(root: str, count: int, size: int, classes: int, seed: int) -> int:
@@ -44,15 +44,6 @@ def make_images(root: str, count: int, size: int, classes: int, seed: int) -> in
             f.write(buf.getvalue())
         total += buf.tell()
     return total
-
-
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def plain_copy(src: FolderSource, out_path: str) -> None:

@@ -1,8 +1,10 @@
-"""Cheap host-side readings of memory, for log steps."""
+"""Cheap host-side readings of memory, for log steps, and the timing rule benchmarks share."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -25,3 +27,16 @@ def memory_stats(device: torch.device) -> dict[str, float]:
         return {"memory/rss_bytes": float(pages * os.sysconf("SC_PAGE_SIZE"))}
     except (OSError, ValueError, IndexError):
         return {}
+
+
+def best_of(repeat: int, fn: Callable[[], object]) -> float:
+    """Fastest of ``repeat`` wall-clock timings of ``fn()``, in seconds.
+
+    Benchmarks report the minimum because noise on a shared machine only ever adds time.
+    """
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
