@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Any
 
+import numpy as np
 from torch.distributed import ProcessGroup
 
 from dist_face.config import ConfigError, RunConfig
@@ -36,20 +36,28 @@ def host_gather(obj: Any, group: ProcessGroup | None = None) -> list[Any]:
 
 
 def dataset_digest(root: str) -> str:
-    """SHA-256 of a shard set's manifest and ``meta.json`` (``synthetic`` for synthetic data).
+    """SHA-256 of a dataset's description and every record's manifest row.
 
-    The manifest holds every record's shard, offset, length, label and CRC-32, so equal digests
-    mean the same records with the same labels.
+    Works for any ``data.root`` the loaders accept (a shard set, an InsightFace ``.rec`` read
+    through its scanned manifest, ``synthetic``). The rows hold each record's shard, key,
+    offset, length, label and CRC-32, so equal digests mean the same records with the same
+    labels, wherever each node keeps its copy.
     """
-    from dist_face.data.shards import MANIFEST_NAME, META_NAME
+    from dist_face.data.rec_index import open_dataset
 
     if root == "synthetic":
         return "synthetic"
-    digest = hashlib.sha256()
-    for name in (META_NAME, MANIFEST_NAME):
-        with open(os.path.join(root, name), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    shards = open_dataset(root, check_labels=False)
+    digest = hashlib.sha256(shards.meta.to_json().encode())
+    for column in (
+        shards.shard_ids,
+        shards.keys,
+        shards.offsets,
+        shards.lengths,
+        shards.labels,
+        shards.crc32s,
+    ):
+        digest.update(memoryview(np.ascontiguousarray(column)))
     return digest.hexdigest()
 
 

@@ -222,7 +222,8 @@ def _advice(cfg: RunConfig) -> str:
     knobs = [f"optim.lr (now {cfg.optim.lr:g})"]
     if cfg.optim.head_lr:
         knobs.append(f"optim.head_lr (now {cfg.optim.head_lr:g})")
-    knobs.append(f"head.scale (now {cfg.head.scale:g})")
+    if cfg.head.scale is not None:  # margins without a scale (softmax, L-Softmax) resolve to None
+        knobs.append(f"head.scale (now {cfg.head.scale:g})")
     if cfg.train.precision == "fp16":
         knobs.append(f"train.loss_scale_init (now {cfg.train.loss_scale_init:g})")
     return ", ".join(knobs[:-1]) + " or " + knobs[-1]
