@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -12,12 +13,16 @@ _TIERS = {"unit", "dist", "gpu"}
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_matrix = pytest.mark.skip(reason="the full parametrisation runs with DIST_FACE_MATRIX=1")
+    full_matrix = bool(os.environ.get("DIST_FACE_MATRIX"))
     for item in items:
         tier = pathlib.Path(str(item.fspath)).parent.name
         if tier in _TIERS:
             item.add_marker(getattr(pytest.mark, tier))
         if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if item.get_closest_marker("matrix") and not full_matrix:
+            item.add_marker(skip_matrix)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: environment, lint, format, then every test tier this machine can run.
-#   bash tests/run.sh              # everything
+#   bash tests/run.sh              # lint, format and the default test run
 #   bash tests/run.sh -m unit      # extra arguments go to pytest
+#   DIST_FACE_MATRIX=1 bash tests/run.sh   # also every case of the reduced parametrisations
+#   DIST_FACE_SOAK=1 bash tests/run.sh     # also the 300-epoch-boundary soak
 set -euo pipefail
 case "${1:-}" in -h | --help)  # the comment block above is the usage
   sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
