@@ -33,7 +33,7 @@ def test_two_ranks_train_on_an_insightface_rec(small_dataset: Path, tmp_path: Pa
         f"--data.root={data}",  # a folder holding train.rec / train.idx
         f"--output_root={tmp_path}",
         "--name=rec",
-        "--train.epochs=2",
+        "--train.epochs=1",
         "--train.log_every=1",
         "--data.num_workers=1",
         "--eval.targets=[]",
@@ -41,7 +41,7 @@ def test_two_ranks_train_on_an_insightface_rec(small_dataset: Path, tmp_path: Pa
     outs = run_distributed(_train, 2, overrides, timeout=300)
     # 60 identities x 12 images = 720 records; 2 ranks x 32 per batch -> 11 steps per epoch
     assert outs[0]["steps_per_epoch"] == 720 // 2 // 32
-    assert outs[0]["step"] == outs[1]["step"] == 2 * outs[0]["steps_per_epoch"]
+    assert outs[0]["step"] == outs[1]["step"] == outs[0]["steps_per_epoch"]
     assert outs[0]["loss"] == outs[1]["loss"]
     losses = outs[0]["loss"]
     assert sum(losses[-4:]) < sum(losses[:4]), losses  # it learns from these labels
