@@ -10,22 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-
-from dist_face.data.embedded import EmbeddedSpec
-from tests.helpers.datasets import embedded_shards
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 BATCH = 8
-# 120 images: an epoch on 3 ranks is 5 steps of 8 images each
-TINY = EmbeddedSpec(identities=20, images_per_identity=6, val_identities=4, val_pairs=20)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return embedded_shards(tmp_path_factory.mktemp("tiny"), TINY)
 
 
 def _free_port() -> int:
@@ -59,10 +48,10 @@ def _train(ranks: int, args: list[str], cwd: Path) -> str:
 
 
 def test_a_resume_on_3_ranks_with_more_epochs_runs_the_steps_it_announces(
-    tiny: Path, tmp_path: Path
+    tiny_dataset: Path, tmp_path: Path
 ) -> None:
     common = [
-        f"--data.root={tiny}/shards",
+        f"--data.root={tiny_dataset}/shards",
         "--eval.targets=[]",
         "--output_root=runs",  # relative: the directory torchrun was started in
         "--name=grow",
@@ -77,7 +66,7 @@ def test_a_resume_on_3_ranks_with_more_epochs_runs_the_steps_it_announces(
     # the expected schedule, from the dataset size alone: 2 ranks x 8 samples x 3 steps were
     # consumed of epoch 0; the rest of it, dealt over 3 ranks (padded to equal shares), gives
     # each rank ceil(rest / 3) // 8 batches; epoch 1 is ceil(N / 3) // 8 steps
-    n = json.loads((tiny / "shards" / "meta.json").read_text())["num_images"]
+    n = json.loads((tiny_dataset / "shards" / "meta.json").read_text())["num_images"]
     consumed = 2 * BATCH * 3
     first = -(-(n - consumed) // 3) // BATCH
     per_epoch = -(-n // 3) // BATCH

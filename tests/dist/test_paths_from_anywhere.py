@@ -1,0 +1,142 @@
+"""Relative paths are relative to where the user started; a missing input is one line at start-up.
+
+Everything here runs the real launcher and console script from a directory that is not the
+repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "DIST_FACE_VENV": sys.prefix,
+        "CONFIG": "debug_cpu",
+        "RESUME": "none",
+        "NPROC_PER_NODE": "2",
+        **extra,
+    }
+
+
+def _torchrun_sh(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / "launch" / "torchrun.sh"), *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_launcher_reads_relative_paths_where_it_was_started(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(tiny_dataset / "shards", work / "packed")
+    (work / "bins").mkdir()
+    shutil.copy(tiny_dataset / "val.bin", work / "bins" / "val.bin")
+    done = _torchrun_sh(
+        work,
+        "--data.root=packed",
+        "--eval.targets=[bins/val.bin]",
+        "--output_root=runs",
+        "--name=rel",
+        "--train.max_steps=2",
+        "--data.batch_size=8",
+        "--data.num_workers=0",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = work / "runs" / "rel"
+    assert (run / "model.pt").is_file() and (run / "eval.json").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    # absolute in the saved config: evaluation and resumes work from any directory later
+    assert saved["data"]["root"] == str(work / "packed")
+    assert saved["eval"]["targets"] == [str(work / "bins" / "val.bin")]
+    assert saved["output_root"] == str(work / "runs")
+    assert not (REPO / "runs" / "rel").exists()
+
+
+def test_a_missing_input_is_one_line_naming_its_key_and_absolute_path(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """The launcher under torchrun for data.root; the console script for the other inputs."""
+    work = tmp_path / "work"
+    work.mkdir()
+    base = [
+        f"--data.root={tiny_dataset}/shards",
+        "--eval.targets=[]",
+        "--output_root=runs",
+        "--train.max_steps=1",
+    ]
+    cases = {
+        "data.root": ["--data.root=packed"],
+        "eval.targets": ["--eval.targets=[lfw.bin]"],
+        "checkpoint.resume": ["--resume=runs/old/checkpoints/step_00000010"],
+        "model.init_backbone": ["--init-backbone=r50.pt"],
+    }
+    missing = {
+        "data.root": work / "packed",
+        "eval.targets": work / "lfw.bin",
+        "checkpoint.resume": work / "runs/old/checkpoints/step_00000010",
+        "model.init_backbone": work / "r50.pt",
+    }
+
+    def run(key: str) -> tuple[str, subprocess.CompletedProcess]:
+        if key == "data.root":  # the reported case: the launcher, two ranks
+            return key, _torchrun_sh(work, *base, *cases[key])
+        script = [str(BIN / "dist-face-train"), "--config", "debug_cpu"]
+        return key, subprocess.run(
+            [*script, *base, *cases[key]],
+            cwd=work,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(pool.map(run, cases))
+    for key, done in results.items():
+        expected = f"bad configuration: {key}: {missing[key]} does not exist"
+        lines = [line for line in done.stderr.splitlines() if "bad configuration" in line]
+        ranks = 2 if key == "data.root" else 1
+        assert len(lines) == ranks and all(line.endswith(expected) for line in lines), (
+            key,
+            done.stderr[-3000:],
+        )
+        assert "packing may not have finished" not in done.stderr
+        frames = [line for line in done.stderr.splitlines() if line.strip().startswith('File "')]
+        assert not any("dist_face" in line for line in frames), done.stderr  # no traceback
+        assert done.returncode != 0
+    assert not (work / "runs").exists()  # refused before anything was written
+
+
+def test_the_debug_recipe_names_the_repository_data_from_any_directory(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(BIN / "dist-face-train"), "--config", "debug_cpu", "--print-config"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    cfg = yaml.safe_load(done.stdout)
+    assert cfg["data"]["root"] == str(REPO / "data" / "quickstart" / "shards")
+    assert cfg["eval"]["targets"] == [str(REPO / "data" / "quickstart" / "val.bin")]
+    assert cfg["output_root"] == str(tmp_path / "runs")  # what a user runs writes where they are
