@@ -134,10 +134,11 @@ class RunPlan:
         )
         if self.steps_left == 0:
             return f"{head}; {where}: nothing left to do, the run ends at step {s.step}; {end}"
+        more = max(self.epochs - s.epoch - 1, 0)
         return (
             f"{head}; {where}: {self.steps_left} steps left "
-            f"({self.first_epoch_steps} to finish epoch {s.epoch}, then "
-            f"{max(self.epochs - s.epoch - 1, 0)} epochs of {self.steps_per_epoch}"
+            f"({self.first_epoch_steps} to finish epoch {s.epoch}, then {more} more "
+            f"epoch{'' if more == 1 else 's'} of {self.steps_per_epoch}"
             f"{', cut by train.max_steps' if self._capped else ''}), "
             f"ending at step {self.total_steps}; {end}"
         )

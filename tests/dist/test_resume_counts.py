@@ -75,7 +75,7 @@ def test_a_resume_on_3_ranks_with_more_epochs_runs_the_steps_it_announces(
     assert announced is not None, log
     assert [int(g) for g in announced.groups()] == [3, 0, consumed]
     assert (
-        f"{left} steps left ({first} to finish epoch 0, then 1 epochs of {per_epoch}), "
+        f"{left} steps left ({first} to finish epoch 0, then 1 more epoch of {per_epoch}), "
         f"ending at step {3 + left}"
     ) in log, log
 
