@@ -120,7 +120,7 @@ class RunPlan:
     def describe(self, name: str) -> str:
         """The one-line summary the trainer logs before the first step: what the run will do."""
         head = (
-            f"run {name}: {self.world_size} ranks, global batch {self.global_batch}, "
+            f"run {name}: {_count(self.world_size, 'rank')}, global batch {self.global_batch}, "
             f"{self.steps_per_epoch} steps per epoch, train.epochs={self.epochs} "
             "(epochs count from 0)"
         )
@@ -130,15 +130,15 @@ class RunPlan:
         s = self.start
         where = (
             f"resumed at step {s.step} in epoch {s.epoch} ({s.consumed} samples of it consumed "
-            f"on {s.world_size} ranks)"
+            f"on {_count(s.world_size, 'rank')})"
         )
         if self.steps_left == 0:
             return f"{head}; {where}: nothing left to do, the run ends at step {s.step}; {end}"
         more = max(self.epochs - s.epoch - 1, 0)
         return (
-            f"{head}; {where}: {self.steps_left} steps left "
-            f"({self.first_epoch_steps} to finish epoch {s.epoch}, then {more} more "
-            f"epoch{'' if more == 1 else 's'} of {self.steps_per_epoch}"
+            f"{head}; {where}: {_count(self.steps_left, 'step')} left "
+            f"({self.first_epoch_steps} to finish epoch {s.epoch}, then "
+            f"{_count(more, 'more epoch')} of {self.steps_per_epoch}"
             f"{', cut by train.max_steps' if self._capped else ''}), "
             f"ending at step {self.total_steps}; {end}"
         )
@@ -149,3 +149,8 @@ class RunPlan:
             self.steps_per_epoch
         )
         return self.steps_left < full
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 rank``, ``2 ranks``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -87,7 +87,7 @@ def test_the_first_hour_from_any_directory(tiny_dataset: Path, tmp_path: Path) -
         NPROC_PER_NODE="2",
         RESUME="auto",
     )
-    assert "resumed at step 7 in epoch 0 (112 samples of it consumed on 1 ranks)" in log, log
+    assert "resumed at step 7 in epoch 0 (112 samples of it consumed on 1 rank)" in log, log
     assert "3 steps left (0 to finish epoch 0, then 1 more epoch of 3), ending at step 10" in log
     assert (run / "checkpoints" / "step_00000010").is_dir()
 
