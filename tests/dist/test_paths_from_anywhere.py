@@ -140,3 +140,51 @@ def test_the_debug_recipe_names_the_repository_data_from_any_directory(tmp_path:
     assert cfg["data"]["root"] == str(REPO / "data" / "quickstart" / "shards")
     assert cfg["eval"]["targets"] == [str(REPO / "data" / "quickstart" / "val.bin")]
     assert cfg["output_root"] == str(tmp_path / "runs")  # what a user runs writes where they are
+
+
+def test_the_launchers_start_their_workers_where_they_were_started(tmp_path: Path) -> None:
+    """Stand-ins for torchrun and deepspeed print the directory they were started in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("torchrun", "deepspeed"):
+        (bin_dir / tool).write_text('#!/bin/sh\necho "cwd=$PWD"\n')
+        (bin_dir / tool).chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    for script in ("torchrun.sh", "deepspeed.sh"):
+        done = subprocess.run(
+            ["bash", str(REPO / "launch" / script)],
+            cwd=work,
+            env=_env(PATH=f"{bin_dir}:{BIN}:{os.environ['PATH']}"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (script, done.stderr[-2000:])
+        assert done.stdout.strip() == f"cwd={work}", (script, done.stdout)
+
+
+def test_the_quickstart_reads_a_relative_run_directory_where_it_was_started(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "runs" / "mine" / "checkpoints").mkdir(parents=True)  # an earlier run, here
+    done = subprocess.run(
+        ["bash", str(REPO / "launch" / "quickstart.sh"), "--dry-run"],
+        cwd=tmp_path,
+        env=_env(QUICKSTART_RUN="runs/mine", QUICKSTART_DIR="faces"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "runs/mine holds an earlier run: kept; this run writes runs/mine-2" in done.stdout
+    assert "dataset faces (" in done.stdout
+    default = subprocess.run(
+        ["bash", str(REPO / "launch" / "quickstart.sh"), "--dry-run"],
+        cwd=tmp_path,
+        env={k: v for k, v in _env().items() if not k.startswith("QUICKSTART_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"dataset {REPO}/data/quickstart (" in default.stdout, default.stdout
