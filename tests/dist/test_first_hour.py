@@ -1,9 +1,10 @@
 """The README's "first hour", walked as written, from a directory that is not the repository.
 
-Your folder of identity subfolders is packed; one process trains an epoch; two processes resume
-it for a second epoch; the model is evaluated and exported. The alternative first step, pointing
-``--data.root`` at an existing InsightFace ``train.rec``, trains too. Every command is the real
-console script or launcher, every path relative to the working directory.
+Your folder of identity subfolders is packed; one process trains and stops mid-epoch; two
+processes resume it to the end of a second epoch, running exactly the steps they announce; the
+model is evaluated and exported. The alternative first step, pointing ``--data.root`` at an
+existing InsightFace ``train.rec``, trains too. Every command is the real console script or
+launcher, every path relative to the working directory.
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ import time
 import tomllib
 from pathlib import Path
 
+import torch
+import yaml
+
 from tests.helpers.insightface import folder_items, write_insightface_rec
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+BATCH = 16
 TRAIN = [
     "--data.root=packed",
     "--eval.targets=[val.bin]",
     "--name=first",
-    "--data.batch_size=16",
+    f"--data.batch_size={BATCH}",  # this and the rest: for 120 images, not in the README
     "--data.num_workers=0",
+    "--train.log_every=1",
 ]
 
 
@@ -71,12 +77,26 @@ def test_the_first_hour_from_any_directory(tiny_dataset: Path, tmp_path: Path) -
     _run(work, "dist-face-pack", "faces", "packed", "--shards", "2")
     assert (work / "packed" / "meta.json").is_file()
 
-    # 2. train one epoch on one process (120 images / 16 = 7 steps)
-    _run(work, "bash", torchrun_sh, *TRAIN, CONFIG="debug_cpu", NPROC_PER_NODE="1", RESUME="none")
+    # 2. train on one process; --train.max_steps=4 stands in for a run stopped mid-epoch
+    _run(
+        work,
+        "bash",
+        torchrun_sh,
+        *TRAIN,
+        "--train.max_steps=4",
+        CONFIG="debug_cpu",
+        NPROC_PER_NODE="1",
+        RESUME="none",
+    )
     run = work / "runs" / "first"
-    assert (run / "checkpoints" / "step_00000007").is_dir()
+    assert (run / "checkpoints" / "step_00000004").is_dir()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    # relative to where the launcher was started, and saved absolute
+    assert saved["data"]["root"] == str(work / "packed")
+    assert saved["eval"]["targets"] == [str(work / "val.bin")]
+    assert saved["output_root"] == str(work / "runs")
 
-    # 3. resume on two processes for a second epoch: 60 images per rank / 16 = 3 steps
+    # 3. resume on two processes and train to the end of a second epoch
     log = _run(
         work,
         "bash",
@@ -87,9 +107,25 @@ def test_the_first_hour_from_any_directory(tiny_dataset: Path, tmp_path: Path) -
         NPROC_PER_NODE="2",
         RESUME="auto",
     )
-    assert "resumed at step 7 in epoch 0 (112 samples of it consumed on 1 rank)" in log, log
-    assert "3 steps left (0 to finish epoch 0, then 1 more epoch of 3), ending at step 10" in log
-    assert (run / "checkpoints" / "step_00000010").is_dir()
+    # the schedule, from the dataset size alone: 4 steps x 16 samples of epoch 0 are consumed;
+    # the rest of it, dealt over 2 ranks (padded to equal shares), gives each rank
+    # ceil(rest / 2) // 16 batches; epoch 1 is ceil(N / 2) // 16 steps
+    n = json.loads((work / "packed" / "meta.json").read_text())["num_images"]
+    first, per_epoch = -(-(n - 4 * BATCH) // 2) // BATCH, -(-n // 2) // BATCH
+    end = 4 + first + per_epoch
+    assert (
+        f"resumed at step 4 in epoch 0 ({4 * BATCH} samples of it consumed on 1 rank): "
+        f"{first + per_epoch} steps left ({first} to finish epoch 0, then 1 more epoch of "
+        f"{per_epoch}), ending at step {end}"
+    ) in log, log
+    # it then runs exactly those steps, and the progress counters agree with the plan
+    records = [json.loads(line) for line in (run / "metrics-rank0.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if "train/loss" in r and r["progress/total_steps"] == end]
+    assert [r["step"] for r in resumed] == list(range(5, end + 1))
+    assert [r["progress/epoch"] for r in resumed] == [0] * first + [1] * per_epoch
+    assert f"step {end}/{end} epoch 1 " in log
+    last = torch.load(run / "checkpoints" / f"step_{end:08d}" / "state.pt", weights_only=True)
+    assert (last["step"], last["epoch"], last["consumed"]) == (end, 1, per_epoch * 2 * BATCH)
 
     # 4. evaluate the trained backbone on held-out pairs
     _run(work, "dist-face-evaluate", "--run", "runs/first", "--bin", "val.bin", "--quiet")
