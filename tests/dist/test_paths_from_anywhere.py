@@ -7,12 +7,15 @@ repository root.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from tests.helpers import slurm
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -159,3 +162,49 @@ def test_the_quickstart_reads_a_relative_run_directory_where_it_was_started(
         timeout=60,
     )
     assert f"dataset {REPO}/data/quickstart (" in default.stdout, default.stdout
+
+
+def _slurm_job(tmp_path: Path, bin_dir: Path) -> subprocess.CompletedProcess:
+    """``sbatch --nodes=2 ~/dist_face/launch/slurm.sbatch`` submitted from ``tmp_path/work``:
+    the batch step runs a copy of the script from a spool directory, with DRY_RUN=1."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    shutil.copy(REPO / "launch" / "slurm.sbatch", spool / "slurm_script")
+    env = {k: v for k, v in _env().items() if not k.startswith("SLURM")}
+    env.pop("DIST_FACE_REPO", None)
+    env.update(
+        PATH=f"{bin_dir}:{BIN}:{os.environ['PATH']}",
+        DRY_RUN="1",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="gpu-node-[07-08]",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_GPUS_PER_NODE="8",
+        SLURM_SUBMIT_DIR=str(work),
+    )
+    return subprocess.run(
+        ["bash", str(spool / "slurm_script"), "--data.root=packed"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_slurm_job_submitted_outside_the_repository_finds_its_launcher(
+    tmp_path: Path,
+) -> None:
+    stand_ins = slurm.install(tmp_path / "bin")  # scontrol and srun
+    done = _slurm_job(tmp_path, stand_ins)
+    assert done.returncode == 0, done.stderr
+    # one torchrun per node, started in the submit directory with the relative argument
+    assert done.stdout.count("-m dist_face.train --config debug_cpu --data.root=packed") == 2
+    assert f"bash {REPO}/launch/torchrun.sh" in done.stdout, done.stdout
+    # no checkout to be found: one line that says what to set
+    (stand_ins / "python").write_text("#!/bin/sh\nexit 1\n")
+    (stand_ins / "python").chmod(0o755)
+    lost = _slurm_job(tmp_path, stand_ins)
+    assert lost.returncode == 2 and lost.stdout == ""
+    assert "set DIST_FACE_REPO to the dist_face checkout" in lost.stderr, lost.stderr
