@@ -6,6 +6,8 @@
 #   HOSTFILE=launch/hostfile.example bash launch/deepspeed.sh --dist.zero_stage=2
 #
 # Trainer flags: dist-face-train --help; config fields: dist-face-train --help-config [SECTION].
+# Relative paths (arguments, HOSTFILE, RESUME) are relative to the directory this script is
+# started in: it never changes directory.
 # Every setting comes from the environment (defaults in brackets):
 #   CONFIG              recipe name or path                             [debug_cpu]
 #   HOSTFILE            DeepSpeed hostfile ("host slots=N" per line); the launcher reaches
@@ -52,9 +54,10 @@ if [ -n "${DRY_RUN:-}" ]; then
   echo
   exit 0
 fi
-cd "$root"
+# No change of directory: relative paths are relative to where this script was started (the
+# deepspeed launcher starts its workers there, on other hosts too).
 if ! python -c "import dist_face.train, deepspeed" >/dev/null 2>&1; then
   # shellcheck source=launch/setup_env.sh
-  source launch/setup_env.sh "${DIST_FACE_EXTRAS:-dev,deepspeed}" >&2
+  source "$root/launch/setup_env.sh" "${DIST_FACE_EXTRAS:-dev,deepspeed}" >&2
 fi
 exec "${cmd[@]}"

@@ -12,7 +12,8 @@
 #   --dry-run   say what would run and where, then stop (nothing is installed or written)
 #   -h, --help  this text
 #
-# Environment: QUICKSTART_DIR (default data/quickstart), QUICKSTART_RUN (runs/quickstart),
+# Environment: QUICKSTART_DIR (default <repo>/data/quickstart), QUICKSTART_RUN
+# (<repo>/runs/quickstart); relative values are relative to the current directory;
 # QUICKSTART_IDENTITIES (300), QUICKSTART_IMAGES (24 per identity),
 # QUICKSTART_IJB_IDENTITIES (60), NPROC (GPUs, else 2),
 # plus launch/setup_env.sh's.
@@ -27,9 +28,11 @@ for arg in "$@"; do
     *) echo "quickstart.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# no change of directory: QUICKSTART_DIR and QUICKSTART_RUN, when set, are relative to where
+# this script is started; the defaults live in the repository
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-DATA="${QUICKSTART_DIR:-data/quickstart}"
+DATA="${QUICKSTART_DIR:-$root/data/quickstart}"
 IDS="${QUICKSTART_IDENTITIES:-300}"
 PER_ID="${QUICKSTART_IMAGES:-24}"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -38,7 +41,7 @@ else
   NPROC="${NPROC:-2}"
 fi
 # an earlier run is kept unless --replace: this one takes the first free <run>-N
-RUN="${QUICKSTART_RUN:-runs/quickstart}"
+RUN="${QUICKSTART_RUN:-$root/runs/quickstart}"
 if [ -e "$RUN" ] && [ "$replace" = 0 ]; then
   n=2
   while [ -e "$RUN-$n" ]; do n=$((n + 1)); done
@@ -54,7 +57,7 @@ if [ "$dry_run" = 1 ]; then
   exit 0
 fi
 # shellcheck source=launch/setup_env.sh
-source launch/setup_env.sh dev
+source "$root/launch/setup_env.sh" dev
 ran=()
 skipped=()
 
@@ -68,25 +71,25 @@ else
     exit 2
   fi
   rm -rf "$DATA"  # an embedded dataset of other sizes: regenerated
-  python tools/make_dataset.py "$DATA" --identities "$IDS" --images-per-identity "$PER_ID"
+  python "$root/tools/make_dataset.py" "$DATA" --identities "$IDS" --images-per-identity "$PER_ID"
 fi
 ran+=("dataset: $DATA/train (images), $DATA/val.bin (held-out pairs)")
 
 echo "== 2/6 pack into record shards"
 rm -rf "$DATA/shards"
-python tools/pack.py "$DATA/train" "$DATA/shards" --shards 4 --shuffle --seed 0
-python tools/verify.py "$DATA/shards"
+python "$root/tools/pack.py" "$DATA/train" "$DATA/shards" --shards 4 --shuffle --seed 0
+python "$root/tools/verify.py" "$DATA/shards"
 ran+=("shards: $DATA/shards (packed, verified)")
 
 echo "== 3/6 train on $NPROC processes with torchrun"
 if [ "$replace" = 1 ]; then rm -rf "$RUN"; fi
-CONFIG=quickstart NPROC_PER_NODE="$NPROC" RESUME=none LOG_RANKS=0 bash launch/torchrun.sh \
+CONFIG=quickstart NPROC_PER_NODE="$NPROC" RESUME=none LOG_RANKS=0 bash "$root/launch/torchrun.sh" \
   --output_root="$(dirname "$RUN")" --name="$(basename "$RUN")" \
   --data.root="$DATA/shards" --eval.targets="[$DATA/val.bin]"
 ran+=("training: $RUN (config.yaml, checkpoints/, model.pt, metrics-rank*.jsonl)")
 
 echo "== 4/6 verification on held-out identities (trained vs untrained backbone)"
-python tools/evaluate.py --run "$RUN" --bin "$DATA/val.bin" --untrained-baseline
+python "$root/tools/evaluate.py" --run "$RUN" --bin "$DATA/val.bin" --untrained-baseline
 ran+=("evaluation: $RUN/eval_report.json (and $RUN/eval.json, written during training)")
 
 IJB="$DATA/ijbc"
@@ -96,15 +99,15 @@ if [ -f "$IJB/synthetic_ijb.json" ] && grep -q "\"identities\": $IJB_IDS," "$IJB
   echo "   reusing $IJB (synthetic_ijb.json matches)"
 else
   rm -rf "$IJB"
-  python tools/make_ijb.py "$IJB" --identities "$IJB_IDS"
+  python "$root/tools/make_ijb.py" "$IJB" --identities "$IJB_IDS"
 fi
-python tools/ijb.py --run "$RUN" --image-path "$IJB" --target IJBC --out "$RUN/ijbc" \
+python "$root/tools/ijb.py" --run "$RUN" --image-path "$IJB" --target IJBC --out "$RUN/ijbc" \
   --untrained-baseline --no-progress
 ran+=("IJB-C 1:1 + 1:N: $RUN/ijbc/report.json, ROC $RUN/ijbc/roc.png, DET $RUN/ijbc/det.png")
 
 echo "== 6/6 export: ONNX (checked against torch with onnxruntime) and safetensors"
 if python -c "import onnx, onnxruntime, safetensors" 2>/dev/null; then
-  python tools/export.py --run "$RUN" --out "$RUN/model.onnx" --safetensors
+  python "$root/tools/export.py" --run "$RUN" --out "$RUN/model.onnx" --safetensors
   ran+=("export: $RUN/model.onnx, $RUN/model.safetensors")
 else
   skipped+=("export: onnx/onnxruntime/safetensors not installed (pip install .[export])")

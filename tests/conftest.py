@@ -34,6 +34,14 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """20 identities x 6 images packed into 2 shards, plus a 20-pair val.bin."""
+    from tests.helpers.datasets import TINY, embedded_shards
+
+    return embedded_shards(tmp_path_factory.mktemp("tiny"), TINY)
+
+
+@pytest.fixture(scope="session")
 def color_shards(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """60 colour-coded PNG records of 7 classes in 3 shards (see tests/helpers/datasets.py)."""
     from tests.helpers.datasets import color_coded_shards

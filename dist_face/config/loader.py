@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dist_face.config.base import ConfigError, FieldError
 from dist_face.config.margin_defaults import check_overridden_fields
+from dist_face.config.paths import absolute_paths
 from dist_face.config.schema import RunConfig
 
 #: The repository's recipe directory; ``DIST_FACE_CONFIGS`` points elsewhere.
@@ -109,8 +110,12 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
-    """Build a recipe and apply overrides: the one call entry points make."""
-    return apply_overrides(recipe(name_or_path), overrides)
+    """Build a recipe and apply overrides: the one call entry points make.
+
+    Relative file paths come back absolute, anchored at the working directory
+    (:func:`~dist_face.config.paths.absolute_paths`).
+    """
+    return absolute_paths(apply_overrides(recipe(name_or_path), overrides))
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -154,7 +154,8 @@ class DataConfig:
 
     root: str = "data/quickstart/shards"
     """Directory of record shards (written by tools/pack.py); an MXNet/InsightFace .rec file, or
-    a folder holding train.rec/train.idx, trained on as it is; or 'synthetic'."""
+    a folder holding train.rec/train.idx, trained on as it is; or 'synthetic'. A relative path is
+    relative to the directory the command was started in."""
     backend: str = "auto"
     """Loader backend: auto, dali, torch or synthetic."""
     num_classes: int = 0
@@ -479,7 +480,8 @@ class RunConfig:
     name: str = "run"
     """Run name; the run directory is ``<output_root>/<name>``."""
     output_root: str = "runs"
-    """Parent directory of run directories."""
+    """Parent directory of run directories (relative: to the directory the command was started
+    in)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     aux: AuxLossConfig = field(default_factory=AuxLossConfig)

@@ -230,6 +230,8 @@ class ShardSet:
         hint = not_a_shard_set_hint(root)
         if hint is not None:
             raise FileNotFoundError(hint)
+        if not os.path.exists(root):
+            raise FileNotFoundError(f"{os.path.abspath(root)} does not exist")
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(
                 f"{meta_path} does not exist: {root} is not a complete shard set "

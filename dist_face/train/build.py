@@ -43,7 +43,7 @@ from dist_face.train.optim import (
     init_momentum,
     param_groups,
 )
-from dist_face.train.plan import RunPlan
+from dist_face.train.plan import RunPlan, Start
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep
 from dist_face.train.timing import StepTimer
@@ -81,7 +81,18 @@ def build_trainer(
     cfg = dataclasses.replace(cfg, head=resolve_head(cfg.head))
     data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
     num_classes = data.num_classes
-    plan = RunPlan.create(cfg, topology, num_classes, data.batches_per_epoch)
+    # the checkpoint's position first: the plan counts the steps left from it
+    resume = _resume_path(cfg, Path(cfg.output_root) / cfg.name)
+    saved = load_state(resume) if resume is not None else None
+    start = _start(saved) if saved is not None else Start()
+    plan = RunPlan.create(
+        cfg,
+        topology,
+        num_classes,
+        data.batches_per_epoch,
+        start=start,
+        batches_left=data.batches_left(start.consumed) if start.resumed else None,
+    )
     dataset = {
         "num_samples": data.num_samples,
         "num_classes": num_classes,
@@ -128,9 +139,10 @@ def build_trainer(
 
     state = TrainState()
     crange = class_range(num_classes, topology.rank, topology.world_size)
-    resume = _resume_path(cfg, plan.run_dir)
     if resume is not None:
-        state = _resume(resume, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange)
+        state = _resume(
+            resume, saved, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange
+        )
         load_aux_state(aux, resume, crange)
 
     def save(trainer: Trainer) -> Path | None:
@@ -317,8 +329,20 @@ def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def _resume(path, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange) -> TrainState:
-    state = load_state(path)
+def _start(state: dict) -> Start:
+    """The position a checkpoint's replicated state resumes at."""
+    saved_world = int(state["world_size"])
+    return Start(
+        step=int(state["step"]),
+        epoch=int(state["epoch"]),
+        consumed=_consumed(state, saved_world),
+        world_size=saved_world,
+    )
+
+
+def _resume(
+    path, state, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange
+) -> TrainState:
     saved_world = int(state["world_size"])
     engine.load_state(state["backbone"], state["optim_backbone"])
     for sched, sd in zip(scheds, state["schedulers"]):

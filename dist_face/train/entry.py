@@ -122,15 +122,7 @@ def _train(cfg: RunConfig, topology: Topology, parallel: ParallelContext) -> int
         sink = build_sinks(cfg, topology, run_dir(cfg))
         exporter = serve_metrics(sink, cfg.metrics, topology)
         trainer, plan = build_trainer(cfg, topology, device, sink=sink, parallel=parallel)
-        logger.info(
-            "run %s: %d ranks, global batch %d, %d steps (%d per epoch), run dir %s",
-            cfg.name,
-            topology.world_size,
-            plan.global_batch,
-            plan.total_steps,
-            plan.steps_per_epoch,
-            plan.run_dir,
-        )
+        logger.info("%s", plan.describe(cfg.name))
         state = trainer.fit()
         # only the rank that evaluates holds best values; the others say nothing about them
         best = f"; best {state.best}" if state.best else ""

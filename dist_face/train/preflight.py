@@ -21,6 +21,7 @@ from dist_face.checkpoint import CheckpointError, ShardedCheckpointError, latest
 from dist_face.checkpoint.manager import checkpoint_root, list_checkpoints
 from dist_face.checkpoint.sharded import total_classes
 from dist_face.config import ConfigError, RunConfig
+from dist_face.config.paths import check_inputs
 from dist_face.dist import Topology
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> None:
     from dist_face.heads.margins import MARGINS
     from dist_face.models.factory import names, options
 
+    check_inputs(cfg)  # every path the run reads exists: one line naming key and path
     # data.root, data.num_classes, data.backend (DALI installed?), data.batch_size; nothing
     # is read beyond the shard set's metadata and manifest
     num_classes = build_loader(cfg.data, topology, device, seed=cfg.train.seed).num_classes

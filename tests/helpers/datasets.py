@@ -8,6 +8,8 @@ from dist_face.cli.pack import main as pack_main
 from dist_face.data.embedded import EmbeddedSpec, generate_embedded_dataset
 
 SMALL = EmbeddedSpec(identities=60, images_per_identity=12, val_identities=30, val_pairs=300)
+# 120 training images: a whole epoch takes seconds, for tests of what a user runs end to end
+TINY = EmbeddedSpec(identities=20, images_per_identity=6, val_identities=4, val_pairs=20)
 
 
 def embedded_shards(root: Path, spec: EmbeddedSpec = SMALL, shards: int = 2) -> Path:

@@ -47,14 +47,17 @@ def _base(data: Path, out: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("--data.root={tmp}/missing", "data.root: cannot open"),
+        ("--data.root={tmp}/missing", "data.root: {tmp}/missing does not exist"),
         ("--head.margin=arcfaec", "head.margin: unknown margin 'arcfaec'"),
         ("--model.name=iresnet5", "model.name: unknown backbone 'iresnet5'"),
         ("--model.mask_ratio=0.2", "model.mask_ratio: backbone tiny has no mask_ratio option"),
         ("--data.num_classes=7", "data.num_classes: 7, but the shard set"),
-        ("--resume={tmp}/nowhere", "checkpoint.resume: {tmp}/nowhere is not a complete checkpoint"),
-        ("--model.init_backbone={tmp}/none.pt", "model.init_backbone: {tmp}/none.pt is not a file"),
-        ("--eval.targets=[{tmp}/lfw.bin]", "eval.targets: {tmp}/lfw.bin is not a file"),
+        ("--resume={tmp}/nowhere", "checkpoint.resume: {tmp}/nowhere does not exist"),
+        (
+            "--model.init_backbone={tmp}/none.pt",
+            "model.init_backbone: {tmp}/none.pt does not exist",
+        ),
+        ("--eval.targets=[{tmp}/lfw.bin]", "eval.targets: {tmp}/lfw.bin does not exist"),
         ("--data.batch_size=4000", "data.batch_size: 4000 is larger than"),
     ],
 )
