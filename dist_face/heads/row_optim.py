@@ -177,7 +177,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         if self.kind == "sgd":
             mu = torch.where(enabled, group["momentum"], 1.0)
             buf = _rows(state["momentum_buffer"], rows).float()
-            d = grad.add(w, alpha=wd) if wd else grad
+            d = grad.add(w * (wd * on)) if wd else grad
             buf.mul_(mu).add_(d)
             w.sub_(buf * (lr * on))
             _write(state["momentum_buffer"], rows, buf)
