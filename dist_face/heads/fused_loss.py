@@ -101,6 +101,7 @@ class _Ctx:
         self.x_inv = 1.0 / self.x_norm.clamp_min(_EPS)
         self.xin = xf * self.x_inv[:, None] if margin.normalize_embedding else xf
         self.num_cols = weight.shape[0] if spec.index is None else spec.index.shape[0]
+        self._norms: dict[int, torch.Tensor] = {}  # ‖w‖ per block, from forward: K floats
 
     def blocks(self) -> range:
         return range(0, self.num_cols, self.spec.chunk)
@@ -117,7 +118,11 @@ class _Ctx:
         margin = self.spec.margin
         norm = None
         if margin.normalize_weight or not self.cosine:
-            norm = torch.linalg.vector_norm(w, dim=1)
+            # the rows do not change between forward and backward (a block is updated only in
+            # its own backward step): one pass over them saved
+            norm = self._norms.get(lo)
+            if norm is None:
+                norm = self._norms[lo] = torch.linalg.vector_norm(w, dim=1)
         inv = 1.0 / norm.clamp_min(_EPS) if margin.normalize_weight else None
         z = self.xin @ w.T
         if inv is not None:
@@ -222,6 +227,11 @@ class _FusedMarginLoss(torch.autograd.Function):
             trained = [p for p in params if p.requires_grad]
             g_params = [torch.zeros_like(p, dtype=c.dtype) for p in trained]
             gxin = torch.zeros_like(c.xin)
+            # the rows' gradient is exactly zero when the step is suppressed (non-finite loss);
+            # the embeddings' stays as it is, so the trainer sees the overflow and skips
+            x_rows = torch.where(enabled, c.xin, 0.0)
+            # SGD's L2 term joins the gradient in the pass that already reads the rows
+            decay = None if dense else spec.optimizer.fold_decay(enabled)
             gxn = torch.zeros_like(c.x_norm)
             for lo in c.blocks():
                 blk = c.block(lo)
@@ -246,7 +256,7 @@ class _FusedMarginLoss(torch.autograd.Function):
                     if gp is not None:
                         acc += gp
                 gz = got["z"] if got["z"] is not None else torch.zeros_like(blk.z)
-                grad_w = _project_backward(c, blk, gz, gxin)
+                grad_w = _project_backward(c, blk, gz, gxin, x_rows, enabled, decay)
                 if got.get("w_norm") is not None:  # ∂‖w‖/∂w = w/‖w‖
                     grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
                 if got.get("x_norm") is not None:
@@ -257,7 +267,8 @@ class _FusedMarginLoss(torch.autograd.Function):
                     _scatter(gb, blk.rows, grad_b)
                 else:
                     grads_rows = [grad_w] if c.bias is None else [grad_w, grad_b]
-                    spec.optimizer.update_rows(blk.rows, grads_rows, enabled)
+                    current = [blk.w] if c.bias is None else [blk.w, blk.bias]
+                    spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current)
             if g_params:  # replicated margin parameters: sum the ranks' partial gradients
                 flat = torch.cat([p.reshape(-1) for p in g_params])
                 comm.all_reduce(flat, ReduceOp.SUM, spec.group)
@@ -286,15 +297,31 @@ class _Leaves:
         return [getattr(self, k) for k in self.names()]
 
 
-def _project_backward(c: _Ctx, blk: _Block, gz: torch.Tensor, gxin: torch.Tensor) -> torch.Tensor:
-    """Add ``∂L/∂xin`` into ``gxin`` ``[N, D]``; return the block's ``∂L/∂w`` ``[Kc, D]``."""
+def _project_backward(
+    c: _Ctx,
+    blk: _Block,
+    gz: torch.Tensor,
+    gxin: torch.Tensor,
+    x_rows: torch.Tensor,
+    enabled: torch.Tensor,
+    decay: torch.Tensor | None,
+) -> torch.Tensor:
+    """Add ``∂L/∂xin`` into ``gxin`` ``[N, D]``; return the block's ``∂L/∂w`` ``[Kc, D]``.
+
+    The rows' gradient is computed from ``x_rows`` (``xin``, or zeros when not ``enabled``)
+    and a masked ``gz``, so that a suppressed step hands the optimizer zeros, not NaN.
+    ``decay`` (0-dim) adds ``decay · w`` (SGD's L2 term) in the same pass.
+    """
+    gz_rows = torch.where(enabled, gz, 0.0)
     if blk.inv is None:  # z = xin · wᵀ
         gxin.addmm_(gz, blk.w)
-        return gz.T @ c.xin
-    gzs = gz * blk.inv  # z = xin · wᵀ / ‖w‖
-    gxin.addmm_(gzs, blk.w)
-    radial = blk.inv * (gzs * blk.z.detach()).sum(dim=0)
-    return (gzs.T @ c.xin).sub_(blk.w * radial[:, None])
+        grad = gz_rows.T @ x_rows
+        return grad if decay is None else grad.addcmul_(blk.w, decay)
+    gxin.addmm_(gz * blk.inv, blk.w)  # z = xin · wᵀ / ‖w‖
+    gz_rows.mul_(blk.inv)
+    radial = torch.where(enabled, blk.inv * (gz_rows * blk.z.detach()).sum(dim=0), 0.0)
+    coef = -radial if decay is None else decay - radial
+    return torch.mm(gz_rows.T, x_rows).addcmul_(blk.w, coef[:, None])
 
 
 def _embedding_grad(c: _Ctx, gxin: torch.Tensor, gxn: torch.Tensor) -> torch.Tensor:

@@ -110,8 +110,10 @@ class PartialFC(nn.Module):
         self.check_labels = check_labels
         self.chunk_size = chunk_size
         self.seed = seed
-        init = init_class_centers(self.class_start, self.class_end, embedding_size, seed)
-        self.weight = nn.Parameter(init.to(storage_dtype))
+        init = init_class_centers(
+            self.class_start, self.class_end, embedding_size, seed, dtype=storage_dtype
+        )
+        self.weight = nn.Parameter(init)
         bias = nn.Parameter(torch.zeros(self.num_local)) if self.margin.class_bias else None
         self.register_parameter("bias", bias)
         self.sampler = ClassSampler(self.num_local, sample_rate, seed, self.rank)

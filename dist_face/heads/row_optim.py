@@ -14,7 +14,7 @@ of times the row was updated), so a rarely sampled row is not over-corrected.
 
 The update never waits for the device: a step whose head loss is not finite is suppressed on
 the device (weights and state unchanged) through ``enabled``, a 0-dim bool tensor. Under fp16
-the backward's gradient carries the loss scale; ``grad_scale`` (a device tensor or a float,
+the backward's gradient carries the loss scale; ``loss_scale`` (a device tensor or a float,
 set by the trainer) divides it out. Because the update happens in backward, a step that the
 trainer skips for an overflow in the *backbone's* gradients still updates the sampled centers:
 their gradient is computed in float32 from finite embeddings and is valid.
@@ -88,7 +88,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "betas": betas, "eps": eps}
         super().__init__(groups, defaults)
         self.kind = kind
-        self.grad_scale: torch.Tensor | float | None = None
+        self.loss_scale: torch.Tensor | float | None = None
         """Divides the gradients handed to :meth:`update_rows` (the fp16 loss scale)."""
         self.found_inf: torch.Tensor | None = None
         for group in self.param_groups:
@@ -112,28 +112,51 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         """The groups updated row by row, in the order of ``update_rows``' gradients."""
         return [g for g in self.param_groups if g["rows"]]
 
+    def fold_decay(self, enabled: torch.Tensor) -> torch.Tensor | None:
+        """SGD's L2 coefficient of the weight rows, for the caller to add to their gradient.
+
+        Adding ``wd · w`` where the head already reads the rows saves a pass over them; the
+        gradient handed to :meth:`update_rows` for the first row group then includes it.
+        None for AdamW (decoupled decay, applied here).
+
+        Args:
+            enabled: 0-dim bool; the coefficient is 0 when False.
+        """
+        if self.kind != "sgd":
+            return None
+        decay = enabled.to(torch.float32) * self.row_groups[0]["weight_decay"]
+        # the gradient arrives multiplied by the loss scale, and so must the term added to it
+        return decay if self.loss_scale is None else decay * self.loss_scale
+
     @torch.no_grad()
     def update_rows(
         self,
         rows: RowIndex,
         grads: list[torch.Tensor | None],
         enabled: torch.Tensor,
+        current: list[torch.Tensor | None] | None = None,
     ) -> None:
         """Apply one update to ``rows`` of every row parameter.
 
         Args:
             rows: the rows (a slice, or sorted unique int64 ids on the parameters' device).
             grads: per row group, the gradient of those rows (``[R, ...]``, float32; None:
-                the group is left alone), scaled by ``grad_scale``.
+                the group is left alone), scaled by ``loss_scale``; under SGD the first
+                group's includes the L2 term (:meth:`fold_decay`). Consumed (updated in
+                place). Must be finite where ``enabled`` is False (the head passes zeros).
             enabled: 0-dim bool device tensor; False leaves weights and state unchanged.
+            current: per row group, the caller's float32 copy (or view) of those rows, if it
+                holds one: updated in place and written back, which saves reading the rows
+                again.
         """
-        for group, grad in zip(self.row_groups, grads, strict=True):
+        current = current or [None] * len(grads)
+        for i, (group, grad) in enumerate(zip(self.row_groups, grads, strict=True)):
             if grad is None:
                 continue
-            if self.grad_scale is not None:
-                grad = grad / self.grad_scale
+            if self.loss_scale is not None:
+                grad = grad.div_(self.loss_scale)
             p = group["params"][0]
-            self._apply(p, rows, grad, group, enabled)
+            self._apply(p, rows, grad, group, enabled, decayed=i == 0, rows_now=current[i])
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
@@ -163,6 +186,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         group: dict[str, Any],
         enabled: torch.Tensor,
         owner: torch.Tensor | None = None,
+        decayed: bool = False,
+        rows_now: torch.Tensor | None = None,
     ) -> None:
         """The SGD/AdamW formulas on ``rows`` of ``p`` in float32, written back in p's dtype."""
         state = self.state[owner if owner is not None else p]
@@ -170,33 +195,33 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             state = {k: v.view(1, -1) if k != "step" else v for k, v in state.items()}
         lr, wd = group["lr"], group["weight_decay"]
         on = enabled.to(torch.float32)
-        w = _rows(p, rows).float()
-        # a suppressed step must leave everything as it was: zero the gradient where it may
-        # be non-finite, and turn every coefficient into the identity
-        grad = torch.where(enabled, grad, 0.0)
+        # a view when the rows are contiguous float32: updated in place
+        w = rows_now if rows_now is not None else _rows(p, rows).float()
+        # a suppressed step must leave everything as it was: every coefficient becomes the
+        # identity (the caller hands a finite gradient then, zeros from the head)
         if self.kind == "sgd":
-            mu = torch.where(enabled, group["momentum"], 1.0)
             buf = _rows(state["momentum_buffer"], rows).float()
-            d = grad.add(w * (wd * on)) if wd else grad
-            buf.mul_(mu).add_(d)
-            w.sub_(buf * (lr * on))
+            if wd and not decayed:  # g + wd·w (grad is this block's own tensor)
+                grad = grad.addcmul_(w, on * wd)
+            # buf ← g + μ·buf in one pass (in place through out=)
+            torch.addcmul(grad, buf, torch.where(enabled, group["momentum"], 1.0), out=buf)
+            w.addcmul_(buf, on * -lr)
             _write(state["momentum_buffer"], rows, buf)
         else:
             beta1, beta2 = group["betas"]
-            b1 = torch.where(enabled, beta1, 1.0)
-            b2 = torch.where(enabled, beta2, 1.0)
             step = _rows(state["step"], rows).add_(on)
             m = _rows(state["exp_avg"], rows).float()
             v = _rows(state["exp_avg_sq"], rows).float()
-            w.mul_(1.0 - lr * wd * on)
-            m.mul_(b1).add_(grad * (1.0 - b1))
-            v.mul_(b2).add_(grad * grad * (1.0 - b2))
+            w.mul_(1.0 - on * (lr * wd))
+            # with the gradient zeroed, a suppressed step only needs β → 1
+            m.mul_(torch.where(enabled, beta1, 1.0)).add_(grad, alpha=1.0 - beta1)
+            v.mul_(torch.where(enabled, beta2, 1.0)).addcmul_(grad, grad, value=1.0 - beta2)
             shape = (-1,) + (1,) * (w.ndim - 1)
             t = step.clamp_min(1.0).view(shape)  # never-updated rows: any finite correction
             bc1 = 1.0 - torch.pow(beta1, t)
             bc2 = 1.0 - torch.pow(beta2, t)
-            denom = (v.sqrt() / bc2.sqrt()).add_(group["eps"])
-            w.sub_(m / denom * (lr * on / bc1))
+            denom = v.sqrt().div_(bc2.sqrt()).add_(group["eps"])
+            w.addcdiv_(m, denom.mul_(bc1 / (on * -lr)))  # −lr·m̂/(√v̂ + ε); ±inf when off: 0
             _write(state["exp_avg"], rows, m)
             _write(state["exp_avg_sq"], rows, v)
             _write(state["step"], rows, step)

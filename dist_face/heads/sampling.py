@@ -8,15 +8,20 @@ _INIT_BLOCK = 4096  # rows drawn per generator; a row's value depends on (seed, 
 
 
 def init_class_centers(
-    start: int, end: int, dim: int, seed: int, std: float = 0.01
+    start: int,
+    end: int,
+    dim: int,
+    seed: int,
+    std: float = 0.01,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Initial centers ``[end - start, D]`` (float32, ``N(0, std²)``) of classes ``[start, end)``.
+    """Initial centers ``[end - start, D]`` (``N(0, std²)``, ``dtype``) of ``[start, end)``.
 
     Classes are drawn in blocks of 4096 from a generator seeded by ``(seed, block)``, so the
     value of class ``j`` does not depend on how classes are split over ranks: a run on one
     device and a run on W ranks start from the same matrix, without any rank materialising it.
     """
-    out = torch.empty((end - start, dim), dtype=torch.float32)
+    out = torch.empty((end - start, dim), dtype=dtype)  # drawn in float32, a block at a time
     block = start // _INIT_BLOCK
     while block * _INIT_BLOCK < end:
         lo, hi = block * _INIT_BLOCK, (block + 1) * _INIT_BLOCK

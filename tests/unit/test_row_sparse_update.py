@@ -119,7 +119,7 @@ def test_grad_scale_is_divided_out() -> None:
     plain, scaled = PartialFC(D, C, "arcface"), PartialFC(D, C, "arcface")
     for head, scale in ((plain, 1.0), (scaled, 1024.0)):
         opt = build_row_optimizer(head, "sgd", LR, WD, MU)
-        opt.grad_scale = torch.tensor(scale)
+        opt.loss_scale = torch.tensor(scale)
         head.attach_optimizer(opt)
         (head(*_batch()) * scale).backward()
     torch.testing.assert_close(plain.weight, scaled.weight)
