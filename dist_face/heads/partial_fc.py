@@ -136,6 +136,13 @@ class PartialFC(nn.Module):
         """Whether this head samples classes (``sample_rate < 1``)."""
         return self.sampler.active
 
+    def row_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters sharded by class (re-split by class range in checkpoints)."""
+        rows = {"weight": self.weight}
+        if self.bias is not None:
+            rows["bias"] = self.bias
+        return rows
+
     def no_weight_decay(self) -> set[str]:
         """Names (relative to this module) of parameters that must not be weight-decayed."""
         names = {"bias"} if self.bias is not None else set()

@@ -64,7 +64,8 @@ def _check(tmp_path, classes: int) -> None:
     for rank, (b, r) in enumerate(zip(base, big, strict=True)):
         assert r["steps"] == STEPS
         head = r["peak"] - b["peak"]
-        print(f"rank {rank}: allowance {b['peak'] / 2**20:.0f} MiB, head {head / share:.2f} x share")
+        allowance = b["peak"] / 2**20
+        print(f"rank {rank}: allowance {allowance:.0f} MiB, head {head / share:.2f} x share")
         assert r["peak"] <= b["peak"] + 2.5 * share, (
             f"rank {rank}: peak {r['peak'] / 2**20:.0f} MiB > allowance "
             f"{b['peak'] / 2**20:.0f} MiB + 2.5 x {share / 2**20:.0f} MiB"
