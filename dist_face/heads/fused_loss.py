@@ -29,7 +29,7 @@ centers (bf16 rows are upcast a block at a time) and whatever autocast is active
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from torch.distributed import ProcessGroup, ReduceOp
 from dist_face.dist import comm
 from dist_face.heads.margins import Margin, MarginInput, filter_interclass
 from dist_face.heads.row_optim import RowIndex, RowSparseOptimizer
+from dist_face.heads.workspace import Workspace
 
 _EPS = 1e-12  # as F.normalize
 BLOCK_ELEMENTS = 1 << 20
@@ -66,6 +67,7 @@ class LossSpec:
         chunk: columns per block.
         filter_threshold: inter-class filtering threshold (cosine margins; 0 = off).
         optimizer: receives each block's row gradients in backward (None: dense gradient).
+        workspace: scratch buffers for one block's rows and gradient.
     """
 
     margin: Margin
@@ -75,6 +77,7 @@ class LossSpec:
     chunk: int
     filter_threshold: float = 0.0
     optimizer: RowSparseOptimizer | None = None
+    workspace: Workspace = field(default_factory=Workspace)
 
 
 @dataclass
@@ -113,8 +116,7 @@ class _Ctx:
     def block(self, lo: int) -> _Block:
         hi = min(lo + self.spec.chunk, self.num_cols)
         rows = self.rows(lo, hi)
-        w = self.weight[rows] if isinstance(rows, slice) else self.weight.index_select(0, rows)
-        w = w.detach().to(self.dtype)
+        w = self.spec.workspace.gather("rows", self.weight, rows, self.dtype)
         margin = self.spec.margin
         norm = None
         if margin.normalize_weight or not self.cosine:
@@ -131,8 +133,7 @@ class _Ctx:
             z.clamp_(-1.0, 1.0)  # beyond it only by rounding: identity in backward
         bias = None
         if self.bias is not None:
-            b = self.bias[rows] if isinstance(rows, slice) else self.bias.index_select(0, rows)
-            bias = b.detach().to(self.dtype)
+            bias = self.spec.workspace.gather("bias", self.bias, rows, self.dtype)
         labels = self.spec.labels
         labels = torch.where((labels >= lo) & (labels < hi), labels - lo, -1)
         return _Block(rows, w, inv, None if self.cosine else norm, z, bias, labels)
@@ -313,15 +314,16 @@ def _project_backward(
     ``decay`` (0-dim) adds ``decay · w`` (SGD's L2 term) in the same pass.
     """
     gz_rows = torch.where(enabled, gz, 0.0)
+    out = c.spec.workspace.get("grad", tuple(blk.w.shape), blk.w.dtype, blk.w.device)
     if blk.inv is None:  # z = xin · wᵀ
         gxin.addmm_(gz, blk.w)
-        grad = gz_rows.T @ x_rows
+        grad = torch.mm(gz_rows.T, x_rows, out=out)
         return grad if decay is None else grad.addcmul_(blk.w, decay)
     gxin.addmm_(gz * blk.inv, blk.w)  # z = xin · wᵀ / ‖w‖
     gz_rows.mul_(blk.inv)
     radial = torch.where(enabled, blk.inv * (gz_rows * blk.z.detach()).sum(dim=0), 0.0)
     coef = -radial if decay is None else decay - radial
-    return torch.mm(gz_rows.T, x_rows).addcmul_(blk.w, coef[:, None])
+    return torch.mm(gz_rows.T, x_rows, out=out).addcmul_(blk.w, coef[:, None])
 
 
 def _embedding_grad(c: _Ctx, gxin: torch.Tensor, gxn: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ from dist_face.heads.margins import MARGINS, Margin
 from dist_face.heads.row_optim import RowSparseOptimizer
 from dist_face.heads.sampling import ClassSampler, init_class_centers
 from dist_face.heads.shard_math import class_range
+from dist_face.heads.workspace import Workspace
 
 
 class PartialFC(nn.Module):
@@ -118,6 +119,7 @@ class PartialFC(nn.Module):
         self.register_parameter("bias", bias)
         self.sampler = ClassSampler(self.num_local, sample_rate, seed, self.rank)
         self.optimizer: RowSparseOptimizer | None = None
+        self._workspace = Workspace()  # block buffers reused across steps
         self._checked_batch = -1
         self.last_sampled: torch.Tensor | None = None
         """Global class ids used by the last forward (``None`` when every class was used)."""
@@ -180,6 +182,7 @@ class PartialFC(nn.Module):
             chunk,
             self.interclass_filtering_threshold,
             self.optimizer if self.training else None,
+            self._workspace,
         )
         params = list(self.margin.parameters())
         return fused_margin_loss(x_all, self.weight, self.bias, spec, params)

@@ -31,12 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_face.heads.workspace import Workspace
+
 RowIndex = slice | torch.Tensor
 """Which rows of a ``[C_local, ...]`` tensor: a contiguous ``slice`` or sorted int64 ids."""
-
-
-def _rows(t: torch.Tensor, rows: RowIndex) -> torch.Tensor:
-    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
 
 
 def _write(t: torch.Tensor, rows: RowIndex, value: torch.Tensor) -> None:
@@ -91,6 +89,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         self.loss_scale: torch.Tensor | float | None = None
         """Divides the gradients handed to :meth:`update_rows` (the fp16 loss scale)."""
         self.found_inf: torch.Tensor | None = None
+        self._workspace = Workspace()  # gathered optimizer rows, reused across blocks
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p)
@@ -178,6 +177,10 @@ class RowSparseOptimizer(torch.optim.Optimizer):
                 view = p.view(1, -1) if p.ndim == 0 else p
                 self._apply(view, slice(None), p.grad.view_as(view).float(), group, flag, p)
 
+    def _gather(self, state: dict[str, torch.Tensor], key: str, rows: RowIndex) -> torch.Tensor:
+        """Float32 rows of an optimizer tensor: a view where possible, else a reused buffer."""
+        return self._workspace.gather(key, state[key], rows, torch.float32)
+
     def _apply(
         self,
         p: torch.Tensor,
@@ -196,11 +199,15 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         lr, wd = group["lr"], group["weight_decay"]
         on = enabled.to(torch.float32)
         # a view when the rows are contiguous float32: updated in place
-        w = rows_now if rows_now is not None else _rows(p, rows).float()
+        w = (
+            rows_now
+            if rows_now is not None
+            else self._workspace.gather("param", p, rows, torch.float32)
+        )
         # a suppressed step must leave everything as it was: every coefficient becomes the
         # identity (the caller hands a finite gradient then, zeros from the head)
         if self.kind == "sgd":
-            buf = _rows(state["momentum_buffer"], rows).float()
+            buf = self._gather(state, "momentum_buffer", rows)
             if wd and not decayed:  # g + wd·w (grad is this block's own tensor)
                 grad = grad.addcmul_(w, on * wd)
             # buf ← g + μ·buf in one pass (in place through out=)
@@ -209,9 +216,9 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             _write(state["momentum_buffer"], rows, buf)
         else:
             beta1, beta2 = group["betas"]
-            step = _rows(state["step"], rows).add_(on)
-            m = _rows(state["exp_avg"], rows).float()
-            v = _rows(state["exp_avg_sq"], rows).float()
+            step = self._gather(state, "step", rows).add_(on)
+            m = self._gather(state, "exp_avg", rows)
+            v = self._gather(state, "exp_avg_sq", rows)
             w.mul_(1.0 - on * (lr * wd))
             # with the gradient zeroed, a suppressed step only needs β → 1
             m.mul_(torch.where(enabled, beta1, 1.0)).add_(grad, alpha=1.0 - beta1)
