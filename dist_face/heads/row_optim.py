@@ -172,8 +172,10 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                flag = enabled if enabled is not None else torch.ones((), dtype=torch.bool)
-                flag = flag.to(p.device)
+                if enabled is None:  # no trainer flag: always apply (created on the device)
+                    flag = torch.ones((), dtype=torch.bool, device=p.device)
+                else:
+                    flag = enabled.to(p.device)
                 view = p.view(1, -1) if p.ndim == 0 else p
                 self._apply(view, slice(None), p.grad.view_as(view).float(), group, flag, p)
 

@@ -83,7 +83,7 @@ def test_all_rows_used_equals_torch_dense_optimizer(kind: str, margin: str) -> N
     # float32 rounding of two orders of summation: 1e-5 of the largest entry (the first steps
     # move centers of norm 0.02 by gradients ∝ 1/‖w‖, far beyond it)
     for (name, a), b in zip(sparse.named_parameters(), dense.parameters(), strict=True):
-        tol = 1e-5 * float(b.abs().max())
+        tol = 1e-5 * float(b.detach().abs().max())
         torch.testing.assert_close(a, b, rtol=1e-5, atol=tol, msg=f"{kind} {margin} {name}")
 
 
