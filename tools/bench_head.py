@@ -121,8 +121,12 @@ def _run_point(args: argparse.Namespace, impl: str, c: int, r: float, chunk: int
     cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
     if args.external:
         cmd += ["--external", args.external]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:  # e.g. killed for memory: report it, go on with the others
+        reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        print(f"{impl} C={c} r={r}: failed ({reason})", file=sys.stderr)
+        return {"s_per_step": float("nan"), "peak": float("nan")}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
