@@ -173,7 +173,7 @@ class PartialFC(nn.Module):
         local = torch.where((local >= 0) & (local < self.num_local), local, -1)
         index, local = self.sampler.select(local)
         self.last_sampled = None if index is None else index + self.class_start
-        chunk = self.chunk_size or default_chunk(x_all.shape[0])
+        chunk = self.chunk_size or default_chunk(x_all.shape[0], x_all.device)
         spec = LossSpec(
             self.margin,
             local,
