@@ -41,7 +41,7 @@ from dist_face.heads.row_optim import RowIndex, RowSparseOptimizer
 from dist_face.heads.workspace import Workspace
 
 _EPS = 1e-12  # as F.normalize
-BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 23}
+BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 23}
 """Default size of one ``[N, chunk]`` block (elements) per device type (:func:`default_chunk`)."""
 
 
@@ -49,8 +49,9 @@ def default_chunk(rows: int, device: torch.device) -> int:
     """Columns per block for ``rows`` gathered embeddings: ``BLOCK_ELEMENTS / N``, ≥ 256.
 
     CPU: measured with ``tools/bench_head.py --chunks`` (C = 200k, N = 64, D = 512, the
-    README's table): at r = 1, blocks of 1M elements run 1.21× faster than 64k-element ones and
-    1.08× faster than 4M-element ones; at r = 0.1, 256k elements are 9 % faster than 1M. CUDA:
+    README's table): blocks of 256k elements are as fast as 1M-element ones at r = 1 (2 %
+    slower) and 9 % faster at r = 0.1, 1.19× faster than 64k-element blocks, and they keep a
+    step's transient memory to a quarter. CUDA:
     8M elements (32 MiB per ``[N, chunk]`` float32 tensor), larger GEMMs for fewer kernel
     launches; not measured on a GPU yet.
     """
