@@ -1,143 +1,200 @@
-"""Benchmark the sharded class-center head against a plain GEMM of the same shape.
+"""Steps/s and peak memory of the class-center head, against baselines measured in the same run.
 
-For each (B, D, C, W, r) point: forward + backward time of ``PartialFC`` (ArcFace) per step on
-rank 0, its achieved GFLOP/s (3 GEMMs: ``6·N·K·D`` flops, N = W·B, K = classes on the rank),
-the time of a bare ``[N, D] x [K, D]ᵀ`` GEMM forward + backward measured in the same process
-(efficiency = GEMM time / head time), and the bytes a rank sends per step compared with the
-naive design that all-gathers every rank's logits. W > 1 runs W gloo processes on CPU; with
-CUDA and W = 1 the head runs on the GPU.
+One training step of the head alone (forward, backward and the optimizer update; ArcFace,
+SGD with momentum 0.9 and weight decay 5e-4) on one process, for each C and r:
 
-    python tools/bench_head.py                      # small grid, < 1 minute on 2 cores
-    python tools/bench_head.py --batch 128 --dim 512 --classes 100000 --world 1 2 4 --rate 1 0.1
+* ``sparse``   — the fused head with the row-sparse update (``head.update=sparse``);
+* ``dense``    — the fused head with a dense ``[C, D]`` gradient and torch's fused SGD
+  (``head.update=dense``: every row moves every step);
+* ``bf16``     — ``sparse`` with the centers and momentum stored in bf16 (``head.storage``);
+* ``gemm``     — the three bare GEMMs of the step (``x·Wᵀ``, ``Gᵀ·x``, ``G·W`` on the kept
+  ``K`` rows): the rate no head can beat;
+* ``--external FILE`` — any other head: FILE defines ``make_step(C, D, r, seed) ->
+  step(x, y)`` (a full training step); e.g. arcface_torch's PartialFC_V2 with its SGD.
+
+Every point runs in a fresh subprocess so that its peak resident memory (``ru_maxrss`` less
+the process's resident set before the head is built) is its own; the table gives it as a
+multiple of the fp32 class-center bytes ``C·D·4``, and the time per step as the median
+process CPU time of ``--steps`` steps after one warm-up, on ``--threads`` threads (1 by
+default: CPU time then stays meaningful on a shared, busy machine, where wall time does not).
+Ratios are against ``dense`` (and ``gemm``) of the same run.
+
+    python tools/bench_head.py                                   # C = 200k, 1M; r = 1, 0.1
+    python tools/bench_head.py --classes 20000 --rates 1 --impls sparse dense gemm
+    python tools/bench_head.py --external /path/to/arcface_pfc_v2.py
+    python tools/bench_head.py --chunks 1024 4096 16384 65536   # block size of the fused loss
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import socket
+import ctypes
+import ctypes.util
+import importlib.util
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dist_face.heads import PartialFC
+from dist_face.heads.row_optim import build_row_optimizer
+from dist_face.metrics.perf import memory_stats
+
+B, D = 64, 512
+LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
+Step = Callable[[torch.Tensor, torch.Tensor], object]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _fused(c: int, r: float, update: str, storage: torch.dtype, chunk: int) -> Step:
+    head = PartialFC(
+        D, c, "arcface", r, check_labels=False, chunk_size=chunk, storage_dtype=storage
+    )
+    if update == "sparse":
+        opt = build_row_optimizer(head, "sgd", LR, WD, MOMENTUM)
+        head.attach_optimizer(opt)
+    else:
+        opt = torch.optim.SGD([head.weight], lr=LR, momentum=MOMENTUM, weight_decay=WD, fused=True)
 
-
-def _timeit(fn, device: torch.device, iters: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _measure(rank: int, world: int, b: int, d: int, c: int, r: float, iters: int) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() and world == 1 else "cpu")
-    head = PartialFC(d, c, "arcface", sample_rate=r, check_labels=False).to(device)
-    gen = torch.Generator().manual_seed(rank)
-    x = torch.randn(b, d, generator=gen).to(device).requires_grad_(True)
-    y = torch.randint(0, c, (b,), generator=gen).to(device)
-
-    def step() -> None:
-        head.weight.grad = None
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         head(x, y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
-    t_head = _timeit(step, device, iters)
-    n = b * world
-    k = head.num_local if head.last_sampled is None else len(head.last_sampled)
-    xs = torch.randn(n, d, device=device, requires_grad=True)
-    ws = torch.randn(k, d, device=device, requires_grad=True)
-    grad = torch.randn(n, k, device=device)
-
-    def gemm() -> None:
-        xs.grad = ws.grad = None
-        (xs @ ws.T).backward(grad)
-
-    t_gemm = _timeit(gemm, device, iters)
-    return {"t_head": t_head, "t_gemm": t_gemm, "k": k, "device": device.type}
+    return step
 
 
-def _worker(rank: int, world: int, port: int, args: tuple, out: mp.Queue) -> None:
-    torch.set_num_threads(1)  # one core per rank, as for the single-rank points
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+def _gemm(c: int, r: float) -> Step:
+    k = max(int(r * c), B)
+    w = torch.randn(k, D) * 0.01
+    grad = torch.randn(B, k)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        z = x @ w.T  # forward
+        _ = grad.T @ x  # ∂L/∂W
+        _ = grad @ w  # ∂L/∂x
+        del z
+
+    return step
+
+
+def _external(path: str, c: int, r: float) -> Step:
+    spec = importlib.util.spec_from_file_location("external_head", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.make_step(c, D, r, 0)
+
+
+def _live_memory_rss() -> None:
+    """Resident memory that follows live memory: every glibc block of 64 KiB or more is mapped
+    and unmapped, in one arena (else freed blocks stay resident and the peak varies by tens of
+    MB from run to run)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    for option, value in ((-3, 1 << 16), (-1, 1 << 16), (-8, 1)):  # MMAP/TRIM_THRESHOLD, ARENA_MAX
+        libc.mallopt(option, value)
+
+
+def _rss() -> float:
+    return memory_stats(torch.device("cpu")).get("memory/rss_bytes", 0.0)
+
+
+def measure(impl: str, c: int, r: float, steps: int, chunk: int, external: str | None) -> dict:
+    """One point, in this process: seconds per step (median) and peak memory over the RSS."""
+    _live_memory_rss()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(B, D, generator=gen).requires_grad_(True)
+    y = torch.randint(0, c, (B,), generator=gen)
+    base = _rss()
+    if impl == "gemm":
+        step = _gemm(c, r)
+    elif impl == "external":
+        step = _external(external, c, r)
+    else:
+        update = "dense" if impl == "dense" else "sparse"
+        storage = torch.bfloat16 if impl == "bf16" else torch.float32
+        step = _fused(c, r, update, storage, chunk)
+    times = []
+    for i in range(steps + 1):
+        x.grad = None
+        start = time.process_time()
+        step(x, y)
+        if i:  # the first step allocates optimizer state and warms the allocator
+            times.append(time.process_time() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    return {"s_per_step": statistics.median(times), "peak": max(peak - base, 0.0)}
+
+
+def _run_point(args: argparse.Namespace, impl: str, c: int, r: float, chunk: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", impl, str(c), str(r), str(chunk)]
+    cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
+    if args.external:
+        cmd += ["--external", args.external]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:  # e.g. killed for memory: report it, go on with the others
+        reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        print(f"{impl} C={c} r={r}: failed ({reason})", file=sys.stderr)
+        return {"s_per_step": float("nan"), "peak": float("nan")}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 0.1])
+    parser.add_argument(
+        "--impls", nargs="+", default=["dense", "sparse", "bf16", "gemm"], help="what to time"
     )
-    res = _measure(rank, world, *args)
-    if rank == 0:
-        out.put(res)
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _run_point(b: int, d: int, c: int, world: int, r: float, iters: int) -> dict:
-    if world == 1:
-        return _measure(0, 1, b, d, c, r, iters)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    mp.start_processes(
-        _worker, args=(world, port, (b, d, c, r, iters), out), nprocs=world, start_method="spawn"
-    )
-    return out.get()
-
-
-def _bytes_per_rank(b: int, d: int, c: int, world: int, k: int) -> tuple[int, int]:
-    """Payload bytes a rank contributes per step: this design vs gathering all logits."""
-    if world == 1:
-        return 0, 0
-    n = b * world
-    # forward: embeddings (fp32) + labels (int64) gathered, max + (denominator, target) reduced;
-    # backward: embedding gradients reduced to their owners
-    ours = b * d * 4 + b * 8 + n * 4 + 2 * n * 4 + n * d * 4
-    # naive: every rank's N x K logits gathered to all, their gradients scattered back
-    naive = n * k * 4 * 2
-    return ours, naive
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, nargs="+", default=[256], help="B per rank")
-    p.add_argument("--dim", type=int, nargs="+", default=[256], help="embedding size D")
-    p.add_argument("--classes", type=int, nargs="+", default=[16384], help="class count C")
-    p.add_argument("--world", type=int, nargs="+", default=[1, 2], help="world sizes W")
-    p.add_argument("--rate", type=float, nargs="+", default=[1.0, 0.1], help="sample rates r")
-    p.add_argument("--iters", type=int, default=5, help="timed steps per point (median)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)  # per-core figures: the machine is shared, ranks get one core each
+    parser.add_argument("--external", help="a file defining make_step(C, D, r, seed)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per point")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per point")
+    parser.add_argument("--chunk", type=int, default=0, help="classes per block (0 = default)")
+    parser.add_argument("--chunks", type=int, nargs="*", help="time the sparse head per block size")
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        impl, c, r, chunk = args.one
+        print(json.dumps(measure(impl, int(c), float(r), args.steps, int(chunk), args.external)))
+        return
+    if args.chunks:
+        _chunk_table(args)
+        return
+    impls = list(args.impls) + (["external"] if args.external else [])
     print(
-        "| B | D | C | W | r | dev | K/rank | head ms | GFLOP/s | GEMM ms | eff | "
-        "KiB sent/rank | naive KiB | naive/ours |"
+        f"B={B} D={D} ArcFace, SGD momentum {MOMENTUM} wd {WD}, one process, {args.threads} "
+        "thread(s); s/step = CPU time; peak = resident memory / (C·D·4 bytes)"
     )
-    print("|---" * 14 + "|")
-    grid = itertools.product(args.batch, args.dim, args.classes, args.world, args.rate)
-    for b, d, c, w, r in grid:
-        res = _run_point(b, d, c, w, r, args.iters)
-        k, n = res["k"], b * w
-        flops = 6 * n * k * d
-        ours, naive = _bytes_per_rank(b, d, c, w, k)
-        ratio = f"{naive / ours:.1f}" if ours else "-"
-        print(
-            f"| {b} | {d} | {c} | {w} | {r} | {res['device']} | {k} | "
-            f"{res['t_head'] * 1e3:.1f} | {flops / res['t_head'] / 1e9:.1f} | "
-            f"{res['t_gemm'] * 1e3:.1f} | {res['t_gemm'] / res['t_head']:.2f} | "
-            f"{ours / 1024:.0f} | {naive / 1024:.0f} | {ratio} |",
-            flush=True,
-        )
+    print("| C | r | impl | s/step | samples/s | × dense | × gemm rate | peak × C·D·4 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in args.classes:
+        for r in args.rates:
+            res = {impl: _run_point(args, impl, c, r, args.chunk) for impl in impls}
+            fp32 = c * D * 4
+            for impl, m in res.items():
+                t = m["s_per_step"]
+                vs_dense = res["dense"]["s_per_step"] / t if "dense" in res else float("nan")
+                vs_gemm = res["gemm"]["s_per_step"] / t if "gemm" in res else float("nan")
+                print(
+                    f"| {c:,} | {r:g} | {impl} | {t:.3f} | {B / t:.1f} | {vs_dense:.2f} | "
+                    f"{vs_gemm:.2f} | {m['peak'] / fp32:.2f} |",
+                    flush=True,
+                )
+
+
+def _chunk_table(args: argparse.Namespace) -> None:
+    print("| C | r | chunk | s/step | × first |")
+    print("|---|---|---|---|---|")
+    for c in args.classes:
+        for r in args.rates:
+            first = None
+            for chunk in args.chunks:
+                t = _run_point(args, "sparse", c, r, chunk)["s_per_step"]
+                first = first or t
+                print(f"| {c:,} | {r:g} | {chunk} | {t:.3f} | {first / t:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

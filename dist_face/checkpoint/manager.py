@@ -60,12 +60,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _weight_index(optimizer: torch.optim.Optimizer, weight: nn.Parameter) -> int:
+def _param_index(optimizer: torch.optim.Optimizer, param: nn.Parameter, name: str) -> int:
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
-        if p is weight:
+        if p is param:
             return i
-    raise CheckpointError("the head optimizer does not hold the class-center weight")
+    raise CheckpointError(f"the head optimizer does not hold the head's {name!r}")
+
+
+def row_parameters(head: nn.Module) -> dict[str, nn.Parameter]:
+    """The head's parameters sharded by class (``weight``, and a class bias where it has one).
+
+    A head lists them with ``row_parameters()``; without it, ``weight`` alone.
+    """
+    named = getattr(head, "row_parameters", None)
+    return dict(named()) if named is not None else {"weight": head.weight}
+
+
+def _optim_key(param: str, name: str) -> str:
+    """Row key of a row parameter's optimizer tensor (``optim/<name>`` for the weight)."""
+    return f"optim/{name}" if param == "weight" else f"optim/{param}/{name}"
 
 
 def split_head(
@@ -74,27 +88,34 @@ def split_head(
     """Separate the head's row-sharded tensors from the rest.
 
     Returns:
-        ``(rows, other)``: ``rows`` maps ``weight`` and ``optim/<name>`` to ``[num_local, ...]``
+        ``(rows, other)``: ``rows`` maps each row parameter (``weight``, a class ``bias``) and
+        its optimizer tensors (``optim/<name>``, ``optim/bias/<name>``) to ``[num_local, ...]``
         tensors; ``other`` holds the head's remaining state and the optimizer's other entries.
     """
-    weight = head.weight
-    idx = _weight_index(optimizer, weight)
     opt_state = optimizer.state_dict()
-    rows: dict[str, torch.Tensor] = {"weight": weight.detach()}
-    scalars = {}
-    for name, value in opt_state["state"].get(idx, {}).items():
-        if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == weight.shape[0]:
-            rows[f"optim/{name}"] = value
-        else:
-            scalars[name] = value
-    other_state = {k: v for k, v in opt_state["state"].items() if k != idx}
-    head_state = {k: v for k, v in head.state_dict().items() if k != "weight"}
+    rows: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    indexes: dict[str, int] = {}
+    for pname, param in row_parameters(head).items():
+        idx = indexes[pname] = _param_index(optimizer, param, pname)
+        rows[pname] = param.detach()
+        scalars[pname] = {}
+        for name, value in opt_state["state"].get(idx, {}).items():
+            if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == param.shape[0]:
+                rows[_optim_key(pname, name)] = value
+            else:
+                scalars[pname][name] = value
+    taken = set(indexes.values())
+    other_state = {k: v for k, v in opt_state["state"].items() if k not in taken}
+    head_state = {k: v for k, v in head.state_dict().items() if k not in indexes}
     other = {
         "head": head_state,
         "optim_state": other_state,
-        "optim_scalars": scalars,
+        "optim_scalars": scalars["weight"],
+        "row_scalars": scalars,
+        "row_indexes": indexes,
         "param_groups": opt_state["param_groups"],
-        "weight_index": idx,
+        "weight_index": indexes["weight"],
     }
     return rows, other
 
@@ -210,16 +231,27 @@ def prune(run_dir: Path, current: Path, keep: int) -> None:
 def require_finite(tree: Any) -> None:
     """Raise ``ValueError`` naming the first floating tensor in ``tree`` holding inf/NaN.
 
-    One host synchronisation for the whole tree.
+    One host synchronisation for the whole tree. Tensors are checked a block at a time:
+    ``isfinite`` of a whole ``[C, D]`` center matrix would allocate more than the matrix.
     """
     named = [(k, t) for k, t in _tensors(tree, "") if t.is_floating_point()]
     if not named:
         return
-    finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
+    device = named[0][1].device
+    finite = torch.stack([_all_finite(t).to(device) for _, t in named])
     if bool(finite.all()):
         return
     bad = next(k for (k, _), ok in zip(named, finite.tolist()) if not ok)
     raise ValueError(f"not saved: {bad} holds inf/NaN values")
+
+
+def _all_finite(t: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
+    """0-dim bool: no inf/NaN in ``t``, read ``block`` elements at a time (no host sync)."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() <= block:
+        return torch.isfinite(flat).all()
+    parts = [torch.isfinite(piece).all() for piece in flat.split(block)]
+    return torch.stack(parts).all()
 
 
 def _tensors(tree: Any, prefix: str) -> list[tuple[str, torch.Tensor]]:
@@ -273,22 +305,29 @@ def restore_head(
         "head_other"
     ]
     device = head.weight.device
-    weight = load_rows(path, "weight", start, end).to(device)
+    saved_rows = _row_keys(path)
+    params = row_parameters(head)
+    # row parameters the checkpoint holds as rows (older ones kept a class bias per rank)
+    loaded = {n: load_rows(path, n, start, end).to(device) for n in params if n in saved_rows}
     saved = other["head"]
     if not same_world:  # another rank's generator: keep this rank's own (see above)
         own = head.state_dict()
         saved = {k: own[k] if k.endswith("_extra_state") else v for k, v in saved.items()}
-    head.load_state_dict({**saved, "weight": weight})
-    idx = _weight_index(head_optimizer, head.weight)
-    if idx != other["weight_index"]:
+    head.load_state_dict({**saved, **loaded})
+    if _param_index(head_optimizer, head.weight, "weight") != other["weight_index"]:
         raise CheckpointError(f"{path}: head optimizer layout differs from the saved one")
     state = dict(other["optim_state"])
-    sharded_names = [k[6:] for k in _row_keys(path) if k.startswith("optim/")]
-    if sharded_names or other["optim_scalars"]:
-        state[idx] = {
-            **other["optim_scalars"],
-            **{n: load_rows(path, f"optim/{n}", start, end) for n in sharded_names},
-        }
+    row_scalars = other.get("row_scalars", {"weight": other["optim_scalars"]})
+    for pname, param in params.items():
+        if pname not in loaded:
+            continue
+        prefix = _optim_key(pname, "")
+        names = [k[len(prefix) :] for k in saved_rows if k.startswith(prefix)]
+        names = [n for n in names if "/" not in n]  # the weight's, not optim/bias/...
+        scalars = row_scalars.get(pname, {})
+        if names or scalars:
+            tensors = {n: load_rows(path, _optim_key(pname, n), start, end) for n in names}
+            state[_param_index(head_optimizer, param, pname)] = {**scalars, **tensors}
     head_optimizer.load_state_dict({"state": state, "param_groups": other["param_groups"]})
 
 

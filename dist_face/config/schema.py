@@ -108,6 +108,18 @@ class HeadConfig:
     """Verify each step that labels are in [0, C) (a device-side assertion, no host sync; the
     first batch is checked on the host with the offending row named). Off by default: shard
     sets are range-checked when opened (debugging aid)."""
+    update: str | None = None
+    """How the class centers learn: ``sparse`` updates only the rows used this step, inside
+    backward (no ``[C, D]`` gradient; rows not sampled keep their weight and optimizer state,
+    as in the original Partial FC); ``dense`` steps every row every step with a plain torch
+    optimizer (weight decay and momentum move unsampled rows too). Same result at
+    sample_rate 1. Unset: ``sparse``, or ``dense`` when train.grad_accum > 1 (``sparse``
+    cannot accumulate micro-batches)."""
+    chunk_size: int = 0
+    """Classes per block of the fused loss; 0 = about 1M logits per block (``[N, chunk]``)."""
+    storage: str = "fp32"
+    """Storage of the centers and their optimizer state: fp32, or bf16 (half the memory; the
+    loss and the update are computed in fp32 and rounded once per step)."""
 
     def __post_init__(self) -> None:
         require(self.scale is None or self.scale > 0, "scale", f"must be > 0, got {self.scale}")
@@ -133,6 +145,9 @@ class HeadConfig:
             "must be in (0, 1]",
         )
         _optional(self.uniface_lambda, lambda v: v > 0, "uniface_lambda", "must be > 0")
+        require_choice(self.update, "update", [None, "sparse", "dense"])
+        require_choice(self.storage, "storage", ["fp32", "bf16"])
+        require(self.chunk_size >= 0, "chunk_size", f"must be >= 0, got {self.chunk_size}")
         require(
             0.0 <= self.interclass_filtering_threshold < 1.0,
             "interclass_filtering_threshold",
@@ -493,5 +508,18 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
+    @property
+    def head_update(self) -> str:
+        """``head.update`` resolved: ``sparse`` unless set, or unless micro-batches accumulate."""
+        if self.head.update is not None:
+            return self.head.update
+        return "sparse" if self.train.grad_accum == 1 else "dense"
+
     def __post_init__(self) -> None:
         require(bool(self.name), "name", "must not be empty")
+        require(
+            self.head.update != "sparse" or self.train.grad_accum == 1,
+            "head.update",
+            f"sparse updates the class centers inside each backward, so it cannot accumulate "
+            f"train.grad_accum={self.train.grad_accum} micro-batches; use head.update=dense",
+        )

@@ -2,7 +2,6 @@
 
 from dist_face.heads import curricular, multiplicative, uniface  # noqa: F401  (registration)
 from dist_face.heads.build import build_head, build_margin
-from dist_face.heads.dist_ops import dist_cross_entropy
 from dist_face.heads.margin_head import MarginHead
 from dist_face.heads.margins import MARGINS, Margin, MarginInput
 from dist_face.heads.partial_fc import PartialFC
@@ -15,5 +14,4 @@ __all__ = [
     "PartialFC",
     "build_head",
     "build_margin",
-    "dist_cross_entropy",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch.distributed import ProcessGroup
 
 from dist_face.config.base import ConfigError
@@ -96,4 +97,6 @@ def build_head(
         seed=seed,
         interclass_filtering_threshold=cfg.interclass_filtering_threshold,
         check_labels=cfg.check_labels,
+        chunk_size=cfg.chunk_size,
+        storage_dtype=torch.bfloat16 if cfg.storage == "bf16" else torch.float32,
     )

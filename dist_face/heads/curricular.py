@@ -43,13 +43,18 @@ class CurricularFace(Margin):
         self.scale, self.margin, self.momentum = scale, margin, momentum
         self.register_buffer("t", torch.zeros((), dtype=torch.float32))
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    @torch.no_grad()
+    def begin_step(self, target_cos: torch.Tensor | None) -> None:
+        """``t ← α·mean(cos θ_y) + (1 − α)·t`` in training mode (before ``t`` is used)."""
+        assert target_cos is not None, "curricularface needs every row's target cosine"
+        if self.training:
+            mean = target_cos.mean().to(self.t.dtype)
+            self.t.mul_(1.0 - self.momentum).add_(self.momentum * mean)
+
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines: ArcFace target, curriculum-weighted hard negatives."""
         assert inp.target_cos is not None, "curricularface needs every row's target cosine"
         with torch.no_grad():
-            if self.training:
-                mean = inp.target_cos.mean().to(self.t.dtype)
-                self.t.mul_(1.0 - self.momentum).add_(self.momentum * mean)
             ct = inp.target_cos
             # hard-negative boundary: cos(θ_y + m), without the fallback (official code)
             bound = ct * math.cos(self.margin) - sin_from_cos(ct) * math.sin(self.margin)

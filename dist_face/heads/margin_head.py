@@ -55,7 +55,7 @@ class MarginHead(nn.Module):
         target_cos = None
         if self.margin.needs_target_cos:
             target_cos = z.detach().gather(1, labels[:, None])[:, 0]
-        inp = MarginInput(z, labels, x_norm, w_norm, self.bias, target_cos, None)
+        inp = MarginInput(z, labels, x_norm, w_norm, self.bias, target_cos)
         return self.margin(inp)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributed import ProcessGroup
 
 from dist_face.registry import Registry
 
@@ -52,7 +51,6 @@ class MarginInput:
         bias: ``[K]`` float32 per-class bias (only for margins with ``class_bias``), else None.
         target_cos: ``[N]`` float32 ``cos θ_{i,y_i}`` of every row, detached, identical on all
             ranks (only for margins with ``needs_target_cos``), else None.
-        group: the head's process group (None on one device), for replicated parameters.
     """
 
     z: torch.Tensor
@@ -61,7 +59,6 @@ class MarginInput:
     w_norm: torch.Tensor | None
     bias: torch.Tensor | None = None
     target_cos: torch.Tensor | None = None
-    group: ProcessGroup | None = None
 
     @property
     def owned(self) -> torch.Tensor:
@@ -85,13 +82,13 @@ class MarginInput:
 
 
 class Margin(nn.Module):
-    """Base class. ``forward(MarginInput) -> [N, K] logits`` for softmax objectives.
+    """Base class. ``logits(MarginInput) -> [N, K] logits`` for softmax objectives.
 
     Class flags tell the head what to compute: ``normalize_embedding``, ``normalize_weight``
     (the projection ``z``), ``class_bias`` (a per-class bias sharded with the centers),
     ``needs_target_cos`` (every row's target cosine, all-reduced) and ``objective``:
     ``"softmax"`` (cross-entropy over all classes, with all-reduced max and denominator) or
-    ``"uce"`` (``forward`` returns ``[N]`` per-row loss sums over this block's columns).
+    ``"uce"`` (``logits`` returns ``[N]`` per-row loss sums over this block's columns).
     """
 
     normalize_embedding: bool = True
@@ -100,9 +97,24 @@ class Margin(nn.Module):
     needs_target_cos: bool = False
     objective: str = "softmax"
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:  # pragma: no cover - abstract
-        """Logits ``[N, K]`` (float32) of this block."""
+    def begin_step(self, target_cos: torch.Tensor | None) -> None:
+        """Advance per-step state (λ annealing, CurricularFace's ``t``) once per head forward.
+
+        A head that evaluates :meth:`logits` block by block, and again in backward, calls this
+        exactly once per forward; :meth:`logits` only reads the state. No-op by default.
+
+        Args:
+            target_cos: ``[N]`` every row's target cosine (``needs_target_cos`` margins).
+        """
+
+    def logits(self, inp: MarginInput) -> torch.Tensor:  # pragma: no cover - abstract
+        """Logits ``[N, K]`` (float32) of this block; a pure function of ``inp`` and the state."""
         raise NotImplementedError
+
+    def forward(self, inp: MarginInput) -> torch.Tensor:
+        """One step over one block holding every class: :meth:`begin_step`, then :meth:`logits`."""
+        self.begin_step(inp.target_cos)
+        return self.logits(inp)
 
 
 def replace_targets(
@@ -167,7 +179,7 @@ class Softmax(Margin):
     normalize_weight = False
     class_bias = True
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """``z + b`` (``[N, K]``)."""
         assert inp.bias is not None, "softmax needs the head's class bias"
         return inp.z + inp.bias
@@ -185,7 +197,7 @@ class NormFace(Margin):
         super().__init__()
         self.scale = scale
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """``s · cos θ``."""
         return inp.z * self.scale
 
@@ -203,7 +215,7 @@ class CosFace(Margin):
         super().__init__()
         self.scale, self.margin = scale, margin
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target shifted by ``-m``."""
         zt = inp.target_z()
         logits = inp.z * self.scale
@@ -255,7 +267,7 @@ class ArcFace(Margin):
         self.scale, self.margin = scale, margin
         self.easy_margin, self.straight_through = easy_margin, straight_through
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target replaced by ``cos(θ + m)``."""
         c = inp.target_z()
         if self.straight_through:
@@ -287,7 +299,7 @@ class CombinedMargin(Margin):
         super().__init__()
         self.scale, self.m1, self.m2, self.m3 = scale, m1, m2, m3
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target replaced by ``cos(m1 θ + m2) − m3``."""
         zt = inp.target_z()
         target = torch.cos(self.m1 * safe_acos(zt) + self.m2) - self.m3

@@ -9,8 +9,8 @@ blending ``f_y = (λ·cos-term + ψ-term) / (1 + λ)`` with a large λ annealed 
     ``λ = max(λ_min, base · (1 + γ · iteration)^(−power))``
 
 (SphereFace's schedule, defaults base 1000, γ 0.12, power 1, λ_min 5). ``iteration`` is a
-buffer incremented once per forward in training mode, before λ is computed, so every rank
-holds the same value and a resumed run continues the schedule.
+buffer incremented once per step in training mode (``begin_step``), before λ is computed, so
+every rank holds the same value and a resumed run continues the schedule.
 """
 
 from __future__ import annotations
@@ -65,13 +65,16 @@ class _Annealed(Margin):
         lam = self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power)
         return max(self.lambda_min, lam)
 
-    def _step_lambda(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance the schedule; ``(λ, 1 + λ)`` as float32 device tensors (no host read).
+    def begin_step(self, target_cos: torch.Tensor | None) -> None:
+        """Advance the schedule by one step in training mode."""
+        if self.training:
+            self.iteration += 1
+
+    def _lambda(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(λ, 1 + λ)`` of the current step as float32 device tensors (no host read).
 
         Computed in float64 like :meth:`current_lambda`, then rounded once each.
         """
-        if self.training:
-            self.iteration += 1
         it = self.iteration.to(torch.float64)
         lam = self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power)
         lam = lam.clamp_min(self.lambda_min)
@@ -93,9 +96,9 @@ class LSoftmax(_Annealed):
     normalize_embedding = False
     normalize_weight = False
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """Raw inner products with the annealed ψ target."""
-        lam, one_lam = self._step_lambda()
+        lam, one_lam = self._lambda()
         zy = inp.target_z()
         norms = inp.x_norm * inp.w_norm[inp.target_index.squeeze(1)]
         c = (zy / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
@@ -117,9 +120,9 @@ class SphereFace(_Annealed):
     normalize_embedding = False
     normalize_weight = True
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """``‖x‖ cos θ`` with the annealed ψ target."""
-        lam, one_lam = self._step_lambda()
+        lam, one_lam = self._lambda()
         zy = inp.target_z()
         xn = inp.x_norm
         c = (zy / xn.clamp_min(1e-12)).clamp(-1.0, 1.0)

@@ -4,15 +4,16 @@ Rank ``r`` of ``W`` (in ``group``) holds the centers of the contiguous global cl
 ``class_range(C, r, W)`` as ``weight`` ``[num_local, D]``. One step:
 
 1. all-gather the embeddings ``[B, D] → [N = W·B, D]`` (with gradient) and the labels;
-2. optionally sample classes (all positives of the global batch in this slice, plus uniform
-   negatives up to ``⌊r·num_local⌋``, or ``min(N, num_local)`` if that is larger; see
-   :func:`dist_face.heads.sampling.sample_classes`);
-3. project all ``N`` embeddings on this rank's (sampled) centers in float32 (the GEMM may run
-   in fp16/bf16 under autocast, everything after it does not) and apply the margin;
-4. softmax objectives: all-reduce the row max, then denominator and target logit together
-   (:func:`dist_face.heads.dist_ops.dist_cross_entropy`); UCE: all-reduce the loss sum.
+2. optionally sample classes (:class:`~dist_face.heads.sampling.ClassSampler`: all positives
+   of the global batch in this slice plus uniform negatives, ``K = max(⌊r·num_local⌋,
+   min(N, num_local))`` kept);
+3. the fused loss (:mod:`dist_face.heads.fused_loss`): projection, margin and softmax over
+   blocks of kept classes, the row max and denominator all-reduced; UCE sums all-reduced.
 
-No rank ever holds an ``N × C`` tensor: logits are ``N × num_local`` (``N × K`` sampled).
+Memory: besides the centers (and their optimizer state), a rank holds ``[N, chunk]`` blocks
+and ``[N, D]`` tensors; never ``[N, K]``, never a normalised copy of the centers, and, when a
+:class:`~dist_face.heads.row_optim.RowSparseOptimizer` is attached (:meth:`attach_optimizer`),
+never a ``[num_local, D]`` gradient: the kept rows are updated in backward, block by block.
 
 A steady-state forward and backward never wait for the device: every size depends on shapes
 only, target columns are gathered with masks instead of ``nonzero``, and the label range check
@@ -22,8 +23,10 @@ with a message naming the offending row).
 Gradient contract (what ``backward`` leaves behind):
 
 * ``loss`` is the mean over the global batch, identical on all ranks.
-* ``weight.grad`` on rank r is ``∂loss/∂W[class_range(r)]``: the exact gradient for this slice,
-  zero for rows not sampled this step. It must not be averaged by DDP (do not wrap the head).
+* Without an attached optimizer, ``weight.grad`` on rank r is ``∂loss/∂W[class_range(r)]``:
+  the exact gradient for this slice, zero for rows not sampled this step. It must not be
+  averaged by DDP (do not wrap the head). With one, ``weight.grad`` stays None: the optimizer
+  has already applied the step to the kept rows.
 * ``embeddings.grad`` on rank r is ``W · ∂loss/∂x_r`` when ``grad_scale_for_dp_average`` (the
   default): DDP then *averages* the backbone gradient over ranks, and the average of
   ``W · ∂loss/∂x_r · ∂x_r/∂θ`` is exactly the single-device gradient of the global batch. With a
@@ -39,22 +42,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed import ProcessGroup, ReduceOp
+from torch.distributed import ProcessGroup
 
 from dist_face.dist import comm
 from dist_face.heads import shard_io
-from dist_face.heads.dist_ops import dist_cross_entropy, scale_grad, sum_across_ranks
-from dist_face.heads.margins import MARGINS, Margin, MarginInput, filter_interclass
-from dist_face.heads.projection import cosine_project
-from dist_face.heads.sampling import (
-    init_class_centers,
-    num_sampled,
-    sample_classes,
-    sampler_seed,
-)
+from dist_face.heads.dist_ops import scale_grad
+from dist_face.heads.fused_loss import LossSpec, default_chunk, fused_margin_loss
+from dist_face.heads.margins import MARGINS, Margin
+from dist_face.heads.row_optim import RowSparseOptimizer
+from dist_face.heads.sampling import ClassSampler, init_class_centers
 from dist_face.heads.shard_math import class_range
+from dist_face.heads.workspace import Workspace
 
 
 class PartialFC(nn.Module):
@@ -72,6 +71,10 @@ class PartialFC(nn.Module):
         interclass_filtering_threshold: zero non-target cosines above it (0 = off).
         check_labels: verify labels are in ``[0, C)`` every step (a device-side assertion; the
             first batch of each size is checked on the host, with a message naming the row).
+        chunk_size: kept classes per block of the fused loss; 0 picks
+            :func:`~dist_face.heads.fused_loss.default_chunk` for the gathered batch.
+        storage_dtype: dtype of the centers (float32, or bfloat16 to halve their memory; the
+            loss math stays float32).
     """
 
     def __init__(
@@ -86,12 +89,16 @@ class PartialFC(nn.Module):
         seed: int = 0,
         interclass_filtering_threshold: float = 0.0,
         check_labels: bool = True,
+        chunk_size: int = 0,
+        storage_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
         if embedding_size < 1:
             raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        if chunk_size < 0:
+            raise ValueError(f"chunk_size must be >= 0, got {chunk_size}")
         self.margin = MARGINS.get(margin)() if isinstance(margin, str) else margin
         self.group = group
         self.rank, self.world_size = comm.get_rank(group), comm.get_world_size(group)
@@ -99,24 +106,44 @@ class PartialFC(nn.Module):
         self.class_start, self.class_end = class_range(num_classes, self.rank, self.world_size)
         self.num_local = self.class_end - self.class_start
         self.sample_rate = sample_rate
-        self.num_sample = num_sampled(self.num_local, sample_rate)
         self.grad_scale_for_dp_average = grad_scale_for_dp_average
         self.interclass_filtering_threshold = interclass_filtering_threshold
         self.check_labels = check_labels
+        self.chunk_size = chunk_size
         self.seed = seed
-        init = init_class_centers(self.class_start, self.class_end, embedding_size, seed)
+        init = init_class_centers(
+            self.class_start, self.class_end, embedding_size, seed, dtype=storage_dtype
+        )
         self.weight = nn.Parameter(init)
         bias = nn.Parameter(torch.zeros(self.num_local)) if self.margin.class_bias else None
         self.register_parameter("bias", bias)
-        self._generator = torch.Generator().manual_seed(sampler_seed(seed, self.rank))
+        self.sampler = ClassSampler(self.num_local, sample_rate, seed, self.rank)
+        self.optimizer: RowSparseOptimizer | None = None
+        self._workspace = Workspace()  # block buffers reused across steps
         self._checked_batch = -1
         self.last_sampled: torch.Tensor | None = None
         """Global class ids used by the last forward (``None`` when every class was used)."""
 
     @property
+    def num_sample(self) -> int:
+        """Class budget per step on this rank, ``⌊r · num_local⌋``."""
+        return self.sampler.budget
+
+    def attach_optimizer(self, optimizer: RowSparseOptimizer | None) -> None:
+        """Update the kept rows in backward with ``optimizer`` (None: dense ``weight.grad``)."""
+        self.optimizer = optimizer
+
+    @property
     def sampling(self) -> bool:
         """Whether this head samples classes (``sample_rate < 1``)."""
-        return self.sample_rate < 1.0
+        return self.sampler.active
+
+    def row_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters sharded by class (re-split by class range in checkpoints)."""
+        rows = {"weight": self.weight}
+        if self.bias is not None:
+            rows["bias"] = self.bias
+        return rows
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to this module) of parameters that must not be weight-decayed."""
@@ -144,67 +171,21 @@ class PartialFC(nn.Module):
             self._check_label_range(y_all, labels.shape[0], on_host=first)
         local = y_all - self.class_start
         local = torch.where((local >= 0) & (local < self.num_local), local, -1)
-        weight, bias, local = self._select_classes(local)
-        z, x_norm, w_norm = self._project(x_all, weight)
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self._loss(z, local, x_norm, w_norm, bias)
-
-    def _select_classes(
-        self, local: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        if not self.sampling:
-            self.last_sampled = None
-            return self.weight, self.bias, local
-        index, local = sample_classes(local, self.num_local, self.num_sample, self._generator)
-        self.last_sampled = index + self.class_start
-        bias = self.bias[index] if self.bias is not None else None
-        return self.weight[index], bias, local
-
-    def _project(
-        self, x: torch.Tensor, w: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``z = x' w'ᵀ`` ``[N, K]``, norms ``‖x‖`` ``[N]``, ``‖w‖`` ``[K]`` (None for cosines).
-
-        Float32 (float64 if the inputs are): fp16/bf16 embeddings are upcast first.
-        """
-        dtype = torch.promote_types(torch.promote_types(x.dtype, w.dtype), torch.float32)
-        xf, wf = x.to(dtype), w.to(dtype)
-        if self.margin.normalize_embedding and self.margin.normalize_weight:
-            return cosine_project(xf, wf), None, None  # cosine margins read no norms
-        x_norm = torch.linalg.vector_norm(xf, dim=1)
-        w_norm = torch.linalg.vector_norm(wf, dim=1)
-        if self.margin.normalize_embedding:
-            xf = xf / x_norm.clamp_min(1e-12)[:, None]
-        z = F.linear(xf, wf).to(dtype)  # autocast may run this GEMM in fp16/bf16
-        if self.margin.normalize_weight:
-            z = z / w_norm.clamp_min(1e-12)[None, :]
-        return z, x_norm, w_norm
-
-    def _loss(
-        self,
-        z: torch.Tensor,
-        labels: torch.Tensor,
-        x_norm: torch.Tensor | None,
-        w_norm: torch.Tensor | None,
-        bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        cosine = self.margin.normalize_embedding and self.margin.normalize_weight
-        if cosine and self.interclass_filtering_threshold > 0:
-            z = filter_interclass(z, labels, self.interclass_filtering_threshold)
-        target_cos = self._target_cos(z, labels) if self.margin.needs_target_cos else None
-        inp = MarginInput(z, labels, x_norm, w_norm, bias, target_cos, self.group)
-        if self.margin.objective == "uce":
-            return sum_across_ranks(self.margin(inp).sum(), self.group) / z.shape[0]
-        return dist_cross_entropy(self.margin(inp), labels, self.group)
-
-    def _target_cos(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Every row's target cosine, detached, on every rank (one all-reduce of ``[N]``)."""
-        if z.shape[1] == 0:  # no class on this rank: it owns no target
-            out = z.new_zeros(z.shape[0])
-        else:
-            mine = z.detach().gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
-            out = torch.where(labels >= 0, mine, 0.0)
-        return comm.all_reduce(out, ReduceOp.SUM, self.group)
+        index, local = self.sampler.select(local)
+        self.last_sampled = None if index is None else index + self.class_start
+        chunk = self.chunk_size or default_chunk(x_all.shape[0], x_all.device)
+        spec = LossSpec(
+            self.margin,
+            local,
+            index,
+            self.group,
+            chunk,
+            self.interclass_filtering_threshold,
+            self.optimizer if self.training else None,
+            self._workspace,
+        )
+        params = list(self.margin.parameters())
+        return fused_margin_loss(x_all, self.weight, self.bias, spec, params)
 
     def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> bool:
         """Validate shapes and types.
@@ -260,20 +241,20 @@ class PartialFC(nn.Module):
         shard_io.load_shards(self, shards)
 
     def reseed_sampler(self, step: int) -> None:
-        """Restart this rank's sampling generator from ``(seed, rank, step)``.
+        """Restart this rank's sampling stream from ``(seed, rank, step)``.
 
-        Used when a run resumes on another world size: the saved generators belong to the old
+        Used when a run resumes on another world size: the saved streams belong to the old
         ranks, so each new rank derives its own deterministically from its new rank.
         """
-        self._generator.manual_seed(sampler_seed(self.seed, self.rank, step))
+        self.sampler.reseed(step)
 
     def get_extra_state(self) -> dict[str, Any]:
         """The sampling generator's state (per rank), so a resumed run samples the same."""
-        return {"sampler_state": self._generator.get_state()}
+        return {"sampler_state": self.sampler.state()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_extra_state`."""
-        self._generator.set_state(state["sampler_state"])
+        self.sampler.load_state(state["sampler_state"])
 
     def extra_repr(self) -> str:
         """Slice, size and sampling, for ``print(head)``."""

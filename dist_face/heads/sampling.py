@@ -8,15 +8,20 @@ _INIT_BLOCK = 4096  # rows drawn per generator; a row's value depends on (seed, 
 
 
 def init_class_centers(
-    start: int, end: int, dim: int, seed: int, std: float = 0.01
+    start: int,
+    end: int,
+    dim: int,
+    seed: int,
+    std: float = 0.01,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Initial centers ``[end - start, D]`` (float32, ``N(0, std²)``) of classes ``[start, end)``.
+    """Initial centers ``[end - start, D]`` (``N(0, std²)``, ``dtype``) of ``[start, end)``.
 
     Classes are drawn in blocks of 4096 from a generator seeded by ``(seed, block)``, so the
     value of class ``j`` does not depend on how classes are split over ranks: a run on one
     device and a run on W ranks start from the same matrix, without any rank materialising it.
     """
-    out = torch.empty((end - start, dim), dtype=torch.float32)
+    out = torch.empty((end - start, dim), dtype=dtype)  # drawn in float32, a block at a time
     block = start // _INIT_BLOCK
     while block * _INIT_BLOCK < end:
         lo, hi = block * _INIT_BLOCK, (block + 1) * _INIT_BLOCK
@@ -92,3 +97,52 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         t = t.pin_memory()  # a pageable copy would wait for the device's queue to drain
     return t.to(device, non_blocking=True)
+
+
+class ClassSampler:
+    """Partial FC sampling state of one rank: its budget and its random stream.
+
+    The stream is a CPU generator seeded from ``(seed, rank)``; it travels in checkpoints
+    (:meth:`state`) so a resumed run on the same ranks samples the same classes, and restarts
+    deterministically from ``(seed, new rank, step)`` after a re-split (:meth:`reseed`).
+
+    Args:
+        num_local: classes held by this rank.
+        sample_rate: r in ``[0, 1]``; 1 keeps every class (no sampling).
+        seed: the run's seed.
+        rank: this rank in the class group.
+    """
+
+    def __init__(self, num_local: int, sample_rate: float, seed: int, rank: int) -> None:
+        self.num_local, self.sample_rate = num_local, sample_rate
+        self.budget = num_sampled(num_local, sample_rate)
+        self.seed, self.rank = seed, rank
+        self.generator = torch.Generator().manual_seed(sampler_seed(seed, rank))
+
+    @property
+    def active(self) -> bool:
+        """Whether classes are sampled (``sample_rate < 1``)."""
+        return self.sample_rate < 1.0
+
+    def select(self, local_labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Kept rows and remapped labels (see :func:`sample_classes`); all rows when inactive.
+
+        Returns:
+            ``(index, labels)``: ``index`` ``[K]`` sorted local rows, or None for all of them;
+            ``labels`` ``[N]`` column of each row's target among the kept ones, or ``-1``.
+        """
+        if not self.active:
+            return None, local_labels
+        return sample_classes(local_labels, self.num_local, self.budget, self.generator)
+
+    def reseed(self, step: int) -> None:
+        """Restart the stream from ``(seed, rank, step)`` (a resume on another world size)."""
+        self.generator.manual_seed(sampler_seed(self.seed, self.rank, step))
+
+    def state(self) -> torch.Tensor:
+        """The generator state (a ``uint8`` tensor)."""
+        return self.generator.get_state()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        """Restore :meth:`state`."""
+        self.generator.set_state(state)

@@ -12,9 +12,8 @@ negative classes: as in the official code this is the head's class sampling
 (``sample_rate = r``), which always keeps the positives.
 
 ``b̃`` (``bias``) is one scalar replicated on every rank. Each rank's shard only sees its own
-columns, so its gradient is partial: ``forward`` routes ``bias`` through
-:func:`dist_face.heads.dist_ops.sum_grad_across_ranks`, whose backward all-reduces (SUM) the
-gradient over the head's group. After ``backward`` every rank holds the same, complete
+columns, so its gradient is partial: the head's fused loss sums it over blocks and all-reduces
+(SUM) it over the head's group. After ``backward`` every rank holds the same, complete
 ``bias.grad``. It must not be weight-decayed: ``PartialFC.no_weight_decay()`` names it.
 Softplus is evaluated in float32 with ``F.softplus`` (s·cos reaches ±64, beyond fp16's exp
 range) and without the official code's clamp of its argument to ``[−s, s]``.
@@ -28,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_face.heads.dist_ops import sum_grad_across_ranks
 from dist_face.heads.margins import MARGINS, Margin, MarginInput, replace_targets
 
 
@@ -61,9 +59,9 @@ class UniFace(Margin):
         self.scale, self.margin, self.neg_weight = scale, margin, neg_weight
         self.bias = nn.Parameter(torch.tensor(float(bias_init)))
 
-    def forward(self, inp: MarginInput) -> torch.Tensor:
+    def logits(self, inp: MarginInput) -> torch.Tensor:
         """Per-row loss sums ``[N]`` over this block's columns (positive where owned)."""
-        b = sum_grad_across_ranks(self.bias, inp.group).to(inp.z.dtype)
+        b = self.bias.to(inp.z.dtype)
         zt = inp.target_z()
         neg = F.softplus(inp.z * self.scale - b)
         # the target column is not a negative: zero it before summing

@@ -38,6 +38,7 @@ from dist_face.train.guard import DivergenceGuard
 from dist_face.train.hooks import CheckpointHook, CloseSinkHook, EvalHook, LogHook
 from dist_face.train.loop import Trainer, TrainState
 from dist_face.train.optim import (
+    build_head_optimizer,
     build_optimizer,
     build_scheduler,
     init_momentum,
@@ -124,7 +125,7 @@ def build_trainer(
     opt_b = build_optimizer(
         param_groups(backbone, cfg.optim.weight_decay), cfg.optim, cfg.optim.lr, device
     )
-    opt_h = build_optimizer(param_groups(head, head_wd), cfg.optim, head_lr, device)
+    opt_h = build_head_optimizer(head, cfg, head_lr, head_wd, device)
     # a skipped first step must not leave SGD momentum uninitialised (DeepSpeed builds its own
     # state for the backbone)
     for opt in (opt_h,) if cfg.dist.engine == "deepspeed" else (opt_b, opt_h):
@@ -136,6 +137,8 @@ def build_trainer(
     engine = _build_step(cfg, parallel, backbone, loss_fn, opt_b, opt_h, scheds, timer)
     step_fn = engine.step_fn
     scaler = step_fn.scaler
+    if scaler.dynamic and hasattr(opt_h, "loss_scale"):  # fp16: updates in backward see it
+        opt_h.loss_scale = scaler.scale
 
     state = TrainState()
     crange = class_range(num_classes, topology.rank, topology.world_size)

@@ -178,6 +178,9 @@ class DeepSpeedStep(TrainStep):
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """The engine scales the loss (fp16), back-propagates and reduces the backbone's share."""
+        for opt in self.optimizers:  # a head updated in backward divides the engine's scale out
+            if hasattr(opt, "loss_scale"):
+                opt.loss_scale = loss_scale(self.engine)
         self.engine.backward(loss, scale_wrt_gas=False)  # the step divides by micro-batches
         if not last:
             self.engine.step()  # not at the accumulation boundary: counts the micro-batch only

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from dist_face.config import OptimConfig
+from dist_face.config import OptimConfig, RunConfig
+from dist_face.heads.row_optim import build_row_optimizer
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -49,6 +50,22 @@ def build_optimizer(
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, fused=fused)
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
+def build_head_optimizer(
+    head: nn.Module, cfg: RunConfig, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """The class centers' optimizer, as ``head.update`` says.
+
+    ``sparse``: a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` attached to the head,
+    which updates the rows used by each step inside backward. ``dense``: torch's SGD/AdamW
+    over every head parameter (:func:`build_optimizer`).
+    """
+    if cfg.head_update == "sparse":
+        opt = build_row_optimizer(head, cfg.optim.name, lr, weight_decay, cfg.optim.momentum)
+        head.attach_optimizer(opt)
+        return opt
+    return build_optimizer(param_groups(head, weight_decay), cfg.optim, lr, device)
 
 
 def init_momentum(optimizer: torch.optim.Optimizer) -> None:

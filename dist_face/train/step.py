@@ -24,11 +24,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def optimizer_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
     """Apply ``optimizer`` unless ``found_inf`` is set.
 
-    Fused optimizers read the flag on the device and skip the whole update (momentum, Adam
-    moments and weight decay included). Others need the flag on the host: one synchronisation,
-    only on devices without fused kernels.
+    Fused optimizers (and the head's row-sparse one) read the flag on the device and skip the
+    whole update (momentum, Adam moments and weight decay included). Others need the flag on
+    the host: one synchronisation, only on devices without fused kernels.
     """
-    if optimizer.defaults.get("fused"):
+    if optimizer.defaults.get("fused") or getattr(optimizer, "reads_found_inf", False):
         optimizer.found_inf = found_inf  # read by the fused kernels, as GradScaler does
         optimizer.grad_scale = None
         optimizer.step()

@@ -147,7 +147,7 @@ def _train(
         images, issame = load_bin(cfg.eval.targets[0])
         out["untrained"] = evaluate_model(backbone, decode_images(images), issame).accuracy
     out["resumed_head"] = all_gather(head.weight.detach().clone())  # centers right after resume
-    out["sampler"] = head._generator.get_state()
+    out["sampler"] = head.sampler.state()
     out["start"] = trainer.state.step
     if ids is not None:
         out["resumed"] = _resume_state(trainer)

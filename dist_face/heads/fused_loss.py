@@ -1,0 +1,369 @@
+"""Projection, margin and loss of the sharded head, fused and evaluated block by block.
+
+A rank holds ``K`` kept class centers (all ``C_local``, or the Partial FC sample). The loss of
+the ``N`` gathered embeddings against them is computed over blocks of ``chunk`` columns, so no
+``[N, K]`` tensor and no normalised copy of the centers is ever alive, only ``[N, chunk]``
+pieces and the ``[chunk, D]`` rows in use:
+
+* **forward** — per block: ``z = x̂ · w_cᵀ / ‖w_c‖`` (cosine margins; the other projections
+  of :mod:`~dist_face.heads.margins` likewise), the margin's logits, and an online softmax:
+  running row max and rescaled denominator, and the target logit where the block holds it.
+  Then the row max is all-reduced (MAX) and the denominator and target (SUM, one ``[2, N]``
+  tensor), as in Partial FC. UCE objectives (UniFace) just sum the per-row terms.
+* **backward** — per block, the logits are recomputed (one more GEMM: the price of not
+  saving ``[N, K]``), their gradient ``(p − 1[target]) · g/N`` is pushed through the margin
+  with autograd on that block only, and through the projection by hand:
+  ``∂L/∂w_j = ‖w_j‖⁻¹ (Gᵀx̂)_j − w_j ‖w_j‖⁻² Σ_i G_ij z_ij``. The block's center gradient
+  goes straight to a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` (rows updated
+  while in cache, no ``[C_local, D]`` gradient), or, with no optimizer attached, into a dense
+  ``weight.grad`` (the classic semantics).
+
+Margins see exactly what they saw unfused (:class:`~dist_face.heads.margins.MarginInput` of
+one block) and advance their per-step state once (``begin_step``). Margin parameters
+replicated on every rank (UniFace's ``b̃``) get their gradient summed over blocks, then over
+ranks in one all-reduce: every rank runs the same collectives whatever its block count.
+
+Everything runs in float32 (float64 if the inputs are), whatever the storage dtype of the
+centers (bf16 rows are upcast a block at a time) and whatever autocast is active.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.distributed import ProcessGroup, ReduceOp
+
+from dist_face.dist import comm
+from dist_face.heads.margins import Margin, MarginInput, filter_interclass
+from dist_face.heads.row_optim import RowIndex, RowSparseOptimizer
+from dist_face.heads.workspace import Workspace
+
+_EPS = 1e-12  # as F.normalize
+BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 23}
+"""Default size of one ``[N, chunk]`` block (elements) per device type (:func:`default_chunk`)."""
+
+
+def default_chunk(rows: int, device: torch.device) -> int:
+    """Columns per block for ``rows`` gathered embeddings: ``BLOCK_ELEMENTS / N``, ≥ 256.
+
+    CPU: measured with ``tools/bench_head.py --chunks`` (C = 200k, N = 64, D = 512, the
+    README's table): blocks of 256k elements are as fast as 1M-element ones at r = 1 (2 %
+    slower) and 9 % faster at r = 0.1, 1.19× faster than 64k-element blocks, and they keep a
+    step's transient memory to a quarter. CUDA:
+    8M elements (32 MiB per ``[N, chunk]`` float32 tensor), larger GEMMs for fewer kernel
+    launches; not measured on a GPU yet.
+    """
+    budget = BLOCK_ELEMENTS.get(device.type, BLOCK_ELEMENTS["cuda"])
+    return max(256, budget // max(rows, 1))
+
+
+@dataclass
+class LossSpec:
+    """What the fused loss needs besides the tensors autograd tracks.
+
+    Attributes:
+        margin: turns one block's projections into logits.
+        labels: ``[N]`` int64 target column among the ``K`` kept ones, or ``-1`` (elsewhere).
+        index: ``[K]`` sorted local rows kept (Partial FC), or None: all rows, ``K = C_local``.
+        group: process group the classes are split over (None: one device).
+        chunk: columns per block.
+        filter_threshold: inter-class filtering threshold (cosine margins; 0 = off).
+        optimizer: receives each block's row gradients in backward (None: dense gradient).
+        workspace: scratch buffers for one block's rows and gradient.
+    """
+
+    margin: Margin
+    labels: torch.Tensor
+    index: torch.Tensor | None
+    group: ProcessGroup | None
+    chunk: int
+    filter_threshold: float = 0.0
+    optimizer: RowSparseOptimizer | None = None
+    workspace: Workspace = field(default_factory=Workspace)
+
+
+@dataclass
+class _Block:
+    rows: RowIndex
+    w: torch.Tensor  # [Kc, D] rows in compute dtype
+    inv: torch.Tensor | None  # [Kc] 1/‖w‖ when the weight is normalised
+    w_norm: torch.Tensor | None  # [Kc] ‖w‖ for margins that read norms
+    z: torch.Tensor  # [N, Kc] projection (see the margins' table)
+    bias: torch.Tensor | None  # [Kc]
+    labels: torch.Tensor  # [N] column in this block or -1
+
+
+class _Ctx:
+    """The per-forward values the blocks are computed from (forward and backward alike)."""
+
+    def __init__(self, x: torch.Tensor, weight: torch.Tensor, bias, spec: LossSpec) -> None:
+        margin = spec.margin
+        self.spec, self.weight, self.bias = spec, weight, bias
+        self.dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+        self.cosine = margin.normalize_embedding and margin.normalize_weight
+        xf = x.detach().to(self.dtype)
+        self.x_norm = torch.linalg.vector_norm(xf, dim=1)
+        self.x_inv = 1.0 / self.x_norm.clamp_min(_EPS)
+        self.xin = xf * self.x_inv[:, None] if margin.normalize_embedding else xf
+        self.num_cols = weight.shape[0] if spec.index is None else spec.index.shape[0]
+        self._norms: dict[int, torch.Tensor] = {}  # ‖w‖ per block, from forward: K floats
+
+    def blocks(self) -> range:
+        return range(0, self.num_cols, self.spec.chunk)
+
+    def rows(self, lo: int, hi: int) -> RowIndex:
+        index = self.spec.index
+        return slice(lo, hi) if index is None else index[lo:hi]
+
+    def block(self, lo: int) -> _Block:
+        hi = min(lo + self.spec.chunk, self.num_cols)
+        rows = self.rows(lo, hi)
+        w = self.spec.workspace.gather("rows", self.weight, rows, self.dtype)
+        margin = self.spec.margin
+        norm = None
+        if margin.normalize_weight or not self.cosine:
+            # the rows do not change between forward and backward (a block is updated only in
+            # its own backward step): one pass over them saved
+            norm = self._norms.get(lo)
+            if norm is None:
+                norm = self._norms[lo] = torch.linalg.vector_norm(w, dim=1)
+        inv = 1.0 / norm.clamp_min(_EPS) if margin.normalize_weight else None
+        z = self.xin @ w.T
+        if inv is not None:
+            z.mul_(inv)
+        if self.cosine:
+            z.clamp_(-1.0, 1.0)  # beyond it only by rounding: identity in backward
+        bias = None
+        if self.bias is not None:
+            bias = self.spec.workspace.gather("bias", self.bias, rows, self.dtype)
+        labels = self.spec.labels
+        labels = torch.where((labels >= lo) & (labels < hi), labels - lo, -1)
+        return _Block(rows, w, inv, None if self.cosine else norm, z, bias, labels)
+
+    def margin_input(self, blk: _Block, z, x_norm, w_norm, bias, target_cos) -> MarginInput:
+        if self.cosine and self.spec.filter_threshold > 0:
+            z = filter_interclass(z, blk.labels, self.spec.filter_threshold)
+        return MarginInput(z, blk.labels, x_norm, w_norm, bias, target_cos)
+
+    def target_cos(self) -> torch.Tensor:
+        """``[N]`` every row's target cosine, detached, identical on all ranks."""
+        labels = self.spec.labels
+        n = labels.shape[0]
+        if self.num_cols == 0:  # no class kept on this rank: it owns no target
+            mine = self.xin.new_zeros(n)
+        else:
+            cols = labels.clamp_min(0)
+            rows = cols if self.spec.index is None else self.spec.index[cols]
+            w = self.weight.detach().index_select(0, rows).to(self.dtype)
+            w_unit = w / torch.linalg.vector_norm(w, dim=1).clamp_min(_EPS)[:, None]
+            x_unit = self.xin
+            if not self.spec.margin.normalize_embedding:
+                x_unit = x_unit * self.x_inv[:, None]
+            cos = (x_unit * w_unit).sum(dim=1).clamp(-1.0, 1.0)
+            mine = torch.where(labels >= 0, cos, 0.0)
+        return comm.all_reduce(mine, ReduceOp.SUM, self.spec.group)
+
+
+class _FusedMarginLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, spec: LossSpec, *params) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            c = _Ctx(x, weight, bias, spec)
+            margin = spec.margin
+            target_cos = c.target_cos() if margin.needs_target_cos else None
+            margin.begin_step(target_cos)
+            n = x.shape[0]
+            softmax = margin.objective == "softmax"
+            run_max = torch.full((n,), float("-inf"), dtype=c.dtype, device=x.device)
+            run_sum = torch.zeros(n, dtype=c.dtype, device=x.device)
+            target = torch.zeros(n, dtype=c.dtype, device=x.device)
+            total = torch.zeros((), dtype=c.dtype, device=x.device)
+            holds = torch.zeros(n, dtype=torch.bool, device=x.device)  # the target is here
+            norms = (None, None) if c.cosine else (c.x_norm, None)
+            for lo in c.blocks():
+                blk = c.block(lo)
+                inp = c.margin_input(blk, blk.z, norms[0], blk.w_norm, blk.bias, target_cos)
+                out = margin.logits(inp)
+                if not softmax:
+                    total += out.sum()
+                    continue
+                new_max = torch.maximum(run_max, out.amax(dim=1))
+                run_sum.mul_(torch.exp(run_max - new_max))
+                run_sum.add_(torch.exp(out - new_max[:, None]).sum(dim=1))
+                run_max = new_max
+                owned = blk.labels >= 0
+                picked = out.gather(1, blk.labels.clamp_min(0)[:, None]).squeeze(1)
+                target += torch.where(owned, picked, 0.0)
+                holds |= owned
+            if softmax:
+                row_max = comm.all_reduce(run_max.clone(), ReduceOp.MAX, spec.group)
+                # one all-reduce for the denominator and the (max-shifted) target logit
+                shifted = torch.where(holds, target - row_max, 0.0)
+                stats = torch.stack([run_sum * torch.exp(run_max - row_max), shifted])
+                comm.all_reduce(stats, ReduceOp.SUM, spec.group)
+                log_denom = torch.log(stats[0])  # >= 0: the max term is exp(0)
+                loss = (log_denom - stats[1]).sum() / n
+                c.log_z = log_denom + row_max
+            else:
+                loss = comm.all_reduce(total, ReduceOp.SUM, spec.group) / n
+            c.target_cos = target_cos
+            c.finite = torch.isfinite(loss)
+        ctx.fused = c
+        ctx.params = params
+        ctx.x_dtype = x.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        c: _Ctx = ctx.fused
+        spec, margin, params = c.spec, c.spec.margin, ctx.params
+        with torch.autocast(device_type=grad_out.device.type, enabled=False):
+            n = c.xin.shape[0]
+            g = grad_out.to(c.dtype) / n
+            enabled = c.finite & torch.isfinite(grad_out)
+            softmax = margin.objective == "softmax"
+            dense = spec.optimizer is None
+            gw = torch.zeros_like(c.weight) if dense and ctx.needs_input_grad[1] else None
+            gb = None
+            if c.bias is not None and dense and ctx.needs_input_grad[2]:
+                gb = torch.zeros_like(c.bias)
+            trained = [p for p in params if p.requires_grad]
+            g_params = [torch.zeros_like(p, dtype=c.dtype) for p in trained]
+            gxin = torch.zeros_like(c.xin)
+            # the rows' gradient is exactly zero when the step is suppressed (non-finite loss);
+            # the embeddings' stays as it is, so the trainer sees the overflow and skips
+            x_rows = torch.where(enabled, c.xin, 0.0)
+            # SGD's L2 term joins the gradient in the pass that already reads the rows
+            decay = None if dense else spec.optimizer.fold_decay(enabled)
+            gxn = torch.zeros_like(c.x_norm)
+            for lo in c.blocks():
+                blk = c.block(lo)
+                with torch.enable_grad():
+                    leaves = _Leaves(blk, None if c.cosine else c.x_norm)
+                    inp = c.margin_input(
+                        blk, leaves.z, leaves.x_norm, leaves.w_norm, leaves.bias, c.target_cos
+                    )
+                    out = margin.logits(inp)
+                if softmax:
+                    grad_logits = torch.exp(out.detach() - c.log_z[:, None]).mul_(g)
+                    if grad_logits.shape[1] > 0:
+                        owned = (blk.labels >= 0).to(c.dtype)
+                        cols = blk.labels.clamp_min(0)[:, None]
+                        grad_logits.scatter_add_(1, cols, (-g * owned)[:, None])
+                else:
+                    grad_logits = g.expand(n)
+                inputs = leaves.inputs() + trained
+                grads = torch.autograd.grad(out, inputs, grad_logits, allow_unused=True)
+                got = dict(zip(leaves.names(), grads[: len(leaves.inputs())], strict=True))
+                for acc, gp in zip(g_params, grads[len(leaves.inputs()) :], strict=True):
+                    if gp is not None:
+                        acc += gp
+                gz = got["z"] if got["z"] is not None else torch.zeros_like(blk.z)
+                grad_w = _project_backward(c, blk, gz, gxin, x_rows, enabled, decay)
+                if got.get("w_norm") is not None:  # ∂‖w‖/∂w = w/‖w‖
+                    grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
+                if got.get("x_norm") is not None:
+                    gxn += got["x_norm"]
+                grad_b = got.get("bias")
+                if dense:
+                    _scatter(gw, blk.rows, grad_w)
+                    _scatter(gb, blk.rows, grad_b)
+                else:
+                    grads_rows = [grad_w] if c.bias is None else [grad_w, grad_b]
+                    current = [blk.w] if c.bias is None else [blk.w, blk.bias]
+                    spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current)
+            if g_params:  # replicated margin parameters: sum the ranks' partial gradients
+                flat = torch.cat([p.reshape(-1) for p in g_params])
+                comm.all_reduce(flat, ReduceOp.SUM, spec.group)
+                g_params = list(torch.split(flat, [p.numel() for p in g_params]))
+            gx = _embedding_grad(c, gxin, gxn).to(ctx.x_dtype)
+        out_params = []
+        it = iter(g_params)
+        for p in params:
+            out_params.append(next(it).view_as(p).to(p.dtype) if p.requires_grad else None)
+        return (gx, gw, gb, None, *out_params)
+
+
+class _Leaves:
+    """Detached copies of one block's margin inputs that autograd differentiates."""
+
+    def __init__(self, blk: _Block, x_norm: torch.Tensor | None) -> None:
+        self.z = blk.z.requires_grad_(True)
+        self.x_norm = None if x_norm is None else x_norm.detach().clone().requires_grad_(True)
+        self.w_norm = None if blk.w_norm is None else blk.w_norm.detach().requires_grad_(True)
+        self.bias = None if blk.bias is None else blk.bias.requires_grad_(True)
+
+    def names(self) -> list[str]:
+        return [k for k in ("z", "x_norm", "w_norm", "bias") if getattr(self, k) is not None]
+
+    def inputs(self) -> list[torch.Tensor]:
+        return [getattr(self, k) for k in self.names()]
+
+
+def _project_backward(
+    c: _Ctx,
+    blk: _Block,
+    gz: torch.Tensor,
+    gxin: torch.Tensor,
+    x_rows: torch.Tensor,
+    enabled: torch.Tensor,
+    decay: torch.Tensor | None,
+) -> torch.Tensor:
+    """Add ``∂L/∂xin`` into ``gxin`` ``[N, D]``; return the block's ``∂L/∂w`` ``[Kc, D]``.
+
+    The rows' gradient is computed from ``x_rows`` (``xin``, or zeros when not ``enabled``)
+    and a masked ``gz``, so that a suppressed step hands the optimizer zeros, not NaN.
+    ``decay`` (0-dim) adds ``decay · w`` (SGD's L2 term) in the same pass.
+    """
+    gz_rows = torch.where(enabled, gz, 0.0)
+    out = c.spec.workspace.get("grad", tuple(blk.w.shape), blk.w.dtype, blk.w.device)
+    if blk.inv is None:  # z = xin · wᵀ
+        gxin.addmm_(gz, blk.w)
+        grad = torch.mm(gz_rows.T, x_rows, out=out)
+        return grad if decay is None else grad.addcmul_(blk.w, decay)
+    gxin.addmm_(gz * blk.inv, blk.w)  # z = xin · wᵀ / ‖w‖
+    gz_rows.mul_(blk.inv)
+    radial = torch.where(enabled, blk.inv * (gz_rows * blk.z.detach()).sum(dim=0), 0.0)
+    coef = -radial if decay is None else decay - radial
+    return torch.mm(gz_rows.T, x_rows, out=out).addcmul_(blk.w, coef[:, None])
+
+
+def _embedding_grad(c: _Ctx, gxin: torch.Tensor, gxn: torch.Tensor) -> torch.Tensor:
+    """``∂L/∂x`` ``[N, D]`` from the gradients w.r.t. the projected input and ``‖x‖``."""
+    if c.spec.margin.normalize_embedding:  # xin = x/‖x‖: (I − x̂x̂ᵀ)/‖x‖
+        dot = (c.xin * gxin).sum(dim=1, keepdim=True)
+        return gxin.sub_(c.xin * dot).mul_(c.x_inv[:, None])
+    return gxin.add_(c.xin * (gxn * c.x_inv)[:, None])  # ∂‖x‖/∂x = x/‖x‖
+
+
+def _scatter(dst: torch.Tensor | None, rows: RowIndex, src: torch.Tensor | None) -> None:
+    if dst is None or src is None:
+        return
+    if isinstance(rows, slice):
+        dst[rows] = src.to(dst.dtype)
+    else:
+        dst.index_copy_(0, rows, src.to(dst.dtype))
+
+
+def fused_margin_loss(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: LossSpec,
+    params: list[torch.Tensor],
+) -> torch.Tensor:
+    """Mean margin loss of ``N`` gathered embeddings against this rank's kept centers.
+
+    Args:
+        x: ``[N, D]`` gathered embeddings (differentiable).
+        weight: ``[C_local, D]`` this rank's centers (any float dtype).
+        bias: ``[C_local]`` class bias (softmax margin) or None.
+        spec: labels, sampled rows, group, block size, optimizer (:class:`LossSpec`).
+        params: the margin's parameters (replicated on every rank).
+
+    Returns:
+        Scalar loss, float32 (float64 for float64 inputs), identical on every rank.
+    """
+    return _FusedMarginLoss.apply(x, weight, bias, spec, *params)

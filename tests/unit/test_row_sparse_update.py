@@ -1,0 +1,175 @@
+"""The row-sparse center update against hand-computed and torch references, and its memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dist_face.heads import MarginHead, PartialFC
+from dist_face.heads.row_optim import build_row_optimizer
+
+C, D, N = 40, 6, 5
+LR, MU, WD = 0.5, 0.9, 0.01
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(N, D, generator=gen), torch.randint(0, C, (N,), generator=gen)
+
+
+def _reference_grad(head: PartialFC, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+    """Float64 full-softmax gradient of centers ``w0`` over the classes the head kept."""
+    keep = torch.arange(C) if head.last_sampled is None else head.last_sampled
+    ref = MarginHead(D, len(keep), "arcface").double()
+    with torch.no_grad():
+        ref.weight.copy_(w0.double()[keep])
+    ref(x.double(), torch.searchsorted(keep, y)).backward()
+    full = torch.zeros(C, D, dtype=torch.float64)
+    full[keep] = ref.weight.grad
+    return keep, full
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.3])
+def test_sgd_step_matches_hand_computed_update_on_touched_rows(rate: float) -> None:
+    head = PartialFC(D, C, "arcface", rate, seed=3, chunk_size=7)
+    opt = build_row_optimizer(head, "sgd", LR, WD, MU)
+    head.attach_optimizer(opt)
+    momentum = opt.state[head.weight]["momentum_buffer"]
+    momentum.normal_(generator=torch.Generator().manual_seed(9))  # a step in mid-run
+    w0, m0 = head.weight.detach().clone(), momentum.clone()
+    x, y = _batch()
+    head(x, y).backward()
+    assert head.weight.grad is None  # the update happened in backward, no dense gradient
+    keep, grad = _reference_grad(head, w0, x, y)
+    m1 = MU * m0.double() + grad + WD * w0.double()
+    w1 = w0.double() - LR * m1
+    w, m = head.weight.detach(), momentum
+    # float32 against float64: 1e-5 of the largest entry (gradients reach s = 64)
+    for got, want in ((w, w1), (m, m1)):
+        tol = 1e-5 * float(want.abs().max())
+        torch.testing.assert_close(got[keep].double(), want[keep], rtol=1e-5, atol=tol)
+    untouched = torch.ones(C, dtype=torch.bool)
+    untouched[keep] = False
+    assert untouched.any() == (rate < 1)
+    # rows not sampled keep their weight and their momentum, bit for bit
+    assert torch.equal(w[untouched], w0[untouched])
+    assert torch.equal(m[untouched], m0[untouched])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+@pytest.mark.parametrize("margin", ["arcface", "softmax", "uniface"])
+def test_all_rows_used_equals_torch_dense_optimizer(kind: str, margin: str) -> None:
+    """At r = 1 the sparse update is torch's SGD/AdamW, for three steps in a row."""
+    sparse, dense = PartialFC(D, C, margin, chunk_size=9), PartialFC(D, C, margin)
+    opt_s = build_row_optimizer(sparse, kind, LR / 10, WD, MU)
+    sparse.attach_optimizer(opt_s)
+    groups = [{"params": [dense.weight], "weight_decay": WD}]
+    others = [p for n, p in dense.named_parameters() if n != "weight"]
+    if others:
+        groups.append({"params": others, "weight_decay": 0.0})
+    if kind == "sgd":
+        opt_d = torch.optim.SGD(groups, lr=LR / 10, momentum=MU)
+    else:
+        opt_d = torch.optim.AdamW(groups, lr=LR / 10)
+    for step in range(3):
+        x, y = _batch(step)
+        sparse(x, y).backward()
+        opt_s.step()
+        opt_s.zero_grad()
+        dense(x, y).backward()
+        opt_d.step()
+        opt_d.zero_grad()
+    # float32 rounding of two orders of summation: 1e-5 of the largest entry (the first steps
+    # move centers of norm 0.02 by gradients ∝ 1/‖w‖, far beyond it)
+    for (name, a), b in zip(sparse.named_parameters(), dense.parameters(), strict=True):
+        tol = 1e-5 * float(b.detach().abs().max())
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=tol, msg=f"{kind} {margin} {name}")
+
+
+def test_adamw_bias_correction_counts_each_rows_own_updates() -> None:
+    head = PartialFC(D, C, "cosface", 0.2, seed=1)
+    opt = build_row_optimizer(head, "adamw", 1e-2, 0.0, MU)
+    head.attach_optimizer(opt)
+    for step in range(4):
+        head(*_batch(step)).backward()
+    steps = opt.state[head.weight]["step"]
+    assert steps.shape == (C,) and 0 < int(steps.max()) <= 4
+    assert int(steps.min()) < int(steps.max())  # rows sampled a different number of times
+
+
+def test_non_finite_loss_leaves_centers_and_state_unchanged() -> None:
+    head = PartialFC(D, C, "arcface", chunk_size=8)
+    opt = build_row_optimizer(head, "sgd", LR, WD, MU)
+    head.attach_optimizer(opt)
+    head(*_batch(0)).backward()  # a normal step first: momentum is non-zero
+    w0 = head.weight.detach().clone()
+    m0 = opt.state[head.weight]["momentum_buffer"].clone()
+    x, y = _batch(1)
+    x[2, 0] = float("nan")
+    loss = head(x, y)
+    loss.backward()
+    assert not torch.isfinite(loss)
+    assert torch.equal(head.weight.detach(), w0)
+    assert torch.equal(opt.state[head.weight]["momentum_buffer"], m0)
+
+
+def test_grad_scale_is_divided_out() -> None:
+    """fp16 training back-propagates ``loss · scale``; the update must not see the scale."""
+    plain, scaled = PartialFC(D, C, "arcface"), PartialFC(D, C, "arcface")
+    for head, scale in ((plain, 1.0), (scaled, 1024.0)):
+        opt = build_row_optimizer(head, "sgd", LR, WD, MU)
+        opt.loss_scale = torch.tensor(scale)
+        head.attach_optimizer(opt)
+        (head(*_batch()) * scale).backward()
+    torch.testing.assert_close(plain.weight, scaled.weight)
+
+
+def test_bf16_storage_keeps_float32_math() -> None:
+    fp32 = PartialFC(D, C, "arcface")
+    bf16 = PartialFC(D, C, "arcface", storage_dtype=torch.bfloat16)
+    assert bf16.weight.dtype == torch.bfloat16
+    opt = build_row_optimizer(bf16, "sgd", LR, WD, MU)
+    bf16.attach_optimizer(opt)
+    assert opt.state[bf16.weight]["momentum_buffer"].dtype == torch.bfloat16
+    x, y = _batch()
+    loss32, loss16 = fp32(x, y), bf16(x, y)
+    assert loss16.dtype == torch.float32
+    torch.testing.assert_close(loss16, loss32, rtol=2e-2, atol=2e-2)  # rounded centers only
+    loss16.backward()
+    assert torch.isfinite(bf16.weight.float()).all()
+
+
+class _LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any operation allocates (views and in-place ops excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = (0, "")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name.endswith("_") or func.is_view or "out" in (kwargs or {}):
+            return out  # writes into, or looks at, memory that exists already
+        for t in out if isinstance(out, tuple | list) else [out]:
+            if torch.is_tensor(t) and t.numel() > self.largest[0]:
+                self.largest = (t.numel(), name)
+        return out
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5])
+def test_no_tensor_scales_with_all_classes(rate: float) -> None:
+    """With the sparse update, nothing the size of ``[N, K]`` or ``[C, D]`` is allocated."""
+    classes, chunk = 4096, 64
+    head = PartialFC(D, classes, "arcface", rate, chunk_size=chunk)
+    head.attach_optimizer(build_row_optimizer(head, "sgd", LR, WD, MU))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=gen, requires_grad=True)
+    y = torch.randint(0, classes, (N,), generator=gen)
+    head(x, y)  # warm-up: allocations of the first step (label check) are not the steady state
+    with _LargestOutput() as probe:
+        head(x, y).backward()
+    # blocks [N, chunk], rows [chunk, D]; sampling draws one score per class ([C + 1])
+    limit = max(N * chunk, chunk * D, classes + 1)
+    assert probe.largest[0] <= limit, probe.largest
