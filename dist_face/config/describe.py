@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 
 from dist_face.config.base import ConfigError
 from dist_face.config.loader import load_config, to_yaml
+from dist_face.config.resolve import resolve_run
 from dist_face.config.schema import RunConfig
 
 
@@ -73,7 +74,7 @@ def run_info(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if args.print_config:
             if cfg is None:
                 raise ConfigError("--print-config needs --config RECIPE")
-            text = to_yaml(cfg)
+            text = to_yaml(resolve_run(cfg))
         else:
             text = format_fields(args.help_config or None, cfg)
     except ConfigError as exc:

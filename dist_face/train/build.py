@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dist_face.checkpoint import (
     save_checkpoint,
 )
 from dist_face.config import RunConfig, save_config, to_yaml
-from dist_face.config.margin_defaults import resolve_head
+from dist_face.config.resolve import resolve_run
 from dist_face.data.loader import build_loader
 from dist_face.dist import ParallelContext, Topology
 from dist_face.heads import build_head
@@ -78,8 +77,8 @@ def build_trainer(
     """
     if parallel is None:
         parallel = ParallelContext.from_default_group(topology, device)
-    # the margin's paper defaults, so config.yaml shows the values that train
-    cfg = dataclasses.replace(cfg, head=resolve_head(cfg.head))
+    # the margin's paper defaults and the head's update, so config.yaml shows what trains
+    cfg = resolve_run(cfg)
     data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
     num_classes = data.num_classes
     # the checkpoint's position first: the plan counts the steps left from it

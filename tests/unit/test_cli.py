@@ -174,6 +174,12 @@ def test_print_config_prints_the_resolved_yaml_and_exits(tmp_path: Path) -> None
     cfg = yaml.safe_load(done.stdout)
     assert cfg["name"] == "debug_cpu" and cfg["data"]["batch_size"] == 7
     assert cfg["train"]["max_steps"] == 0
+    # resolved: the margin's defaults and the head's update, not the unset fields
+    assert (cfg["head"]["margin"], cfg["head"]["m2"], cfg["head"]["update"]) == (
+        "arcface",
+        0.5,
+        "sparse",
+    )
     assert not any(p.name != "home" for p in tmp_path.iterdir() if p.name != "cache")
     bad = subprocess.run(
         [BIN / "dist-face-train", "--config", "debug_cpu", "--head.scale=-1", "--print-config"],

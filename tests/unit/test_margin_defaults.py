@@ -134,3 +134,4 @@ def test_run_config_yaml_shows_the_resolved_margin(color_shards: Path, tmp_path:
     head = out["head"]
     assert (head["margin"], head["scale"], head["m3"]) == ("cosface", 32.0, 0.35)
     assert head["m1"] is None and head["m2"] is None and head["lambda_base"] is None
+    assert head["update"] == "sparse"  # unset resolves to what trains
