@@ -2,7 +2,8 @@
 
 Your folder of identity subfolders is packed; one process trains and stops mid-epoch; two
 processes resume it to the end of a second epoch, running exactly the steps they announce; the
-model is evaluated and exported. The alternative first step, pointing ``--data.root`` at an
+model is evaluated and exported, and its training curves are drawn from its own metrics
+files. The alternative first step, pointing ``--data.root`` at an
 existing InsightFace ``train.rec``, trains too. Every command is the real console script or
 launcher, every path relative to the working directory.
 """
@@ -135,6 +136,10 @@ def test_the_first_hour_from_any_directory(tiny_dataset: Path, tmp_path: Path) -
     # 5. export it
     _run(work, "dist-face-export", "--run", "runs/first", "--out", "model.onnx", "--safetensors")
     assert (work / "model.onnx").is_file() and (work / "model.safetensors").is_file()
+
+    # 6. its training curves, from the run's own metrics files (no Prometheus)
+    _run(work, "dist-face-report", "--run", "runs/first", "--out", "curves.png")
+    assert (work / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (REPO / "runs" / "first").exists()
 
 
