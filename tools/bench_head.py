@@ -28,8 +28,6 @@ Ratios are against ``dense`` (and ``gemm``) of the same run.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import importlib.util
 import json
 import resource
@@ -43,7 +41,7 @@ import torch
 
 from dist_face.heads import PartialFC
 from dist_face.heads.row_optim import build_row_optimizer
-from dist_face.metrics.perf import memory_stats
+from dist_face.metrics.perf import memory_stats, rss_follows_live_memory
 
 B, D = 64, 512
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
@@ -89,22 +87,13 @@ def _external(path: str, c: int, r: float) -> Step:
     return module.make_step(c, D, r, 0)
 
 
-def _live_memory_rss() -> None:
-    """Resident memory that follows live memory: every glibc block of 64 KiB or more is mapped
-    and unmapped, in one arena (else freed blocks stay resident and the peak varies by tens of
-    MB from run to run)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    for option, value in ((-3, 1 << 16), (-1, 1 << 16), (-8, 1)):  # MMAP/TRIM_THRESHOLD, ARENA_MAX
-        libc.mallopt(option, value)
-
-
 def _rss() -> float:
     return memory_stats(torch.device("cpu")).get("memory/rss_bytes", 0.0)
 
 
 def measure(impl: str, c: int, r: float, steps: int, chunk: int, external: str | None) -> dict:
     """One point, in this process: seconds per step (median) and peak memory over the RSS."""
-    _live_memory_rss()
+    rss_follows_live_memory()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=gen).requires_grad_(True)
     y = torch.randint(0, c, (B,), generator=gen)

@@ -14,8 +14,6 @@ the 8,000,000-class point (1 GB per rank, about 10 GB for the four ranks).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import resource
 
 import pytest
@@ -24,6 +22,7 @@ import torch
 from dist_face.config import load_config
 from dist_face.dist import Topology
 from dist_face.metrics import InMemorySink
+from dist_face.metrics.perf import rss_follows_live_memory
 from dist_face.train.build import build_trainer
 from tests.helpers.distributed import run_distributed
 
@@ -32,17 +31,8 @@ pytestmark = pytest.mark.dist
 WORLD, D, BATCH, STEPS = 4, 128, 8, 10
 
 
-def _live_memory_rss() -> None:
-    """Make resident memory follow live memory: glibc keeps freed blocks in per-thread arenas
-    and below a dynamic mmap threshold, which made peak RSS vary by ~80 MB between ranks of the
-    same run. Every block of 64 KiB or more is mapped and unmapped, and one arena is used."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    for option, value in ((-3, 1 << 16), (-1, 1 << 16), (-8, 1)):  # MMAP/TRIM_THRESHOLD, ARENA_MAX
-        libc.mallopt(option, value)
-
-
 def _train(rank: int, world: int, tmp: str, classes: int) -> dict[str, float]:
-    _live_memory_rss()
+    rss_follows_live_memory()
     overrides = [
         "--model.name=tiny",
         f"--model.embedding_size={D}",
