@@ -46,6 +46,6 @@ FULL = StudyMode(
     held_out_identities=50,
     held_out_images=8,
     seeds=(0, 1, 2),
-    budget=Budget(steps=200, batch=64),
+    budget=Budget(steps=800, batch=64),
     toy_steps=300,
 )
