@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: environment, lint, format, then every test tier this machine can run.
-#   bash tests/run.sh              # lint, format and the default test run
-#   bash tests/run.sh -m unit      # extra arguments go to pytest
+#   bash tests/run.sh              # lint, format and the default test run (tests/unit on
+#                                  # DIST_FACE_TEST_WORKERS=2 processes, then tests/dist, tests/gpu)
+#   bash tests/run.sh -m unit      # extra arguments go to one plain pytest run instead
 #   DIST_FACE_MATRIX=1 bash tests/run.sh   # also every case of the reduced parametrisations
 #   DIST_FACE_SOAK=1 bash tests/run.sh     # also the 300-epoch-boundary soak
 set -euo pipefail
@@ -24,5 +25,15 @@ echo "[tests] ruff check"
 ruff check .
 echo "[tests] ruff format --check"
 ruff format --check .
-echo "[tests] pytest"
-exec python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  echo "[tests] pytest $*"
+  exec python -m pytest "$@"
+fi
+# The single-process tests share the cores (pytest-xdist); the multi-process ones start 2-4
+# ranks each, so they run one at a time. Both always run; the status is the worse of the two.
+status=0
+echo "[tests] pytest tests/unit on ${DIST_FACE_TEST_WORKERS:-2} workers"
+python -m pytest -n "${DIST_FACE_TEST_WORKERS:-2}" tests/unit || status=$?
+echo "[tests] pytest tests/dist tests/gpu"
+python -m pytest tests/dist tests/gpu || status=$?
+exit "$status"
