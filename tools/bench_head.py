@@ -3,7 +3,10 @@
 One training step of the head alone (forward, backward and the optimizer update; ArcFace,
 SGD with momentum 0.9 and weight decay 5e-4) on one process, for each C and r:
 
-* ``sparse``   — the fused head with the row-sparse update (``head.update=sparse``);
+* ``sparse``   — the fused head with the row-sparse update (``head.update=sparse``), its
+  forward's projections kept for backward (``head.keep_projections_mb``, 512 MiB);
+* ``recompute`` — ``sparse`` with ``keep_projections_mb=0``: backward recomputes them (one
+  more GEMM per block, nothing ``[N, K]``-sized kept);
 * ``dense``    — the fused head with a dense ``[C, D]`` gradient and torch's fused SGD
   (``head.update=dense``: every row moves every step);
 * ``bf16``     — ``sparse`` with the centers and momentum stored in bf16 (``head.storage``);
@@ -40,6 +43,7 @@ from collections.abc import Callable
 import torch
 
 from dist_face.heads import PartialFC
+from dist_face.heads.fused_loss import KEEP_PROJECTIONS_MB
 from dist_face.heads.row_optim import build_row_optimizer
 from dist_face.metrics.perf import memory_stats, rss_follows_live_memory
 
@@ -48,9 +52,16 @@ LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 Step = Callable[[torch.Tensor, torch.Tensor], object]
 
 
-def _fused(c: int, r: float, update: str, storage: torch.dtype, chunk: int) -> Step:
+def _fused(c: int, r: float, update: str, storage: torch.dtype, chunk: int, keep_mb: float) -> Step:
     head = PartialFC(
-        D, c, "arcface", r, check_labels=False, chunk_size=chunk, storage_dtype=storage
+        D,
+        c,
+        "arcface",
+        r,
+        check_labels=False,
+        chunk_size=chunk,
+        storage_dtype=storage,
+        keep_projections_mb=keep_mb,
     )
     if update == "sparse":
         opt = build_row_optimizer(head, "sgd", LR, WD, MOMENTUM)
@@ -105,7 +116,8 @@ def measure(impl: str, c: int, r: float, steps: int, chunk: int, external: str |
     else:
         update = "dense" if impl == "dense" else "sparse"
         storage = torch.bfloat16 if impl == "bf16" else torch.float32
-        step = _fused(c, r, update, storage, chunk)
+        keep_mb = 0 if impl == "recompute" else KEEP_PROJECTIONS_MB
+        step = _fused(c, r, update, storage, chunk, keep_mb)
     times = []
     for i in range(steps + 1):
         x.grad = None
@@ -135,7 +147,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 0.1])
     parser.add_argument(
-        "--impls", nargs="+", default=["dense", "sparse", "bf16", "gemm"], help="what to time"
+        "--impls",
+        nargs="+",
+        default=["dense", "sparse", "recompute", "bf16", "gemm"],
+        help="what to time",
     )
     parser.add_argument("--external", help="a file defining make_step(C, D, r, seed)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per point")

@@ -117,6 +117,11 @@ class HeadConfig:
     cannot accumulate micro-batches)."""
     chunk_size: int = 0
     """Classes per block of the fused loss; 0 = about 1M logits per block (``[N, chunk]``)."""
+    keep_projections_mb: float = 512
+    """Forward keeps its ``[N, chunk]`` projections for backward while all of them (``N·K``
+    float32 per rank) fit in this many MiB, saving backward one GEMM per block; above it, or
+    at 0, backward recomputes them (the same result). 0 bounds the head's transient memory by
+    one block."""
     storage: str = "fp32"
     """Storage of the centers and their optimizer state: fp32, or bf16 (half the memory; the
     loss and the update are computed in fp32 and rounded once per step)."""
@@ -148,6 +153,11 @@ class HeadConfig:
         require_choice(self.update, "update", [None, "sparse", "dense"])
         require_choice(self.storage, "storage", ["fp32", "bf16"])
         require(self.chunk_size >= 0, "chunk_size", f"must be >= 0, got {self.chunk_size}")
+        require(
+            self.keep_projections_mb >= 0,
+            "keep_projections_mb",
+            f"must be >= 0, got {self.keep_projections_mb}",
+        )
         require(
             0.0 <= self.interclass_filtering_threshold < 1.0,
             "interclass_filtering_threshold",

@@ -99,4 +99,5 @@ def build_head(
         check_labels=cfg.check_labels,
         chunk_size=cfg.chunk_size,
         storage_dtype=torch.bfloat16 if cfg.storage == "bf16" else torch.float32,
+        keep_projections_mb=cfg.keep_projections_mb,
     )

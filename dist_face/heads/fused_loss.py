@@ -3,16 +3,19 @@
 A rank holds ``K`` kept class centers (all ``C_local``, or the Partial FC sample). The loss of
 the ``N`` gathered embeddings against them is computed over blocks of ``chunk`` columns, so no
 ``[N, K]`` tensor and no normalised copy of the centers is ever alive, only ``[N, chunk]``
-pieces and the ``[chunk, D]`` rows in use:
+pieces and the ``[chunk, D]`` rows in use (and, within a byte budget, the blocks' projections
+kept from forward to backward):
 
 * **forward** — per block: ``z = x̂ · w_cᵀ / ‖w_c‖`` (cosine margins; the other projections
   of :mod:`~dist_face.heads.margins` likewise), the margin's logits, and an online softmax:
   running row max and rescaled denominator, and the target logit where the block holds it.
   Then the row max is all-reduced (MAX) and the denominator and target (SUM, one ``[2, N]``
   tensor), as in Partial FC. UCE objectives (UniFace) just sum the per-row terms.
-* **backward** — per block, the logits are recomputed (one more GEMM: the price of not
-  saving ``[N, K]``), their gradient ``(p − 1[target]) · g/N`` is pushed through the margin
-  with autograd on that block only, and through the projection by hand:
+* **backward** — per block, the projections are taken from forward while all of them fit in
+  ``LossSpec.keep_bytes`` (``N·K`` floats), else recomputed (one more GEMM: the price of
+  holding nothing ``[N, K]``-sized); the logits' gradient ``(p − 1[target]) · g/N`` is
+  pushed through the margin with autograd on that block only, and through the projection by
+  hand:
   ``∂L/∂w_j = ‖w_j‖⁻¹ (Gᵀx̂)_j − w_j ‖w_j‖⁻² Σ_i G_ij z_ij``. The block's center gradient
   goes straight to a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` (rows updated
   while in cache, no ``[C_local, D]`` gradient), or, with no optimizer attached, into a dense
@@ -29,7 +32,7 @@ centers (bf16 rows are upcast a block at a time) and whatever autocast is active
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,6 +46,8 @@ from dist_face.heads.workspace import Workspace
 _EPS = 1e-12  # as F.normalize
 BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 23}
 """Default size of one ``[N, chunk]`` block (elements) per device type (:func:`default_chunk`)."""
+KEEP_PROJECTIONS_MB = 512
+"""Default budget for the projections forward keeps for backward (``LossSpec.keep_bytes``)."""
 
 
 def default_chunk(rows: int, device: torch.device) -> int:
@@ -72,6 +77,9 @@ class LossSpec:
         filter_threshold: inter-class filtering threshold (cosine margins; 0 = off).
         optimizer: receives each block's row gradients in backward (None: dense gradient).
         workspace: scratch buffers for one block's rows and gradient.
+        keep_bytes: forward keeps every block's ``[N, chunk]`` projections for backward
+            when all of them (``N·K`` floats) take at most this many bytes; else backward
+            recomputes them. Either way the result is bitwise the same.
     """
 
     margin: Margin
@@ -82,6 +90,7 @@ class LossSpec:
     filter_threshold: float = 0.0
     optimizer: RowSparseOptimizer | None = None
     workspace: Workspace = field(default_factory=Workspace)
+    keep_bytes: int = 0
 
 
 @dataclass
@@ -109,6 +118,9 @@ class _Ctx:
         self.xin = xf * self.x_inv[:, None] if margin.normalize_embedding else xf
         self.num_cols = weight.shape[0] if spec.index is None else spec.index.shape[0]
         self._norms: dict[int, torch.Tensor] = {}  # ‖w‖ per block, from forward: K floats
+        kept_bytes = xf.shape[0] * self.num_cols * xf.element_size()
+        self.keep = 0 < kept_bytes <= spec.keep_bytes
+        self.kept: dict[int, torch.Tensor] = {}  # z per block, forward → backward (popped)
 
     def blocks(self) -> range:
         return range(0, self.num_cols, self.spec.chunk)
@@ -130,11 +142,15 @@ class _Ctx:
             if norm is None:
                 norm = self._norms[lo] = torch.linalg.vector_norm(w, dim=1)
         inv = 1.0 / norm.clamp_min(_EPS) if margin.normalize_weight else None
-        z = self.xin @ w.T
-        if inv is not None:
-            z.mul_(inv)
-        if self.cosine:
-            z.clamp_(-1.0, 1.0)  # beyond it only by rounding: identity in backward
+        z = self.kept.pop(lo, None)
+        if z is None:
+            z = self.xin @ w.T
+            if inv is not None:
+                z.mul_(inv)
+            if self.cosine:
+                z.clamp_(-1.0, 1.0)  # beyond it only by rounding: identity in backward
+            if self.keep:  # margins never write into z: it is still this value in backward
+                self.kept[lo] = z
         bias = None
         if self.bias is not None:
             bias = self.spec.workspace.gather("bias", self.bias, rows, self.dtype)
@@ -366,4 +382,7 @@ def fused_margin_loss(
     Returns:
         Scalar loss, float32 (float64 for float64 inputs), identical on every rank.
     """
+    tracked = [t for t in (x, weight, bias, *params) if t is not None]
+    if spec.keep_bytes and not (torch.is_grad_enabled() and any(t.requires_grad for t in tracked)):
+        spec = replace(spec, keep_bytes=0)  # no backward will read them
     return _FusedMarginLoss.apply(x, weight, bias, spec, *params)

@@ -108,7 +108,10 @@ class Margin(nn.Module):
         """
 
     def logits(self, inp: MarginInput) -> torch.Tensor:  # pragma: no cover - abstract
-        """Logits ``[N, K]`` (float32) of this block; a pure function of ``inp`` and the state."""
+        """Logits ``[N, K]`` (float32) of this block; a pure function of ``inp`` and the state.
+
+        Must not write into ``inp.z``: the head may keep it from forward for backward.
+        """
         raise NotImplementedError
 
     def forward(self, inp: MarginInput) -> torch.Tensor:

@@ -11,7 +11,9 @@ Rank ``r`` of ``W`` (in ``group``) holds the centers of the contiguous global cl
    blocks of kept classes, the row max and denominator all-reduced; UCE sums all-reduced.
 
 Memory: besides the centers (and their optimizer state), a rank holds ``[N, chunk]`` blocks
-and ``[N, D]`` tensors; never ``[N, K]``, never a normalised copy of the centers, and, when a
+and ``[N, D]`` tensors, plus the forward's projections while they fit in
+``keep_projections_mb`` (512 MiB by default; 0 keeps none); never one ``[N, K]`` tensor,
+never a normalised copy of the centers, and, when a
 :class:`~dist_face.heads.row_optim.RowSparseOptimizer` is attached (:meth:`attach_optimizer`),
 never a ``[num_local, D]`` gradient: the kept rows are updated in backward, block by block.
 
@@ -48,7 +50,12 @@ from torch.distributed import ProcessGroup
 from dist_face.dist import comm
 from dist_face.heads import shard_io
 from dist_face.heads.dist_ops import scale_grad
-from dist_face.heads.fused_loss import LossSpec, default_chunk, fused_margin_loss
+from dist_face.heads.fused_loss import (
+    KEEP_PROJECTIONS_MB,
+    LossSpec,
+    default_chunk,
+    fused_margin_loss,
+)
 from dist_face.heads.margins import MARGINS, Margin
 from dist_face.heads.row_optim import RowSparseOptimizer
 from dist_face.heads.sampling import ClassSampler, init_class_centers
@@ -75,6 +82,9 @@ class PartialFC(nn.Module):
             :func:`~dist_face.heads.fused_loss.default_chunk` for the gathered batch.
         storage_dtype: dtype of the centers (float32, or bfloat16 to halve their memory; the
             loss math stays float32).
+        keep_projections_mb: keep the forward's ``[N, chunk]`` projections for backward while
+            all of them (``N·K`` float32) fit in this many MiB, which saves backward one GEMM
+            per block; above it, or at 0, backward recomputes them (same result, bitwise).
     """
 
     def __init__(
@@ -91,6 +101,7 @@ class PartialFC(nn.Module):
         check_labels: bool = True,
         chunk_size: int = 0,
         storage_dtype: torch.dtype = torch.float32,
+        keep_projections_mb: float = KEEP_PROJECTIONS_MB,
     ) -> None:
         super().__init__()
         if not 0.0 <= sample_rate <= 1.0:
@@ -99,6 +110,8 @@ class PartialFC(nn.Module):
             raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
         if chunk_size < 0:
             raise ValueError(f"chunk_size must be >= 0, got {chunk_size}")
+        if keep_projections_mb < 0:
+            raise ValueError(f"keep_projections_mb must be >= 0, got {keep_projections_mb}")
         self.margin = MARGINS.get(margin)() if isinstance(margin, str) else margin
         self.group = group
         self.rank, self.world_size = comm.get_rank(group), comm.get_world_size(group)
@@ -110,6 +123,7 @@ class PartialFC(nn.Module):
         self.interclass_filtering_threshold = interclass_filtering_threshold
         self.check_labels = check_labels
         self.chunk_size = chunk_size
+        self.keep_projections_bytes = int(keep_projections_mb * 2**20)
         self.seed = seed
         init = init_class_centers(
             self.class_start, self.class_end, embedding_size, seed, dtype=storage_dtype
@@ -183,6 +197,7 @@ class PartialFC(nn.Module):
             self.interclass_filtering_threshold,
             self.optimizer if self.training else None,
             self._workspace,
+            self.keep_projections_bytes,
         )
         params = list(self.margin.parameters())
         return fused_margin_loss(x_all, self.weight, self.bias, spec, params)

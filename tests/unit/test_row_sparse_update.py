@@ -173,3 +173,57 @@ def test_no_tensor_scales_with_all_classes(rate: float) -> None:
     # blocks [N, chunk], rows [chunk, D]; sampling draws one score per class ([C + 1])
     limit = max(N * chunk, chunk * D, classes + 1)
     assert probe.largest[0] <= limit, probe.largest
+
+
+def _step(margin: str, keep_mb: float, sparse: bool) -> tuple[torch.Tensor, ...]:
+    """Two training steps of a sampled head with filtering; every value backward produced."""
+    head = PartialFC(
+        D,
+        C,
+        margin,
+        0.6,
+        seed=2,
+        chunk_size=7,
+        keep_projections_mb=keep_mb,
+        interclass_filtering_threshold=0.3 if margin != "softmax" else 0.0,
+    )
+    opt = build_row_optimizer(head, "sgd", LR, WD, MU) if sparse else None
+    if opt is not None:
+        head.attach_optimizer(opt)
+    out = []
+    for seed in (0, 1):
+        x, y = _batch(seed)
+        x.requires_grad_(True)
+        loss = head(x, y)
+        kept = len(loss.grad_fn.fused.kept)  # blocks held by the autograd node's context
+        loss.backward()
+        out += [loss.detach(), x.grad, torch.tensor(kept)]
+    grads = [p.grad for p in head.parameters() if p.grad is not None]
+    return (*out, *grads, *[p.detach() for p in head.parameters()])
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+@pytest.mark.parametrize(
+    "margin", ["arcface", "softmax", "uniface", "curricularface", "sphereface"]
+)
+def test_kept_projections_give_bitwise_the_recomputed_result(margin: str, sparse: bool) -> None:
+    """Keeping the forward's projections changes nothing but the time backward takes."""
+    kept = _step(margin, 1.0, sparse)
+    recomputed = _step(margin, 0.0, sparse)
+    assert kept[2] == 4 and recomputed[2] == 0  # K = 24 kept classes in blocks of 7
+    for a, b in zip(kept[3:], recomputed[3:], strict=True):
+        if a.dim():  # the block counts differ by design
+            assert torch.equal(a, b)
+    assert torch.equal(kept[0], recomputed[0]) and torch.equal(kept[1], recomputed[1])
+
+
+def test_projections_are_kept_only_within_the_budget_and_for_a_backward() -> None:
+    x, y = _batch()
+    x.requires_grad_(True)
+    k_bytes = N * int(0.6 * C) * 4  # N·K float32
+    fits = PartialFC(D, C, "arcface", 0.6, chunk_size=7, keep_projections_mb=k_bytes / 2**20)
+    assert len(fits(x, y).grad_fn.fused.kept) == 4
+    short = PartialFC(D, C, "arcface", 0.6, chunk_size=7, keep_projections_mb=(k_bytes - 1) / 2**20)
+    assert len(short(x, y).grad_fn.fused.kept) == 0
+    with torch.no_grad():  # evaluation: nothing will read them
+        assert fits(x, y).grad_fn is None
