@@ -32,6 +32,7 @@ centers (bf16 rows are upcast a block at a time) and whatever autocast is active
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -207,7 +208,7 @@ class _FusedMarginLoss(torch.autograd.Function):
                     continue
                 new_max = torch.maximum(run_max, out.amax(dim=1))
                 run_sum.mul_(torch.exp(run_max - new_max))
-                run_sum.add_(torch.exp(out - new_max[:, None]).sum(dim=1))
+                run_sum.add_(_exp_shifted(out, new_max).sum(dim=1))
                 run_max = new_max
                 owned = blk.labels >= 0
                 picked = out.gather(1, blk.labels.clamp_min(0)[:, None]).squeeze(1)
@@ -263,7 +264,7 @@ class _FusedMarginLoss(torch.autograd.Function):
                     )
                     out = margin.logits(inp)
                 if softmax:
-                    grad_logits = torch.exp(out.detach() - c.log_z[:, None]).mul_(g)
+                    grad_logits = _exp_shifted(out.detach(), c.log_z).mul_(g)
                     if grad_logits.shape[1] > 0:
                         owned = (blk.labels >= 0).to(c.dtype)
                         cols = blk.labels.clamp_min(0)[:, None]
@@ -344,6 +345,20 @@ def _project_backward(
     radial = torch.where(enabled, blk.inv * (gz_rows * blk.z.detach()).sum(dim=0), 0.0)
     coef = -radial if decay is None else decay - radial
     return torch.mm(gz_rows.T, x_rows, out=out).addcmul_(blk.w, coef[:, None])
+
+
+def _exp_shifted(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``exp(logits − shift[:, None])`` ``[N, Kc]``, never subnormal.
+
+    Arguments below ``log(finfo.tiny) + 1`` (−86.3 in float32: a logit 86 below the row's max,
+    as at s = 64 once classes separate) give ``e · tiny`` instead of a subnormal or 0: an error
+    of at most ``3e-38`` per term, next to a denominator ≥ 1. The reason is speed: on x86 CPUs
+    torch's ``exp`` takes a slow path for subnormal results (and for arguments within rounding
+    of ``log(tiny)``), 35× slower per element (measured on the 2-core AMD EPYC machine: 15 ms
+    against 0.4 ms for ``[64, 4096]`` float32).
+    """
+    floor = math.log(torch.finfo(logits.dtype).tiny) + 1.0
+    return (logits - shift[:, None]).clamp_min_(floor).exp_()
 
 
 def _embedding_grad(c: _Ctx, gxin: torch.Tensor, gxn: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from dist_face.config import ConfigError, RunConfig, apply_overrides
 from dist_face.config.schema import HeadConfig
 from dist_face.heads import MARGINS, MarginHead, PartialFC, build_head
+from dist_face.heads.fused_loss import _exp_shifted
 from dist_face.heads.sampling import init_class_centers, sample_classes
 from dist_face.heads.shard_io import rows_from_shards
 
@@ -25,6 +26,29 @@ def test_one_device_head_equals_reference(name: str) -> None:
     ref(xr, y).backward()
     torch.testing.assert_close(xh.grad, xr.grad)
     torch.testing.assert_close(head.weight.grad, ref.weight.grad)
+
+
+def test_softmax_terms_far_below_the_max_stay_exact_and_never_subnormal() -> None:
+    """At s = 64 a logit can sit 128 below its row's max: ``exp`` of it is subnormal, which
+    x86 CPUs compute 35× slower. The head floors those terms at ``e · tiny`` (float32): the
+    loss and gradients still equal the float64 reference."""
+    ref = MarginHead(D, C, "normface").double()
+    w = ref.weight.detach()
+    x = torch.stack([w[0], -w[0], w[5]]).float() * 3  # cos 1 and -1 with class 0's center
+    y = torch.tensor([0, 1, 5])
+    head = PartialFC(D, C, "normface")
+    with torch.no_grad():
+        head.weight.copy_(w.float())
+    xh, xr = x.clone().requires_grad_(True), x.double().requires_grad_(True)
+    loss = head(xh, y)
+    loss.backward()
+    ref(xr, y).backward()
+    torch.testing.assert_close(loss.double(), ref(xr.detach(), y))
+    torch.testing.assert_close(xh.grad.double(), xr.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(head.weight.grad.double(), ref.weight.grad, rtol=1e-4, atol=1e-6)
+    terms = _exp_shifted(torch.tensor([[0.0, -50.0, -90.0, -200.0]]), torch.zeros(1))
+    assert torch.equal(terms[0, :2], torch.exp(torch.tensor([0.0, -50.0])))
+    assert terms.min() >= torch.finfo(torch.float32).tiny  # a normal float, not 0 or subnormal
 
 
 @pytest.mark.parametrize("name", MARGINS.names())
