@@ -3,7 +3,7 @@
 Each epoch is one batch per rank, followed by a collective as in training, so a rank whose
 new worker never starts would hold the other in the collective. ``data.timeout_s`` turns such
 a stall into an error naming the rank, epoch and worker. The full count (``soak`` marker) is
-300 boundaries per worker count, run with ``DIST_FACE_SOAK=1``; the default suite runs 25.
+300 boundaries per worker count, run with ``DIST_FACE_SOAK=1``; the default suite runs 10.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _check(tiny_shards: Path, workers: int, epochs: int) -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_epoch_boundaries_subset(tiny_shards: Path, workers: int) -> None:
-    _check(tiny_shards, workers, epochs=25)
+    _check(tiny_shards, workers, epochs=10)
 
 
 @pytest.mark.soak

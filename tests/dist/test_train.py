@@ -213,6 +213,7 @@ def test_three_ranks_train_in_bf16_with_accumulation(small_dataset: Path, tmp_pa
         "--train.epochs=1",
         "--train.max_steps=4",  # bf16 on 3 CPU ranks is slow: 4 of the epoch's 7 steps
         "--eval.every=0",
+        "--eval.targets=[]",
         "--train.log_every=1",
         "--train.precision=bf16",
         "--train.grad_accum=2",
@@ -233,9 +234,14 @@ def test_three_ranks_train_in_bf16_with_accumulation(small_dataset: Path, tmp_pa
 
 
 # 720 samples; a global batch of 96 on 2 ranks (48 each) or 3 ranks (32 each): 7 steps/epoch.
+# The runs stop at step 9, two steps into the second epoch: past the epoch boundary, where a
+# resumed run's data order and flips must still follow.
+_LAST = 9
 _RESUME = (
     "--train.epochs=2",
+    f"--train.max_steps={_LAST}",
     "--eval.every=0",
+    "--eval.targets=[]",  # no end-of-run evaluation (8 s): these tests compare states
     "--checkpoint.every=7",
     "--train.log_every=1",
     "--data.hflip=false",
@@ -243,7 +249,7 @@ _RESUME = (
 
 
 _SEED = load_config("debug_cpu").train.seed
-_RUN_S = 280  # one 14-step run takes ~15 s on 2 idle cores; allow for a loaded machine
+_RUN_S = 280  # one 9-step run takes ~10 s on 2 idle cores; allow for a loaded machine
 _AUGMENT = (
     "--data.hflip=true",
     "--data.aug_downscale_p=0.3",
@@ -265,7 +271,7 @@ def test_mid_epoch_resume_with_flips_and_augmentations_is_bitwise(
     checkpoint = tmp_path / "full" / "checkpoints" / f"step_{3:08d}"
     resume = [*args, *_AUGMENT, f"--checkpoint.resume={checkpoint}"]
     rest = run_distributed(_train, 2, _overrides(*base, "rest", *resume), timeout=_RUN_S)
-    assert rest[0]["start"] == 3 and rest[0]["step"] == full[0]["step"] == 14
+    assert rest[0]["start"] == 3 and rest[0]["step"] == full[0]["step"] == _LAST
     assert rest[0]["loss"] == full[0]["loss"][3:]
     for key, value in full[0]["backbone"].items():
         assert torch.equal(value, rest[0]["backbone"][key]), key
@@ -353,10 +359,10 @@ def test_resume_on_another_world_size_mid_epoch(
         assert torch.equal(out["sampler"], expected), rank
 
     # the same global batches follow, record for record and flip for flip, to the last step
-    assert rest[0]["step"] == full[0]["step"] == 14
+    assert rest[0]["step"] == full[0]["step"] == _LAST
     whole = _global_batches(full)
     resumed = _global_batches(rest)
-    assert sorted(resumed) == list(range(stop, 14))
+    assert sorted(resumed) == list(range(stop, _LAST))
     for step, ids in resumed.items():
         assert ids == whole[step], step
 
@@ -371,9 +377,9 @@ def test_resume_on_another_world_size_mid_epoch(
             for i, _ in ids
         ]
 
-    epoch0 = records(full, 0, range(stop)) + records(rest, 0, range(14))
+    epoch0 = records(full, 0, range(stop)) + records(rest, 0, range(_LAST))
     assert len(epoch0) == len(set(epoch0)) == 7 * 96
-    assert set(epoch0) == set(records(full, 0, range(14)))
+    assert set(epoch0) == set(records(full, 0, range(_LAST)))
     # the schedule continues where it was
     assert rest[0]["lr"] == full[0]["lr"][stop:]
 
@@ -386,6 +392,6 @@ def test_resume_on_another_world_size_mid_epoch(
     # this bound catches a resume that loads nothing usable.
     tail = np.array([v for _, v in full[0]["loss"][stop:]])
     got = np.array([v for _, v in rest[0]["loss"]])
-    assert len(got) == len(tail) == 14 - stop
+    assert len(got) == len(tail) == _LAST - stop
     deviation = np.abs(got - tail) / tail
     assert deviation.mean() < 0.05 and deviation.max() < 0.10, deviation
