@@ -14,8 +14,9 @@ kept from forward to backward):
 * **backward** — per block, the projections are taken from forward while all of them fit in
   ``LossSpec.keep_bytes`` (``N·K`` floats), else recomputed (one more GEMM: the price of
   holding nothing ``[N, K]``-sized); the logits' gradient ``(p − 1[target]) · g/N`` is
-  pushed through the margin with autograd on that block only, and through the projection by
-  hand:
+  pushed through the margin with autograd on that block only (for ``target_only`` margins,
+  whose non-target logits are ``s · z``, on the ``N`` target logits only), and through the
+  projection by hand:
   ``∂L/∂w_j = ‖w_j‖⁻¹ (Gᵀx̂)_j − w_j ‖w_j‖⁻² Σ_i G_ij z_ij``. The block's center gradient
   goes straight to a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` (rows updated
   while in cache, no ``[C_local, D]`` gradient), or, with no optimizer attached, into a dense
@@ -255,8 +256,21 @@ class _FusedMarginLoss(torch.autograd.Function):
             # SGD's L2 term joins the gradient in the pass that already reads the rows
             decay = None if dense else spec.optimizer.fold_decay(enabled)
             gxn = torch.zeros_like(c.x_norm)
+            # margins that only change the target logit: differentiate [N] targets, not blocks
+            target_only = (
+                softmax
+                and margin.target_only
+                and c.cosine
+                and spec.filter_threshold <= 0
+                and not trained
+            )
             for lo in c.blocks():
                 blk = c.block(lo)
+                if target_only:
+                    gz = _target_only_grad(c, blk, g)
+                    grad_w = _project_backward(c, blk, gz, gxin, x_rows, enabled, decay)
+                    _deliver(c, blk, grad_w, None, gw, gb, enabled)
+                    continue
                 with torch.enable_grad():
                     leaves = _Leaves(blk, None if c.cosine else c.x_norm)
                     inp = c.margin_input(
@@ -283,14 +297,7 @@ class _FusedMarginLoss(torch.autograd.Function):
                     grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
                 if got.get("x_norm") is not None:
                     gxn += got["x_norm"]
-                grad_b = got.get("bias")
-                if dense:
-                    _scatter(gw, blk.rows, grad_w)
-                    _scatter(gb, blk.rows, grad_b)
-                else:
-                    grads_rows = [grad_w] if c.bias is None else [grad_w, grad_b]
-                    current = [blk.w] if c.bias is None else [blk.w, blk.bias]
-                    spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current)
+                _deliver(c, blk, grad_w, got.get("bias"), gw, gb, enabled)
             if g_params:  # replicated margin parameters: sum the ranks' partial gradients
                 flat = torch.cat([p.reshape(-1) for p in g_params])
                 comm.all_reduce(flat, ReduceOp.SUM, spec.group)
@@ -317,6 +324,49 @@ class _Leaves:
 
     def inputs(self) -> list[torch.Tensor]:
         return [getattr(self, k) for k in self.names()]
+
+
+def _target_only_grad(c: _Ctx, blk: _Block, g: torch.Tensor) -> torch.Tensor:
+    """``∂L/∂z`` ``[N, Kc]`` of one block for a ``target_only`` margin (softmax objective).
+
+    Every non-target logit is ``s · z``, so its gradient is ``s · p · g``; only the ``N``
+    target logits go through autograd. The same values as differentiating the whole block.
+    """
+    margin = c.spec.margin
+    owned = blk.labels >= 0
+    cols = blk.labels.clamp_min(0)[:, None]
+    zt = blk.z.gather(1, cols).squeeze(1)
+    with torch.enable_grad():
+        zt_leaf = zt.detach().requires_grad_(True)
+        target = margin.target_logit(zt_leaf)
+    out = blk.z * margin.scale
+    out.scatter_(1, cols, torch.where(owned, target.detach(), zt * margin.scale)[:, None])
+    grad = _exp_shifted(out, c.log_z).mul_(g)  # p · g
+    pt = grad.gather(1, cols).squeeze(1)
+    # the target column: (p_t − 1) · g through the margin; rows owned elsewhere: plain s · p · g
+    (dt,) = torch.autograd.grad(target, zt_leaf, torch.where(owned, pt - g, 0.0))
+    gz = grad.mul_(margin.scale)
+    return gz.scatter_(1, cols, torch.where(owned, dt, pt * margin.scale)[:, None])
+
+
+def _deliver(
+    c: _Ctx,
+    blk: _Block,
+    grad_w: torch.Tensor,
+    grad_b: torch.Tensor | None,
+    gw: torch.Tensor | None,
+    gb: torch.Tensor | None,
+    enabled: torch.Tensor,
+) -> None:
+    """Hand one block's row gradients to the optimizer, or into the dense ``gw``/``gb``."""
+    spec = c.spec
+    if spec.optimizer is None:
+        _scatter(gw, blk.rows, grad_w)
+        _scatter(gb, blk.rows, grad_b)
+        return
+    grads_rows = [grad_w] if c.bias is None else [grad_w, grad_b]
+    current = [blk.w] if c.bias is None else [blk.w, blk.bias]
+    spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current)
 
 
 def _project_backward(

@@ -96,6 +96,11 @@ class Margin(nn.Module):
     class_bias: bool = False
     needs_target_cos: bool = False
     objective: str = "softmax"
+    target_only: bool = False
+    """Every non-target logit is ``scale · z``; only the target's is changed, by
+    :meth:`target_logit` (a function of the target's ``z`` alone). The fused loss then
+    differentiates the ``[N]`` targets, not the whole ``[N, K]`` block."""
+    scale: float = 1.0
 
     def begin_step(self, target_cos: torch.Tensor | None) -> None:
         """Advance per-step state (λ annealing, CurricularFace's ``t``) once per head forward.
@@ -113,6 +118,10 @@ class Margin(nn.Module):
         Must not write into ``inp.z``: the head may keep it from forward for backward.
         """
         raise NotImplementedError
+
+    def target_logit(self, zt: torch.Tensor) -> torch.Tensor:
+        """``[N]`` target logits from the targets' ``z`` ``[N]`` (``target_only`` margins)."""
+        raise NotImplementedError(f"{type(self).__name__} is not target_only")
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """One step over one block holding every class: :meth:`begin_step`, then :meth:`logits`."""
@@ -135,6 +144,12 @@ def replace_targets(
         return logits
     src = torch.where(inp.owned, values.to(logits.dtype), unchanged.to(logits.dtype))
     return logits.scatter_(1, inp.target_index, src[:, None])
+
+
+def _scaled_with_targets(margin: Margin, inp: MarginInput) -> torch.Tensor:
+    """``s · z`` ``[N, K]`` with each owned row's target replaced by ``margin.target_logit``."""
+    zt = inp.target_z()
+    return replace_targets(inp.z * margin.scale, inp, margin.target_logit(zt), zt * margin.scale)
 
 
 def sin_from_cos(c: torch.Tensor) -> torch.Tensor:
@@ -196,9 +211,15 @@ class NormFace(Margin):
         scale: s (16–64 in the literature; 64 by default here).
     """
 
+    target_only = True
+
     def __init__(self, scale: float = 64.0) -> None:
         super().__init__()
         self.scale = scale
+
+    def target_logit(self, zt: torch.Tensor) -> torch.Tensor:
+        """``s · cos θ_y``: no margin."""
+        return zt * self.scale
 
     def logits(self, inp: MarginInput) -> torch.Tensor:
         """``s · cos θ``."""
@@ -214,15 +235,19 @@ class CosFace(Margin):
         margin: m, the additive cosine margin (paper 0.35; insightface uses 0.4).
     """
 
+    target_only = True
+
     def __init__(self, scale: float = 64.0, margin: float = 0.4) -> None:
         super().__init__()
         self.scale, self.margin = scale, margin
 
+    def target_logit(self, zt: torch.Tensor) -> torch.Tensor:
+        """``s (cos θ_y − m)``."""
+        return (zt - self.margin) * self.scale
+
     def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target shifted by ``-m``."""
-        zt = inp.target_z()
-        logits = inp.z * self.scale
-        return replace_targets(logits, inp, (zt - self.margin) * self.scale, zt * self.scale)
+        return _scaled_with_targets(self, inp)
 
 
 def arcface_target(c: torch.Tensor, margin: float, easy_margin: bool) -> torch.Tensor:
@@ -259,6 +284,8 @@ class ArcFace(Margin):
         straight_through: gradient of the target as if there were no margin.
     """
 
+    target_only = True
+
     def __init__(
         self,
         scale: float = 64.0,
@@ -270,16 +297,17 @@ class ArcFace(Margin):
         self.scale, self.margin = scale, margin
         self.easy_margin, self.straight_through = easy_margin, straight_through
 
-    def logits(self, inp: MarginInput) -> torch.Tensor:
-        """Scaled cosines with the target replaced by ``cos(θ + m)``."""
-        c = inp.target_z()
+    def target_logit(self, zt: torch.Tensor) -> torch.Tensor:
+        """``s cos(θ_y + m)`` (straight-through: the margin as a constant offset)."""
         if self.straight_through:
             with torch.no_grad():
-                shift = arcface_target(c, self.margin, self.easy_margin) - c
-            target = c + shift
-        else:
-            target = arcface_target(c, self.margin, self.easy_margin)
-        return replace_targets(inp.z * self.scale, inp, target * self.scale, c * self.scale)
+                shift = arcface_target(zt, self.margin, self.easy_margin) - zt
+            return (zt + shift) * self.scale
+        return arcface_target(zt, self.margin, self.easy_margin) * self.scale
+
+    def logits(self, inp: MarginInput) -> torch.Tensor:
+        """Scaled cosines with the target replaced by ``cos(θ + m)``."""
+        return _scaled_with_targets(self, inp)
 
 
 @MARGINS.register("combined")
@@ -298,12 +326,16 @@ class CombinedMargin(Margin):
         m3: additive cosine margin (0.2).
     """
 
+    target_only = True
+
     def __init__(self, scale: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2):
         super().__init__()
         self.scale, self.m1, self.m2, self.m3 = scale, m1, m2, m3
 
+    def target_logit(self, zt: torch.Tensor) -> torch.Tensor:
+        """``s (cos(m1 θ_y + m2) − m3)``."""
+        return (torch.cos(self.m1 * safe_acos(zt) + self.m2) - self.m3) * self.scale
+
     def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target replaced by ``cos(m1 θ + m2) − m3``."""
-        zt = inp.target_z()
-        target = torch.cos(self.m1 * safe_acos(zt) + self.m2) - self.m3
-        return replace_targets(inp.z * self.scale, inp, target * self.scale, zt * self.scale)
+        return _scaled_with_targets(self, inp)

@@ -85,7 +85,8 @@ def _run_case(rank: int, world_size: int, case: dict[str, Any]) -> dict[str, Any
 def _memory_probe(rank: int, world_size: int) -> dict[str, Any]:
     """Shapes of every block the margin saw, and the head's own sizes (blocks of 5 classes)."""
     big_c, small_d, batch = 64, 4, 4
-    head = PartialFC(small_d, big_c, "arcface", chunk_size=5)
+    # a margin that changes non-target logits too: backward runs it on every block again
+    head = PartialFC(small_d, big_c, "curricularface", chunk_size=5)
     shapes: list[tuple[int, ...]] = []
     logits = head.margin.logits
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dist_face.heads import MarginHead, PartialFC
+from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
 from dist_face.heads.row_optim import build_row_optimizer
 
 C, D, N = 40, 6, 5
@@ -227,3 +230,48 @@ def test_projections_are_kept_only_within_the_budget_and_for_a_backward() -> Non
     assert len(short(x, y).grad_fn.fused.kept) == 0
     with torch.no_grad():  # evaluation: nothing will read them
         assert fits(x, y).grad_fn is None
+
+
+def _trained(margin: torch.nn.Module, through_blocks: bool, sparse: bool) -> list[torch.Tensor]:
+    head = PartialFC(D, C, margin, 0.6, seed=4, chunk_size=7)
+    if through_blocks:  # the generic path: autograd over every [N, chunk] block
+        head.margin.target_only = False
+    if sparse:
+        head.attach_optimizer(build_row_optimizer(head, "sgd", LR, WD, MU))
+    calls = []
+    logits = head.margin.logits
+    head.margin.logits = lambda inp: calls.append(1) or logits(inp)
+    out = []
+    for seed in (0, 1):
+        x, y = _batch(seed)
+        x.requires_grad_(True)
+        loss = head(x, y)
+        loss.backward()
+        out += [loss.detach(), x.grad]
+    # K = 24 kept classes in blocks of 7: 4 blocks in forward, and in backward when generic
+    assert len(calls) == 2 * (8 if through_blocks else 4)
+    return out + [head.weight.detach()] + ([] if sparse else [head.weight.grad])
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+@pytest.mark.parametrize(
+    "margin",
+    [
+        NormFace(),
+        CosFace(),
+        ArcFace(),
+        ArcFace(easy_margin=True),
+        ArcFace(straight_through=True),
+        CombinedMargin(),
+    ],
+    ids=["normface", "cosface", "arcface", "arcface_easy", "arcface_st", "combined"],
+)
+def test_target_only_margins_differentiate_targets_alone_bitwise_as_whole_blocks(
+    margin: torch.nn.Module, sparse: bool
+) -> None:
+    """Margins that change only the target logit skip autograd over the blocks: same bits."""
+    assert margin.target_only
+    fast = _trained(copy.deepcopy(margin), False, sparse)
+    generic = _trained(copy.deepcopy(margin), True, sparse)
+    for a, b in zip(fast, generic, strict=True):
+        assert torch.equal(a, b)
