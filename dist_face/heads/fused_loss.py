@@ -267,31 +267,9 @@ class _FusedMarginLoss(torch.autograd.Function):
             for lo in c.blocks():
                 blk = c.block(lo)
                 if target_only:
-                    gz = _target_only_grad(c, blk, g)
-                    grad_w = _project_backward(c, blk, gz, gxin, x_rows, enabled, decay)
-                    _deliver(c, blk, grad_w, None, gw, gb, enabled)
-                    continue
-                with torch.enable_grad():
-                    leaves = _Leaves(blk, None if c.cosine else c.x_norm)
-                    inp = c.margin_input(
-                        blk, leaves.z, leaves.x_norm, leaves.w_norm, leaves.bias, c.target_cos
-                    )
-                    out = margin.logits(inp)
-                if softmax:
-                    grad_logits = _exp_shifted(out.detach(), c.log_z).mul_(g)
-                    if grad_logits.shape[1] > 0:
-                        owned = (blk.labels >= 0).to(c.dtype)
-                        cols = blk.labels.clamp_min(0)[:, None]
-                        grad_logits.scatter_add_(1, cols, (-g * owned)[:, None])
+                    gz, got = _target_only_grad(c, blk, g), {}
                 else:
-                    grad_logits = g.expand(n)
-                inputs = leaves.inputs() + trained
-                grads = torch.autograd.grad(out, inputs, grad_logits, allow_unused=True)
-                got = dict(zip(leaves.names(), grads[: len(leaves.inputs())], strict=True))
-                for acc, gp in zip(g_params, grads[len(leaves.inputs()) :], strict=True):
-                    if gp is not None:
-                        acc += gp
-                gz = got["z"] if got["z"] is not None else torch.zeros_like(blk.z)
+                    gz, got = _margin_grad(c, blk, g, trained, g_params)
                 grad_w = _project_backward(c, blk, gz, gxin, x_rows, enabled, decay)
                 if got.get("w_norm") is not None:  # ∂‖w‖/∂w = w/‖w‖
                     grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
@@ -324,6 +302,41 @@ class _Leaves:
 
     def inputs(self) -> list[torch.Tensor]:
         return [getattr(self, k) for k in self.names()]
+
+
+def _margin_grad(
+    c: _Ctx,
+    blk: _Block,
+    g: torch.Tensor,
+    trained: list[torch.Tensor],
+    g_params: list[torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """``∂L/∂z`` ``[N, Kc]`` of one block by autograd through the margin, any margin.
+
+    Returns the gradient and those of the margin's other block inputs (``x_norm``, ``w_norm``,
+    ``bias``: None where unused); adds the trained margin parameters' into ``g_params``.
+    """
+    margin = c.spec.margin
+    with torch.enable_grad():
+        leaves = _Leaves(blk, None if c.cosine else c.x_norm)
+        inp = c.margin_input(blk, leaves.z, leaves.x_norm, leaves.w_norm, leaves.bias, c.target_cos)
+        out = margin.logits(inp)
+    if margin.objective == "softmax":
+        grad_logits = _exp_shifted(out.detach(), c.log_z).mul_(g)
+        if grad_logits.shape[1] > 0:
+            owned = (blk.labels >= 0).to(c.dtype)
+            cols = blk.labels.clamp_min(0)[:, None]
+            grad_logits.scatter_add_(1, cols, (-g * owned)[:, None])
+    else:  # UCE: the loss is the sum of the per-row terms
+        grad_logits = g.expand(c.xin.shape[0])
+    inputs = leaves.inputs() + trained
+    grads = torch.autograd.grad(out, inputs, grad_logits, allow_unused=True)
+    got = dict(zip(leaves.names(), grads[: len(leaves.inputs())], strict=True))
+    for acc, gp in zip(g_params, grads[len(leaves.inputs()) :], strict=True):
+        if gp is not None:
+            acc += gp
+    gz = got.pop("z")
+    return (gz if gz is not None else torch.zeros_like(blk.z)), got
 
 
 def _target_only_grad(c: _Ctx, blk: _Block, g: torch.Tensor) -> torch.Tensor:
