@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dist_face.heads import MarginHead, PartialFC
 from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
 from dist_face.heads.row_optim import build_row_optimizer
+from tests.helpers.allocations import LargestOutput
 
 C, D, N = 40, 6, 5
 LR, MU, WD = 0.5, 0.9, 0.01
@@ -143,24 +143,6 @@ def test_bf16_storage_keeps_float32_math() -> None:
     assert torch.isfinite(bf16.weight.float()).all()
 
 
-class _LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any operation allocates (views and in-place ops excluded)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = (0, "")
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if name.endswith("_") or func.is_view or "out" in (kwargs or {}):
-            return out  # writes into, or looks at, memory that exists already
-        for t in out if isinstance(out, tuple | list) else [out]:
-            if torch.is_tensor(t) and t.numel() > self.largest[0]:
-                self.largest = (t.numel(), name)
-        return out
-
-
 @pytest.mark.parametrize("rate", [1.0, 0.5])
 def test_no_tensor_scales_with_all_classes(rate: float) -> None:
     """With the sparse update, nothing the size of ``[N, K]`` or ``[C, D]`` is allocated."""
@@ -171,7 +153,7 @@ def test_no_tensor_scales_with_all_classes(rate: float) -> None:
     x = torch.randn(N, D, generator=gen, requires_grad=True)
     y = torch.randint(0, classes, (N,), generator=gen)
     head(x, y)  # warm-up: allocations of the first step (label check) are not the steady state
-    with _LargestOutput() as probe:
+    with LargestOutput() as probe:
         head(x, y).backward()
     # blocks [N, chunk], rows [chunk, D]; sampling draws one score per class ([C + 1])
     limit = max(N * chunk, chunk * D, classes + 1)
