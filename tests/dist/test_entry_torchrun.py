@@ -23,6 +23,9 @@ def test_bad_data_root_is_one_line_on_every_rank(tmp_path: Path) -> None:
             "--nproc_per_node=2",
             f"--master_port={_free_port()}",
             "--redirects=0:0,1:0",  # keep the workers' stderr on ours
+            # torchrun stops the other ranks at the first failure it sees; checking every 5 s
+            # (not 0.1 s) lets a rank slowed by a busy machine reach its own error line first
+            "--monitor-interval=5",
             "-m",
             "dist_face.train",
             "--config",
