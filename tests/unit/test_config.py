@@ -45,6 +45,8 @@ def test_bad_value_is_named() -> None:
         apply_overrides(RunConfig(), ["--head.sample_rate=1.5"])
     with pytest.raises(ConfigError, match=r"^data\.backend: must be one of"):
         apply_overrides(RunConfig(), ["--data.backend=mxnet"])
+    with pytest.raises(ConfigError, match=r"^head\.keep_projections_mb: must be >= 0, got -1"):
+        apply_overrides(RunConfig(), ["--head.keep_projections_mb=-1"])
 
 
 def test_malformed_override() -> None:
