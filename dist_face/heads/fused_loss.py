@@ -41,7 +41,12 @@ import torch
 from torch.distributed import ProcessGroup, ReduceOp
 
 from dist_face.dist import comm
-from dist_face.heads.margins import Margin, MarginInput, filter_interclass
+from dist_face.heads.margins import (
+    Margin,
+    MarginInput,
+    filter_interclass,
+    scaled_with_targets,
+)
 from dist_face.heads.row_optim import RowIndex, RowSparseOptimizer
 from dist_face.heads.workspace import Workspace
 
@@ -346,14 +351,12 @@ def _target_only_grad(c: _Ctx, blk: _Block, g: torch.Tensor) -> torch.Tensor:
     target logits go through autograd. The same values as differentiating the whole block.
     """
     margin = c.spec.margin
-    owned = blk.labels >= 0
-    cols = blk.labels.clamp_min(0)[:, None]
-    zt = blk.z.gather(1, cols).squeeze(1)
+    inp = MarginInput(blk.z, blk.labels, None, None)
+    owned, cols = inp.owned, inp.target_index
     with torch.enable_grad():
-        zt_leaf = zt.detach().requires_grad_(True)
+        zt_leaf = inp.target_z().detach().requires_grad_(True)
         target = margin.target_logit(zt_leaf)
-    out = blk.z * margin.scale
-    out.scatter_(1, cols, torch.where(owned, target.detach(), zt * margin.scale)[:, None])
+    out = scaled_with_targets(margin, inp, target.detach())
     grad = _exp_shifted(out, c.log_z).mul_(g)  # p · g
     pt = grad.gather(1, cols).squeeze(1)
     # the target column: (p_t − 1) · g through the margin; rows owned elsewhere: plain s · p · g

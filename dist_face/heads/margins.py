@@ -146,10 +146,18 @@ def replace_targets(
     return logits.scatter_(1, inp.target_index, src[:, None])
 
 
-def _scaled_with_targets(margin: Margin, inp: MarginInput) -> torch.Tensor:
-    """``s · z`` ``[N, K]`` with each owned row's target replaced by ``margin.target_logit``."""
+def scaled_with_targets(
+    margin: Margin, inp: MarginInput, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``s · z`` ``[N, K]`` with each owned row's target replaced by ``margin.target_logit``.
+
+    The logits of every ``target_only`` margin. ``target`` ``[N]``: the target logits when
+    the caller has them already (the fused loss's backward).
+    """
     zt = inp.target_z()
-    return replace_targets(inp.z * margin.scale, inp, margin.target_logit(zt), zt * margin.scale)
+    if target is None:
+        target = margin.target_logit(zt)
+    return replace_targets(inp.z * margin.scale, inp, target, zt * margin.scale)
 
 
 def sin_from_cos(c: torch.Tensor) -> torch.Tensor:
@@ -247,7 +255,7 @@ class CosFace(Margin):
 
     def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target shifted by ``-m``."""
-        return _scaled_with_targets(self, inp)
+        return scaled_with_targets(self, inp)
 
 
 def arcface_target(c: torch.Tensor, margin: float, easy_margin: bool) -> torch.Tensor:
@@ -307,7 +315,7 @@ class ArcFace(Margin):
 
     def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target replaced by ``cos(θ + m)``."""
-        return _scaled_with_targets(self, inp)
+        return scaled_with_targets(self, inp)
 
 
 @MARGINS.register("combined")
@@ -338,4 +346,4 @@ class CombinedMargin(Margin):
 
     def logits(self, inp: MarginInput) -> torch.Tensor:
         """Scaled cosines with the target replaced by ``cos(m1 θ + m2) − m3``."""
-        return _scaled_with_targets(self, inp)
+        return scaled_with_targets(self, inp)
