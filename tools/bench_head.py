@@ -15,12 +15,19 @@ SGD with momentum 0.9 and weight decay 5e-4) on one process, for each C and r:
 * ``--external FILE`` — any other head: FILE defines ``make_step(C, D, r, seed) ->
   step(x, y)`` (a full training step); e.g. arcface_torch's PartialFC_V2 with its SGD.
 
-Every point runs in a fresh subprocess so that its peak resident memory (``ru_maxrss`` less
-the process's resident set before the head is built) is its own; the table gives it as a
-multiple of the fp32 class-center bytes ``C·D·4``, and the time per step as the median
-process CPU time of ``--steps`` steps after one warm-up, on ``--threads`` threads (1 by
-default: CPU time then stays meaningful on a shared, busy machine, where wall time does not).
-Ratios are against ``dense`` (and ``gemm``) of the same run.
+Every point runs in two fresh subprocesses:
+
+* one times it, with the allocator as training runs it: the median process CPU time of
+  ``--steps`` steps after one warm-up, on ``--threads`` threads (1 by default: CPU time then
+  stays meaningful on a shared, busy machine, where wall time does not);
+* one measures its peak resident memory (``ru_maxrss`` less the process's resident set before
+  the head is built, over a warm-up and one step), with glibc told to unmap freed blocks
+  (:func:`~dist_face.metrics.perf.rss_follows_live_memory`) so that the peak follows live
+  memory. That setting turns every large allocation into fresh page faults and slowed the
+  fused head's step by ~10 %, so it is kept out of the timed process.
+
+The table gives the peak as a multiple of the fp32 class-center bytes ``C·D·4``. Ratios are
+against ``dense`` (and ``gemm``) of the same run.
 
     python tools/bench_head.py                                   # C = 200k, 1M; r = 1, 0.1
     python tools/bench_head.py --classes 20000 --rates 1 --impls sparse dense gemm
@@ -102,9 +109,14 @@ def _rss() -> float:
     return memory_stats(torch.device("cpu")).get("memory/rss_bytes", 0.0)
 
 
-def measure(impl: str, c: int, r: float, steps: int, chunk: int, external: str | None) -> dict:
-    """One point, in this process: seconds per step (median) and peak memory over the RSS."""
-    rss_follows_live_memory()
+def measure(
+    impl: str, c: int, r: float, steps: int, chunk: int, external: str | None, what: str
+) -> dict:
+    """One point, in this process: ``what`` = ``"time"`` (seconds per step, median) or
+    ``"peak"`` (peak memory over the resident set before the head is built, in bytes)."""
+    if what == "peak":
+        rss_follows_live_memory()
+        steps = 1
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=gen).requires_grad_(True)
     y = torch.randint(0, c, (B,), generator=gen)
@@ -125,21 +137,29 @@ def measure(impl: str, c: int, r: float, steps: int, chunk: int, external: str |
         step(x, y)
         if i:  # the first step allocates optimizer state and warms the allocator
             times.append(time.process_time() - start)
+    if what == "time":
+        return {"s_per_step": statistics.median(times)}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
-    return {"s_per_step": statistics.median(times), "peak": max(peak - base, 0.0)}
+    return {"peak": max(peak - base, 0.0)}
 
 
-def _run_point(args: argparse.Namespace, impl: str, c: int, r: float, chunk: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", impl, str(c), str(r), str(chunk)]
-    cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
-    if args.external:
-        cmd += ["--external", args.external]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:  # e.g. killed for memory: report it, go on with the others
-        reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        print(f"{impl} C={c} r={r}: failed ({reason})", file=sys.stderr)
-        return {"s_per_step": float("nan"), "peak": float("nan")}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _run_point(
+    args: argparse.Namespace, impl: str, c: int, r: float, chunk: int, peak: bool = True
+) -> dict:
+    """Time one point in a fresh process and, if ``peak``, measure its memory in another."""
+    result = {"s_per_step": float("nan"), "peak": float("nan")}
+    for what in ("time", "peak") if peak else ("time",):
+        cmd = [sys.executable, __file__, "--one", impl, str(c), str(r), str(chunk), what]
+        cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
+        if args.external:
+            cmd += ["--external", args.external]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:  # e.g. killed for memory: report it, go on with the others
+            reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            print(f"{impl} C={c} r={r} ({what}): failed ({reason})", file=sys.stderr)
+            continue
+        result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return result
 
 
 def main() -> None:
@@ -157,12 +177,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point")
     parser.add_argument("--chunk", type=int, default=0, help="classes per block (0 = default)")
     parser.add_argument("--chunks", type=int, nargs="*", help="time the sparse head per block size")
-    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        impl, c, r, chunk = args.one
-        print(json.dumps(measure(impl, int(c), float(r), args.steps, int(chunk), args.external)))
+        impl, c, r, chunk, what = args.one
+        point = measure(impl, int(c), float(r), args.steps, int(chunk), args.external, what)
+        print(json.dumps(point))
         return
     if args.chunks:
         _chunk_table(args)
@@ -196,7 +217,7 @@ def _chunk_table(args: argparse.Namespace) -> None:
         for r in args.rates:
             first = None
             for chunk in args.chunks:
-                t = _run_point(args, "sparse", c, r, chunk)["s_per_step"]
+                t = _run_point(args, "sparse", c, r, chunk, peak=False)["s_per_step"]
                 first = first or t
                 print(f"| {c:,} | {r:g} | {chunk} | {t:.3f} | {first / t:.2f} |", flush=True)
 
