@@ -60,10 +60,9 @@ KEEP_PROJECTIONS_MB = 512
 def default_chunk(rows: int, device: torch.device) -> int:
     """Columns per block for ``rows`` gathered embeddings: ``BLOCK_ELEMENTS / N``, ≥ 256.
 
-    CPU: measured with ``tools/bench_head.py --chunks`` (C = 200k, N = 64, D = 512, the
-    README's table): blocks of 256k elements are as fast as 1M-element ones at r = 1 (2 %
-    slower) and 9 % faster at r = 0.1, 1.19× faster than 64k-element blocks, and they keep a
-    step's transient memory to a quarter. CUDA:
+    CPU: measured with ``tools/bench_head.py --chunks`` (C = 200k and 1M, r = 1 and 0.1,
+    N = 64, D = 512, the README's table): blocks of 256k elements are within 5 % of 1M- and
+    2M-element ones, and keep a step's transient memory to a quarter or less. CUDA:
     8M elements (32 MiB per ``[N, chunk]`` float32 tensor), larger GEMMs for fewer kernel
     launches; not measured on a GPU yet.
     """
