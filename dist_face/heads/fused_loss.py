@@ -284,7 +284,7 @@ class _FusedMarginLoss(torch.autograd.Function):
                     grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
                 if got.get("x_norm") is not None:
                     gxn += got["x_norm"]
-                _deliver(c, blk, grad_w, got.get("bias"), gw, gb, enabled)
+                _deliver(c, blk, grad_w, got.get("bias"), gw, gb, enabled, decay is not None)
             if g_params:  # replicated margin parameters: sum the ranks' partial gradients
                 flat = torch.cat([p.reshape(-1) for p in g_params])
                 comm.all_reduce(flat, ReduceOp.SUM, spec.group)
@@ -377,8 +377,12 @@ def _deliver(
     gw: torch.Tensor | None,
     gb: torch.Tensor | None,
     enabled: torch.Tensor,
+    decay_folded: bool,
 ) -> None:
-    """Hand one block's row gradients to the optimizer, or into the dense ``gw``/``gb``."""
+    """Hand one block's row gradients to the optimizer, or into the dense ``gw``/``gb``.
+
+    ``decay_folded``: ``grad_w`` includes SGD's L2 term (``RowSparseOptimizer.fold_decay``).
+    """
     spec = c.spec
     if spec.optimizer is None:
         _scatter(gw, blk.rows, grad_w)
@@ -386,7 +390,7 @@ def _deliver(
         return
     grads_rows = [grad_w] if c.bias is None else [grad_w, grad_b]
     current = [blk.w] if c.bias is None else [blk.w, blk.bias]
-    spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current)
+    spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current, decay_folded)
 
 
 def _project_backward(

@@ -115,7 +115,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         """SGD's L2 coefficient of the weight rows, for the caller to add to their gradient.
 
         Adding ``wd · w`` where the head already reads the rows saves a pass over them; the
-        gradient handed to :meth:`update_rows` for the first row group then includes it.
+        caller then hands :meth:`update_rows` that gradient with ``decay_folded=True``.
         None for AdamW (decoupled decay, applied here).
 
         Args:
@@ -134,19 +134,22 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         grads: list[torch.Tensor | None],
         enabled: torch.Tensor,
         current: list[torch.Tensor | None] | None = None,
+        decay_folded: bool = False,
     ) -> None:
         """Apply one update to ``rows`` of every row parameter.
 
         Args:
             rows: the rows (a slice, or sorted unique int64 ids on the parameters' device).
             grads: per row group, the gradient of those rows (``[R, ...]``, float32; None:
-                the group is left alone), scaled by ``loss_scale``; under SGD the first
-                group's includes the L2 term (:meth:`fold_decay`). Consumed (updated in
+                the group is left alone), scaled by ``loss_scale``. Consumed (updated in
                 place). Must be finite where ``enabled`` is False (the head passes zeros).
             enabled: 0-dim bool device tensor; False leaves weights and state unchanged.
             current: per row group, the caller's float32 copy (or view) of those rows, if it
                 holds one: updated in place and written back, which saves reading the rows
                 again.
+            decay_folded: the first group's gradient already includes SGD's L2 term, added
+                by the caller with the coefficient from :meth:`fold_decay`; else it is
+                added here.
         """
         current = current or [None] * len(grads)
         for i, (group, grad) in enumerate(zip(self.row_groups, grads, strict=True)):
@@ -155,7 +158,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             if self.loss_scale is not None:
                 grad = grad.div_(self.loss_scale)
             p = group["params"][0]
-            self._apply(p, rows, grad, group, enabled, decayed=i == 0, rows_now=current[i])
+            decayed = decay_folded and i == 0
+            self._apply(p, rows, grad, group, enabled, decayed=decayed, rows_now=current[i])
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
