@@ -13,6 +13,8 @@ SGD with momentum 0.9 and weight decay 5e-4) on one process, for each C and r:
 * ``gemm``     — the three bare GEMMs of the step on the kept ``K`` rows, one call each, in
   the fastest layout measured here (``W·xᵀ``, not ``x·Wᵀ``; ``Gᵀ·x``; ``G·W``): the
   baseline of the ``× gemm rate`` column;
+* ``gemm_xwt`` — ``gemm`` with the forward GEMM as ``x·Wᵀ``, the slower layout (not in the
+  default set: ``--impls gemm gemm_xwt`` compares the two);
 * ``--external FILE`` — any other head: FILE defines ``make_step(C, D, r, seed) ->
   step(x, y)`` (a full training step); e.g. arcface_torch's PartialFC_V2 with its SGD.
 
@@ -25,7 +27,8 @@ Every point runs in two fresh subprocesses:
   the head is built, over a warm-up and one step), with glibc told to unmap freed blocks
   (:func:`~dist_face.metrics.perf.rss_follows_live_memory`) so that the peak follows live
   memory. That setting turns every large allocation into fresh page faults and slowed the
-  fused head's step by ~10 %, so it is kept out of the timed process.
+  fused head's step by ~10 %, so it is kept out of the timed process
+  (``--time-unmapped`` times under it too, as this tool did before be0dc27).
 
 The table gives the peak as a multiple of the fp32 class-center bytes ``C·D·4``. Ratios are
 against ``dense`` (and ``gemm``) of the same run.
@@ -34,6 +37,7 @@ against ``dense`` (and ``gemm``) of the same run.
     python tools/bench_head.py --classes 20000 --rates 1 --impls sparse dense gemm
     python tools/bench_head.py --external /path/to/arcface_pfc_v2.py
     python tools/bench_head.py --chunks 1024 4096 16384 65536   # block size of the fused loss
+    python tools/bench_head.py --classes 100000 --rates 1 --impls sparse --dim 8  # per block
 """
 
 from __future__ import annotations
@@ -85,13 +89,13 @@ def _fused(c: int, r: float, update: str, storage: torch.dtype, chunk: int, keep
     return step
 
 
-def _gemm(c: int, r: float) -> Step:
+def _gemm(c: int, r: float, transposed: bool = True) -> Step:
     k = max(int(r * c), B)
     w = torch.randn(k, D) * 0.01
     grad = torch.randn(B, k)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        z = torch.mm(w, x.T)  # forward (zᵀ: 21 % faster than x·Wᵀ with MKL on this CPU)
+        z = torch.mm(w, x.T) if transposed else x @ w.T  # forward (zᵀ or z)
         _ = grad.T @ x  # ∂L/∂W
         _ = grad @ w  # ∂L/∂x
         del z
@@ -111,19 +115,28 @@ def _rss() -> float:
 
 
 def measure(
-    impl: str, c: int, r: float, steps: int, chunk: int, external: str | None, what: str
+    impl: str,
+    c: int,
+    r: float,
+    steps: int,
+    chunk: int,
+    external: str | None,
+    what: str,
+    unmapped: bool = False,
 ) -> dict:
     """One point, in this process: ``what`` = ``"time"`` (seconds per step, median) or
-    ``"peak"`` (peak memory over the resident set before the head is built, in bytes)."""
-    if what == "peak":
+    ``"peak"`` (peak memory over the resident set before the head is built, in bytes).
+    ``unmapped``: time under the peak's allocator setting as well."""
+    if what == "peak" or unmapped:
         rss_follows_live_memory()
+    if what == "peak":
         steps = 1
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=gen).requires_grad_(True)
     y = torch.randint(0, c, (B,), generator=gen)
     base = _rss()
-    if impl == "gemm":
-        step = _gemm(c, r)
+    if impl in ("gemm", "gemm_xwt"):
+        step = _gemm(c, r, transposed=impl == "gemm")
     elif impl == "external":
         step = _external(external, c, r)
     else:
@@ -151,7 +164,9 @@ def _run_point(
     result = {"s_per_step": float("nan"), "peak": float("nan")}
     for what in ("time", "peak") if peak else ("time",):
         cmd = [sys.executable, __file__, "--one", impl, str(c), str(r), str(chunk), what]
-        cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
+        cmd += ["--steps", str(args.steps), "--threads", str(args.threads), "--dim", str(D)]
+        if args.time_unmapped:
+            cmd.append("--time-unmapped")
         if args.external:
             cmd += ["--external", args.external]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -164,6 +179,7 @@ def _run_point(
 
 
 def main() -> None:
+    global D  # --dim: every step builder reads it
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 0.1])
@@ -178,12 +194,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per point")
     parser.add_argument("--chunk", type=int, default=0, help="classes per block (0 = default)")
     parser.add_argument("--chunks", type=int, nargs="*", help="time the sparse head per block size")
+    parser.add_argument("--dim", type=int, default=D, help="embedding size D")
+    parser.add_argument(
+        "--time-unmapped",
+        action="store_true",
+        help="time with glibc unmapping freed blocks, as the peak is measured",
+    )
     parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    D = args.dim
     torch.set_num_threads(args.threads)
     if args.one:
         impl, c, r, chunk, what = args.one
-        point = measure(impl, int(c), float(r), args.steps, int(chunk), args.external, what)
+        point = measure(
+            impl, int(c), float(r), args.steps, int(chunk), args.external, what, args.time_unmapped
+        )
         print(json.dumps(point))
         return
     if args.chunks:

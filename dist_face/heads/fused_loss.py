@@ -151,7 +151,8 @@ class _Ctx:
         z = self.kept.pop(lo, None)
         if z is None:
             # zᵀ = w·xinᵀ, transposed back: with MKL this GEMM is ~21 % faster than xin·wᵀ
-            # (N = 64, D = 512: 9.1 against 11.5 ms per 4096 rows on one core); the copy costs
+            # (N = 64, D = 512: 9.1 against 11.5 ms per 4096 rows on one core; the bare step's
+            # three GEMMs: `tools/bench_head.py --impls gemm gemm_xwt`); the copy costs
             # 0.35 ms. Row-major z keeps the dense gradient's GEMM the same on either backward
             # path (the target-only one is bitwise the generic one); leaving z column-major
             # saved nothing measurable
