@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from dist_face.config import OptimConfig
+from dist_face.train.engine import DDPEngine
 from dist_face.train.optim import build_optimizer, init_momentum
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep, optimizer_step
@@ -16,15 +17,12 @@ def _step() -> tuple[TrainStep, nn.Module]:
     backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(8))
     backbone(torch.zeros(2, 3, 6, 6))  # materialise the lazy layer
     opt = torch.optim.SGD(backbone.parameters(), lr=0.1)
+    engine = DDPEngine(backbone, [opt], LossScaler("fp32", torch.device("cpu")), "fp32", 5.0)
     step = TrainStep(
-        backbone=backbone,
+        engine=engine,
         loss_fn=lambda x, y: x.square().mean(),
-        optimizers=[opt],
+        head_optimizers=[],
         schedulers=[],
-        scaler=LossScaler("fp32", torch.device("cpu")),
-        precision="fp32",
-        clip_params=list(backbone.parameters()),
-        clip_grad_norm=5.0,
     )
     return step, backbone[1]
 
