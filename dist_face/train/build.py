@@ -35,7 +35,13 @@ from dist_face.train.agreement import check_agreement, dataset_digest, run_field
 from dist_face.train.aux_state import aux_rows, load_aux_state
 from dist_face.train.engine import DDPEngine, Engine
 from dist_face.train.guard import DivergenceGuard
-from dist_face.train.hooks import CheckpointHook, CloseSinkHook, EvalHook, LogHook
+from dist_face.train.hooks import (
+    CheckpointHook,
+    CloseSinkHook,
+    EvalHook,
+    LogHook,
+    RefusedLabelHook,
+)
 from dist_face.train.loop import Hook, Trainer, TrainState
 from dist_face.train.optim import (
     build_head_optimizer,
@@ -171,6 +177,11 @@ def build_model(cfg: RunConfig, parallel: ParallelContext, num_classes: int) -> 
     topology, device = parallel.topology, parallel.device
     seed_everything(cfg.train.seed, topology.rank)
     backbone = build_backbone(cfg.model).to(device)  # honours model.init_backbone
+    if device.type == "cuda":
+        # the loaders deliver channels-last images: cuDNN's NHWC kernels need no transposes;
+        # the batch shape never changes, so the kernel search pays off after one step
+        backbone = backbone.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
     head = build_head(
         cfg.head, cfg.model.embedding_size, num_classes, parallel.class_group, seed=cfg.train.seed
@@ -311,6 +322,7 @@ def build_hooks(
             timer=timer,
             summed=lambda: {"data/corrupt_records": data.corrupt_records},
         ),
+        RefusedLabelHook(cfg.train.log_every, lambda: data.refused, parallel.control_group),
         EvalHook(
             cfg.eval.targets,
             cfg.eval.every,

@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed import ProcessGroup
 
-from dist_face.dist import Topology, all_gather, barrier
+from dist_face.data.labels import LabelError
+from dist_face.dist import Topology, all_gather, all_gather_object, barrier
 from dist_face.eval.bin_format import decode_images, load_bin
 from dist_face.eval.verification import VerificationResult, evaluate_model
 from dist_face.metrics import Sink
@@ -116,6 +118,48 @@ class LogHook(Hook):
         self.sink.log(record, state.step)
         self._t, self._wait, self._step = now, trainer.data_wait_s, state.step
         self._pause = trainer.pause_s
+
+
+class RefusedLabelHook(Hook):
+    """Stop every rank with one line after a step skipped for a label the loader refused.
+
+    The step skips on every rank when some rank's loader delivered a refused label (see
+    :mod:`dist_face.data.labels`); the flag is accumulated on the device and read on log steps
+    only, where the log hook waits for the device anyway. Then the ranks exchange their
+    loaders' descriptions over the control group (host objects, no device involved) and every
+    rank raises the same :class:`~dist_face.data.labels.LabelError`.
+
+    Args:
+        every: log cadence in steps (and the last step).
+        refused: this rank's loader's description of its first refused label, or None.
+        control_group: the group serving CPU objects (None: the default group).
+    """
+
+    def __init__(
+        self,
+        every: int,
+        refused: Callable[[], str | None],
+        control_group: ProcessGroup | None = None,
+    ) -> None:
+        self.every, self.refused, self.control_group = every, refused, control_group
+        self._seen: torch.Tensor | None = None
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
+        """Accumulate the flag; on log steps, raise on every rank when it was set."""
+        flag = metrics.get("skipped_labels")
+        if flag is None:
+            return
+        if self._seen is None:
+            self._seen = torch.zeros_like(flag)
+        torch.maximum(self._seen, flag, out=self._seen)
+        step = trainer.state.step
+        if step % self.every and step != trainer.total_steps:
+            return
+        if not bool(self._seen):
+            return
+        told = [d for d in all_gather_object(self.refused(), self.control_group) if d]
+        why = told[0] if told else "a rank's loader refused a label"
+        raise LabelError(f"data: {why}; training stopped at step {step}")
 
 
 class CheckpointHook(Hook):
