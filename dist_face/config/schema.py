@@ -358,10 +358,14 @@ class EvalConfig:
     """Steps between evaluations; 0 disables evaluation during training."""
     batch_size: int = 64
     """Images per forward pass during evaluation."""
+    timeout_s: float = 3600.0
+    """How long the other ranks wait for rank 0's evaluation (over a gloo group of its own, so
+    ``dist.timeout_s`` does not bound it)."""
 
     def __post_init__(self) -> None:
         require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from dist_face.train.hooks import (
     EvalHook,
     LogHook,
     RefusedLabelHook,
+    evaluation_group,
 )
 from dist_face.train.loop import Hook, Trainer, TrainState
 from dist_face.train.optim import (
@@ -332,6 +333,7 @@ def build_hooks(
             plan.run_dir,
             cfg.eval.batch_size,
             device,
+            evaluation_group(cfg.eval.timeout_s) if cfg.eval.targets else None,
         ),
         DivergenceGuard(
             cfg.train.log_every,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import time
@@ -11,11 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
 from dist_face.data.labels import LabelError
-from dist_face.dist import Topology, all_gather, all_gather_object, barrier
+from dist_face.dist import Topology, all_gather, all_gather_object, barrier, is_active
 from dist_face.eval.bin_format import decode_images, load_bin
 from dist_face.eval.verification import VerificationResult, evaluate_model
 from dist_face.metrics import Sink
@@ -193,9 +195,12 @@ class EvalHook(Hook):
     """Verification on ``.bin`` pair files every ``every`` steps and after the last step.
 
     Rank 0 embeds and scores the pairs; the other ranks wait at a barrier (the backbone is
-    replicated, so their embeddings would be identical). Results go to the sink as
-    ``eval/<name>/<metric>``, the best accuracy per target is tracked in the train state, and
-    ``eval.json`` in the run directory holds the latest and best results.
+    replicated, so their embeddings would be identical). The barrier goes over a gloo group
+    with its own timeout (``eval.timeout_s``, :func:`evaluation_group`): no device collective
+    is pending while rank 0 evaluates, so an evaluation longer than ``dist.timeout_s`` does not
+    kill the job. Results
+    go to the sink as ``eval/<name>/<metric>``, the best accuracy per target is tracked in the
+    train state, and ``eval.json`` in the run directory holds the latest and best results.
     """
 
     def __init__(
@@ -208,10 +213,16 @@ class EvalHook(Hook):
         run_dir: Path,
         batch_size: int,
         device: torch.device,
+        group: ProcessGroup | None = None,
     ) -> None:
-        """Evaluate ``model`` (the unwrapped backbone) on ``targets``."""
+        """Evaluate ``model`` (the unwrapped backbone) on ``targets``.
+
+        The ranks wait for rank 0 at a barrier over ``group`` (:func:`evaluation_group`; None:
+        the default group).
+        """
         self.targets, self.every, self.model, self.topology = targets, every, model, topology
         self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device
+        self.group = group
         self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.last: dict[str, VerificationResult] = {}
 
@@ -247,7 +258,7 @@ class EvalHook(Hook):
                 trainer.state.best[key] = max(trainer.state.best.get(key, 0.0), result.accuracy)
             self.sink.log(record, trainer.state.step)
             self._write_report(trainer, record)
-        barrier()
+        barrier(self.group)
         trainer.pause_s += time.perf_counter() - start
 
     def _write_report(self, trainer: Trainer, record: dict[str, Any]) -> None:
@@ -256,6 +267,17 @@ class EvalHook(Hook):
         tmp = self.run_dir / "eval.json.tmp"
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         tmp.replace(self.run_dir / "eval.json")
+
+
+def evaluation_group(timeout_s: float) -> ProcessGroup | None:
+    """A gloo group over every rank whose operations wait ``timeout_s`` (None: one rank).
+
+    The control group's timeout is the job's (``dist.timeout_s``); evaluation gets a group of
+    its own so that its barrier may wait longer. Collective: every rank calls it together.
+    """
+    if not is_active(None):
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 class CloseSinkHook(Hook):
