@@ -154,6 +154,7 @@ class DeepSpeedEngine:
         # unit scale: the engine scales the loss; backward() copies its scale for the head
         self.scaler = LossScaler("fp32", device)
         self._ones = torch.ones((), device=device)
+        self._norm = torch.zeros((), device=device)  # filled every step: no allocation
 
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
         """Nothing to enter: the engine counts micro-batches in :meth:`backward`."""
@@ -188,9 +189,12 @@ class DeepSpeedEngine:
         self.engine.step()
         if not self.engine.was_step_applied():  # fp16 overflow in the backbone: skip the head
             skip = self._ones
-        norm = self.engine.get_global_grad_norm()
-        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=skip.device)
-        return skip, grad_norm.float()
+        norm = self.engine.get_global_grad_norm()  # a float, or a device tensor
+        if torch.is_tensor(norm):
+            self._norm.copy_(norm)
+        else:
+            self._norm.fill_(0.0 if norm is None else norm)
+        return skip, self._norm
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """See :func:`backbone_state`."""
