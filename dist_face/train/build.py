@@ -109,7 +109,12 @@ def build_trainer(
     backbone = build_backbone(cfg.model).to(device)  # honours model.init_backbone
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
     head = build_head(
-        cfg.head, cfg.model.embedding_size, num_classes, parallel.class_group, seed=cfg.train.seed
+        cfg.head,
+        cfg.model.embedding_size,
+        num_classes,
+        parallel.class_group,
+        seed=cfg.train.seed,
+        precision=cfg.train.precision,
     )
     head = head.to(device)
     aux = build_aux_losses(cfg.aux, cfg.model.embedding_size, num_classes, parallel.class_group).to(
@@ -191,6 +196,7 @@ def build_trainer(
             device,
             extra=lambda: {
                 "data/rank_corrupt_records": data.corrupt_records,
+                **head.log_values(),
                 **memory_stats(device),
             },
             timer=timer,
