@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from dist_face.audit import StepAudit
 from dist_face.dist import all_gather_object
 from dist_face.heads import MARGINS, MarginHead, PartialFC
 from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace
@@ -127,6 +128,26 @@ def _all_cases(rank: int, world_size: int, cases: list[dict[str, Any]], shards) 
         "memory": _memory_probe(rank, world_size),
         "reshard": _reshard_probe(rank, world_size, shards),
         "no_scale": _run_unscaled(rank, world_size, cases[0]),
+        "bf16": _bf16_probe(rank, world_size),
+    }
+
+
+def _bf16_probe(rank: int, world_size: int) -> dict[str, Any]:
+    """A bf16 run's head on real ranks: GEMM FLOPs by dtype, rows kept at r = 0.05."""
+    head = PartialFC(64, 4000, "arcface", 0.05, seed=SEED, gemm_dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(128, 64, generator=gen, requires_grad=True)
+    y = torch.randint(0, 4000, (128,), generator=gen)
+    audit = StepAudit(device_type="cpu")
+    with audit, audit.in_phase("head"):
+        head(x, y).backward()
+    y_all = torch.cat(all_gather_object(y))
+    positives = len({int(v) for v in y_all if head.class_start <= v < head.class_end})
+    return {
+        "flops": dict(audit.flops["head"]),
+        "kept": len(head.last_sampled),
+        "bound": max(0.05 * head.num_local, positives),
+        "fraction": head.sampled_fraction * head.num_local,
     }
 
 
@@ -269,6 +290,11 @@ def test_sharded_head_matches_full_softmax(world_size: int) -> None:
     for d, dtype in enumerate(LOW):
         for j, i in enumerate(_low_cases(cases)):
             _check_low(world_size, cases[i], [o["low"][d][j] for o in outs], dtype)
+    # a bf16 run's head: >= 99 % of its GEMM FLOPs in bf16; Partial FC's row count
+    for o in (o["bf16"] for o in outs):
+        assert o["flops"].get("bfloat16", 0) >= 0.99 * sum(o["flops"].values()), o["flops"]
+        assert o["kept"] <= 1.25 * o["bound"], o
+        assert o["fraction"] == pytest.approx(o["kept"])  # head/sampled_fraction · C_local
     # without the DP-average compensation the local gradient is the plain one
     for r, o in enumerate(outs):
         torch.testing.assert_close(o["no_scale"], outs[r]["cases"][0]["x_grad"] / world_size)
