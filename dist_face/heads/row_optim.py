@@ -59,7 +59,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             number of rows.
         other_params: the head's remaining trainable parameters (no weight decay).
         kind: ``"sgd"`` or ``"adamw"``.
-        lr: learning rate.
+        lr: learning rate (held as a 0-dim float32 tensor on the parameters' device in every
+            group's ``"lr"``; learning-rate schedulers update it in place).
         momentum: SGD momentum (no dampening, no Nesterov, as the dense optimizer).
         betas, eps: AdamW's (torch's defaults).
     """
@@ -85,6 +86,11 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             groups.append({"params": others, "weight_decay": 0.0, "rows": False})
         defaults = {"lr": lr, "momentum": momentum, "betas": betas, "eps": eps}
         super().__init__(groups, defaults)
+        for group in self.param_groups:
+            # a device tensor: read by the update kernels, never by the host, so a captured
+            # step (CUDA graphs) sees the scheduler's value (schedulers fill_ tensor rates)
+            device = group["params"][0].device
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
         self.kind = kind
         self.loss_scale: torch.Tensor | float | None = None
         """Divides the gradients handed to :meth:`update_rows` (the fp16 loss scale)."""
@@ -202,7 +208,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         state = self.state[owner if owner is not None else p]
         if owner is not None and owner.ndim == 0:  # a scalar parameter, viewed as [1, 1]
             state = {k: v.view(1, -1) if k != "step" else v for k, v in state.items()}
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = group["lr"], group["weight_decay"]  # lr: 0-dim device tensor
         on = enabled.to(torch.float32)
         # a view when the rows are contiguous float32: updated in place
         w = (

@@ -257,3 +257,22 @@ def test_target_only_margins_differentiate_targets_alone_bitwise_as_whole_blocks
     generic = _trained(copy.deepcopy(margin), True, sparse)
     for a, b in zip(fast, generic, strict=True):
         assert torch.equal(a, b)
+
+
+def test_learning_rate_is_a_device_tensor_the_scheduler_updates_in_place() -> None:
+    """CUDA-graph ready: the update reads the rate from a tensor a scheduler fills in place."""
+    head = PartialFC(D, C, "arcface", chunk_size=8)
+    opt = build_row_optimizer(head, "sgd", LR, 0.0, 0.0)
+    head.attach_optimizer(opt)
+    lr = opt.param_groups[0]["lr"]
+    assert torch.is_tensor(lr) and lr.device == head.weight.device
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1)
+    sched.step()
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1 * LR)
+    w0 = head.weight.detach().clone()
+    head(*_batch(0)).backward()
+    changed = head.weight.detach() - w0
+    opt.param_groups[0]["lr"].fill_(LR)  # the same batch at the full rate moves 10x as far
+    head.weight.data.copy_(w0)
+    head(*_batch(0)).backward()
+    torch.testing.assert_close(head.weight.detach() - w0, 10 * changed, rtol=1e-4, atol=1e-7)
