@@ -97,6 +97,19 @@ GPUS_PER_NODE = 8
 _FLOPS = FlopCounterMode(display=False).flop_registry  # torch's formulas, by op packet
 # ops that launch no kernel: allocations and metadata
 _NO_KERNEL = {"empty", "empty_strided", "empty_like", "detach", "lift_fresh", "alias", "set_"}
+# indexed ops: their traffic is the index and the values, not the whole indexed tensor
+_INDEXED_READS = {"gather", "index_select", "take"}
+_INDEXED_WRITES = {
+    "scatter",
+    "scatter_",
+    "scatter_add",
+    "scatter_add_",
+    "index_copy",
+    "index_copy_",
+    "index_fill_",
+    "index_put",
+    "index_put_",
+}
 # ops that make the host wait for a device tensor's value or size
 _SYNCS = {
     "_local_scalar_dense",
@@ -173,10 +186,20 @@ class StepAudit(TorchDispatchMode):
             dtype = str(inputs[0].dtype).removeprefix("torch.")
             self.flops[self.phase][dtype] += formula(*args, **kwargs, out_val=out)
         else:
-            self.bytes[self.phase] += sum(
-                t.numel() * t.element_size() for t in inputs + outputs if self._on_device(t)
-            )
+            self.bytes[self.phase] += self._bytes(name, inputs, outputs)
         return out
+
+    def _bytes(self, name: str, inputs: list, outputs: list) -> int:
+        """Bytes an op reads and writes; indexed ops touch only the indexed entries."""
+
+        def size(ts: list) -> int:
+            return sum(t.numel() * t.element_size() for t in ts if self._on_device(t))
+
+        if name in _INDEXED_READS:  # gather, index_select: the index and the result
+            return size(inputs[1:]) + size(outputs)
+        if name in _INDEXED_WRITES:  # scatter_, index_copy_: index and values, then written
+            return 2 * size(inputs[1:])
+        return size(inputs) + size(outputs)
 
     def _on_device(self, t: Any) -> bool:
         return isinstance(t, torch.Tensor) and t.device.type == self.device_type

@@ -427,21 +427,22 @@ def _project_backward(
     """Add ``∂L/∂xin`` into ``gxin`` ``[N, D]``; return the block's ``∂L/∂w`` ``[Kc, D]``.
 
     The rows' gradient is computed from ``x_rows`` (``xin``, or zeros when not ``enabled``)
-    and a masked ``gz``, so that a suppressed step hands the optimizer zeros, not NaN.
+    and zeroed as a whole when not ``enabled``, so that a suppressed step hands the optimizer
+    zeros, not NaN (masking the ``[Kc, D]`` result, not the ``[N, Kc]`` ``gz``: one pass over
+    the block fewer, and both GEMMs share one low-precision copy of ``gz``).
     ``decay`` (0-dim) adds ``decay · w`` (SGD's L2 term) in the same pass.
     """
     k = c.kernels
     out = c.spec.workspace.get("grad", tuple(blk.w.shape), blk.w.dtype, blk.w.device)
+    if blk.inv is not None:  # z = xin · wᵀ / ‖w‖
+        gz = gz * blk.inv
+    gz_gemm = k.gemm_input(gz)
+    k.add_mm_(gxin, gz_gemm, blk.w_gemm)
+    grad = k.mm(gz_gemm.T, x_rows, out=out).masked_fill_(~enabled, 0.0)
     if blk.inv is None:  # z = xin · wᵀ
-        k.add_mm_(gxin, k.gemm_input(gz), blk.w_gemm)
-        grad = k.mm(k.gemm_input(torch.where(enabled, gz, 0.0)).T, x_rows, out=out)
         return grad if decay is None else grad.addcmul_(blk.w, decay)
-    gz = gz * blk.inv  # z = xin · wᵀ / ‖w‖
-    k.add_mm_(gxin, k.gemm_input(gz), blk.w_gemm)
-    gz_rows = torch.where(enabled, gz, 0.0)
-    radial = torch.where(enabled, blk.inv * (gz_rows * blk.z.detach()).sum(dim=0), 0.0)
+    radial = torch.where(enabled, blk.inv * (gz * blk.z.detach()).sum(dim=0), 0.0)
     coef = -radial if decay is None else decay - radial
-    grad = k.mm(k.gemm_input(gz_rows).T, x_rows, out=out)
     return grad.addcmul_(blk.w, coef[:, None])
 
 

@@ -55,14 +55,18 @@ class Kernels:
         return t.to(self.low)
 
     def mm(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``a·b`` of GEMM inputs, in float32 (the compute dtype for float32/64 inputs)."""
+        """``a·b`` of GEMM inputs, in float32 (the compute dtype for float32/64 inputs).
+
+        ``out``: a reused buffer to write into on the CPU; ignored for low-precision inputs on
+        a GPU, whose product is a fresh tensor.
+        """
         if a.dtype not in LOW_PRECISION.values():
             return torch.mm(a, b, out=out)
         if self.cpu:  # no float32-output kernel on the CPU: the product is rounded once
             prod = torch.mm(a, b).float()
             return prod if out is None else out.copy_(prod)
-        prod = torch.mm(a, b, out_dtype=torch.float32)
-        return prod if out is None else out.copy_(prod)
+        # a GPU's caching allocator reuses memory: no copy into the CPU's workspace buffer
+        return torch.mm(a, b, out_dtype=torch.float32)
 
     def add_mm_(self, acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``acc += a·b`` (``acc`` float32)."""
