@@ -176,8 +176,13 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     @property
     def defers(self) -> bool:
-        """Whether row updates wait for :meth:`step` (under a loss scale, i.e. fp16)."""
-        return self.loss_scale is not None
+        """Whether row updates wait for :meth:`step`: under a dynamic loss scale (fp16).
+
+        The trainer's fp16 scale is a device tensor, DeepSpeed's fp16 scale a float; DeepSpeed
+        without fp16 hands a constant 1.0, and those steps are never skipped for an overflow.
+        """
+        scale = self.loss_scale
+        return torch.is_tensor(scale) or (scale is not None and scale != 1.0)
 
     def _defer(
         self,
