@@ -125,6 +125,9 @@ class HeadConfig:
     storage: str = "fp32"
     """Storage of the centers and their optimizer state: fp32, or bf16 (half the memory; the
     loss and the update are computed in fp32 and rounded once per step)."""
+    tf32: bool = True
+    """fp32 runs on CUDA: the head's float32 GEMMs may use TF32 (bf16/fp16 runs compute the
+    head's GEMMs in their own precision with float32 accumulation)."""
 
     def __post_init__(self) -> None:
         require(self.scale is None or self.scale > 0, "scale", f"must be > 0, got {self.scale}")

@@ -109,9 +109,7 @@ def build_trainer(
     if sink is None:
         sink = build_sinks(cfg, topology, plan.run_dir)
     save = _saver(cfg, parallel, plan, engine, model, opt_h, scheds, crange)
-    hooks = build_hooks(
-        cfg, parallel, plan, data, model.backbone, engine, scheds, sink, save, timer
-    )
+    hooks = build_hooks(cfg, parallel, plan, data, model, engine, scheds, sink, save, timer)
     trainer = Trainer(
         step_fn=step_fn,
         loader_factory=data.epoch,
@@ -185,7 +183,12 @@ def build_model(cfg: RunConfig, parallel: ParallelContext, num_classes: int) -> 
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
     head = build_head(
-        cfg.head, cfg.model.embedding_size, num_classes, parallel.class_group, seed=cfg.train.seed
+        cfg.head,
+        cfg.model.embedding_size,
+        num_classes,
+        parallel.class_group,
+        seed=cfg.train.seed,
+        precision=cfg.train.precision,
     )
     head = head.to(device)
     aux = build_aux_losses(cfg.aux, cfg.model.embedding_size, num_classes, parallel.class_group).to(
@@ -300,7 +303,7 @@ def build_hooks(
     parallel: ParallelContext,
     plan: RunPlan,
     data: DataSource,
-    backbone: torch.nn.Module,
+    model: Model,
     engine: Engine,
     scheds: list,
     sink: Sink,
@@ -318,6 +321,7 @@ def build_hooks(
             device,
             extra=lambda: {
                 "data/rank_corrupt_records": data.corrupt_records,
+                **model.head.log_values(),
                 **memory_stats(device),
             },
             timer=timer,
@@ -327,7 +331,7 @@ def build_hooks(
         EvalHook(
             cfg.eval.targets,
             cfg.eval.every,
-            backbone,
+            model.backbone,
             topology,
             sink,
             plan.run_dir,
