@@ -67,4 +67,6 @@ if ! python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('torc
   # shellcheck source=launch/setup_env.sh
   source "$root/launch/setup_env.sh" "${DIST_FACE_EXTRAS:-dev}" >&2
 fi
+# a folder of photos as data.root: one line and exit 2 here (torchrun would add a traceback)
+python -m dist_face.cli.launch_check --config "$CONFIG" "$@" || exit $?
 exec "${cmd[@]}"

@@ -16,6 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dist_face.cli.common import closed_pipe_is_quiet, progress_off
 from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin
 from dist_face.eval.verification import evaluate_model
+from dist_face.extras import require
 from dist_face.log import init_logging
 from dist_face.models import create, load_backbone
 
@@ -69,6 +70,7 @@ def compare(argv: list[str]) -> int:
     p.add_argument("--title", default="1:1 verification")
     args = p.parse_args(argv)
     init_logging()
+    require("matplotlib", purpose="dist-face-evaluate --compare")
     from dist_face.eval.plots import Curve, plot_roc_det
 
     curves = []
