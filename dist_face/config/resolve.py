@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
-from dist_face.config.base import ConfigError
+from dist_face.config.base import ConfigError, did_you_mean
 from dist_face.config.margin_defaults import resolve_head
 from dist_face.config.schema import RunConfig
 from dist_face.extras import MissingExtraError, require
@@ -21,12 +20,6 @@ def resolve_run(cfg: RunConfig) -> RunConfig:
     """
     head = dataclasses.replace(resolve_head(cfg.head), update=cfg.head_update)
     return dataclasses.replace(cfg, head=head)
-
-
-def did_you_mean(name: str, known: list[str]) -> str:
-    """``"; did you mean 'arcface'?"`` for the closest of ``known``, or ``""``."""
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_names(cfg: RunConfig) -> None:

@@ -232,6 +232,8 @@ def test_tensorboard_without_the_extra_is_a_configuration_error(monkeypatch) -> 
         ("--print-config", "--head.margin=arcfce", "head.margin: unknown margin 'arcfce'; did "
          "you mean 'arcface'?"),
         ("--help-config", "--model.name=iresnet5O", "model.name: unknown backbone 'iresnet5O'"),
+        ("--print-config", "--data.backend=dail", "data.backend: must be one of ['auto', 'dali', "
+         "'torch', 'synthetic'], got 'dail'; did you mean 'dali'?"),
     ],
 )  # fmt: skip
 def test_printing_a_config_validates_its_names(flag, override, message, capsys) -> None:
