@@ -216,28 +216,39 @@ def save_bin(path: str | os.PathLike[str], images: list[bytes], issame: list[boo
 
 
 def decode_images(
-    images: list[bytes], size: int = 112, mode: str = DEFAULT_RESIZE_MODE
+    images: list[bytes],
+    size: int = 112,
+    mode: str = DEFAULT_RESIZE_MODE,
+    sizes: dict[tuple[int, int], int] | None = None,
 ) -> np.ndarray:
     """Decode encoded images to RGB ``uint8 [N, size, size, 3]``.
 
     Images of another size are fitted under ``mode`` (crop, pad or stretch; see
-    :mod:`dist_face.data.image_fit`), and a warning says how many and which sizes.
+    :mod:`dist_face.data.image_fit`). Without ``sizes`` a warning says how many and which
+    sizes; with it, their ``(width, height)`` counts are added to ``sizes`` (to warn once for
+    several chunks, :func:`warn_sizes`).
     """
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    others: dict[tuple[int, int], int] = {}
+    others: dict[tuple[int, int], int] = {} if sizes is None else sizes
     for i, data in enumerate(images):
         with Image.open(io.BytesIO(data)) as img:
             if img.size != (size, size):
                 others[img.size] = others.get(img.size, 0) + 1
             out[i] = np.asarray(fit_image(img, size, mode))
+    if sizes is None:
+        warn_sizes(others, len(images), size, mode)
+    return out
+
+
+def warn_sizes(others: dict[tuple[int, int], int], total: int, size: int, mode: str) -> None:
+    """Warn (once) that ``others`` images of ``total`` were not ``size × size``; none: silent."""
     if others:
         logger.warning(
             "%d of %d evaluation images are not %d×%d (%s): %s",
             sum(others.values()),
-            len(images),
+            total,
             size,
             size,
             ", ".join(f"{w}×{h} {n}" for (w, h), n in sorted(others.items())),
             describe_mode(mode, size),
         )
-    return out

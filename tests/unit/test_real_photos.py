@@ -20,7 +20,7 @@ from dist_face.data.aligned import align_image, read_landmarks
 from dist_face.data.image_fit import fit_image
 from dist_face.data.shards import ShardSet
 from dist_face.eval.align import ARCFACE_TEMPLATE, similarity_transform
-from dist_face.eval.verification import kfold_accuracy, single_class_folds
+from dist_face.eval.verification import fold_problem, kfold_accuracy, single_class_folds
 from tests.helpers.pgm_faces import make_pgm_faces, write_landmarks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -248,17 +248,26 @@ def test_printing_a_config_validates_its_names(flag, override, message, capsys) 
 
 def test_a_pair_list_sorted_by_label_is_warned_about(caplog) -> None:
     rng = np.random.default_rng(0)
-    labels = np.repeat([True, False], 50)  # all genuine pairs first
-    scores = np.where(labels, 0.6, 0.2) + rng.normal(0, 0.2, 100)
+    labels = np.repeat([True, False], 100)  # all genuine pairs first
+    scores = np.where(labels, 0.6, 0.2) + rng.normal(0, 0.2, labels.size)
     assert single_class_folds(labels) == 10
     with caplog.at_level(logging.WARNING):
         kfold_accuracy(scores, labels)
-    assert "10 of 10 contiguous folds hold only genuine or only impostor pairs" in caplog.text
+    assert "sorted by label (every genuine pair on one side); 10 of 10 contiguous folds" in (
+        caplog.text
+    )
+    # blocks of 20 genuine then 20 impostor: sorted in places, not as a whole
     caplog.clear()
-    shuffled = rng.permutation(labels)
-    assert single_class_folds(shuffled) == 0
+    assert fold_problem(np.tile(np.repeat([True, False], 20), 5)).startswith(
+        "the pair list looks sorted by label; 10 of 10"
+    )
+    # shuffled, or LFW's layout (each tenth half genuine, half impostor), or too few pairs
+    # per fold to tell: no warning
+    for fine in (rng.permutation(labels), np.tile(np.repeat([True, False], 10), 10)):
+        assert fold_problem(fine) is None
+    assert fold_problem(np.array([True, False] * 6)) is None
     with caplog.at_level(logging.WARNING):
-        kfold_accuracy(scores, shuffled)
+        kfold_accuracy(scores, rng.permutation(labels))
     assert "contiguous folds" not in caplog.text
 
 
@@ -276,3 +285,22 @@ def test_the_debug_recipe_makes_its_data_on_first_use_only_when_it_trains(
     shards = ShardSet.open(data / "shards")
     assert (len(shards), shards.num_classes) == (320, 40)
     assert (data / "val.bin").is_file()
+
+
+def test_bin_evaluation_fits_other_sizes_and_says_so_once(photos, tmp_path, capsys, monkeypatch):
+    import dist_face.cli.evaluate as evaluate
+    from dist_face.eval.bin_format import save_bin
+    from dist_face.models import create, save_backbone
+
+    root, points = photos
+    files = sorted(points) * 2  # 12 photos, 92×112 grayscale, in 12 pairs
+    save_bin(tmp_path / "pgm.bin", [(root / f).read_bytes() for f in files], [True, False] * 6)
+    ckpt = save_backbone(create("tiny", embedding_size=8), tmp_path / "model.pt", "tiny",
+                         embedding_size=8)  # fmt: skip
+    monkeypatch.setattr(evaluate, "_DECODE_CHUNK", 10)  # three chunks, one warning
+    argv = ["--backbone", str(ckpt), "--bin", str(tmp_path / "pgm.bin"), "--quiet"]
+    assert evaluate.main([*argv, "--resize-mode", "pad"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings
+    assert "24 of 24 evaluation images are not 112×112 (92×112 24)" in warnings[0]
+    assert "padded with black" in warnings[0]
