@@ -304,3 +304,20 @@ def test_bin_evaluation_fits_other_sizes_and_says_so_once(photos, tmp_path, caps
     assert len(warnings) == 1, warnings
     assert "24 of 24 evaluation images are not 112×112 (92×112 24)" in warnings[0]
     assert "padded with black" in warnings[0]
+
+
+def test_identification_takes_pgm_probes_of_any_size(photos, tmp_path, capsys) -> None:
+    from dist_face.cli.identify import main as identify_main
+    from dist_face.models import create, save_backbone
+
+    root, _ = photos
+    ckpt = save_backbone(create("tiny", embedding_size=8), tmp_path / "model.pt", "tiny",
+                         embedding_size=8)  # fmt: skip
+    argv = ["--backbone", str(ckpt), "--probes", str(root), "--out", str(tmp_path / "ident")]
+    assert identify_main([*argv, "--resize-mode", "stretch"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    # 13: every photo with an image extension (the extension-less scan is a packing case)
+    assert len(warnings) == 1, warnings
+    assert "13 of 13 evaluation images are not 112×112 (92×112 13)" in warnings[0]
+    assert "stretched" in warnings[0]
+    assert (tmp_path / "ident" / "report.json").is_file()
