@@ -35,7 +35,7 @@ def image_folder_problem(argv: list[str]) -> str | None:
     if config is None:
         return None
     try:
-        root = load_config(config, overrides, prepare=False).data.root
+        root = load_config(config, overrides).data.root
     except ConfigError:
         return None  # the trainer reports it, naming the key
     if os.path.isdir(root) and not os.path.isfile(os.path.join(root, "meta.json")):

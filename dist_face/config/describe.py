@@ -70,7 +70,7 @@ def run_info(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     the pipe early (``| head``) ends the output quietly.
     """
     try:
-        cfg = load_config(args.config, overrides, prepare=False) if args.config else None
+        cfg = load_config(args.config, overrides) if args.config else None
         if cfg is not None:
             check_names(cfg)  # as training does: an unknown name is no config to print
         if args.print_config:

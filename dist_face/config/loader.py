@@ -107,15 +107,15 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
 
 def load_config(
-    name_or_path: str, overrides: Sequence[str] = (), prepare: bool = True
+    name_or_path: str, overrides: Sequence[str] = (), prepare: bool = False
 ) -> RunConfig:
     """Build a recipe and apply overrides: the one call entry points make.
 
     Relative file paths come back absolute, anchored at the working directory
     (:func:`~dist_face.config.paths.absolute_paths`). A recipe may define
     ``prepare(cfg) -> None``, which makes data the config needs and a fresh clone lacks
-    (``debug_cpu`` makes its small dataset); it runs unless ``prepare`` is False (printing a
-    config writes nothing).
+    (``debug_cpu`` makes its small dataset); it runs with ``prepare=True``, which the trainer
+    passes (printing or inspecting a config writes nothing).
     """
     cfg = absolute_paths(apply_overrides(recipe(name_or_path), overrides))
     path = Path(name_or_path)

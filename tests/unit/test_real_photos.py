@@ -220,7 +220,7 @@ def test_every_tool_names_the_extra_it_misses(
 
 
 def test_tensorboard_without_the_extra_is_a_configuration_error(monkeypatch) -> None:
-    cfg = load_config("debug_cpu", ["--metrics.tensorboard=true"], prepare=False)
+    cfg = load_config("debug_cpu", ["--metrics.tensorboard=true"])
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.raises(ConfigError, match=r"pip install 'dist_face\[tensorboard\]'"):
         check_extras(cfg)
@@ -279,9 +279,9 @@ def test_the_debug_recipe_makes_its_data_on_first_use_only_when_it_trains(
     (configs / "debug_cpu.py").write_text((REPO / "configs" / "debug_cpu.py").read_text())
     monkeypatch.setenv("DIST_FACE_CONFIGS", str(configs))
     data = tmp_path / "clone" / "data" / "debug_cpu"
-    cfg = load_config("debug_cpu", prepare=False)  # --print-config: nothing written
+    cfg = load_config("debug_cpu")  # --print-config, tests: nothing written
     assert cfg.data.root == str(data / "shards") and not data.exists()
-    load_config("debug_cpu")
+    load_config("debug_cpu", prepare=True)  # what the trainer calls
     shards = ShardSet.open(data / "shards")
     assert (len(shards), shards.num_classes) == (320, 40)
     assert (data / "val.bin").is_file()
