@@ -16,6 +16,7 @@ from dist_face.data.pack import PackOptions, pack
 from dist_face.data.pack_check import (
     CHECKS,
     PackReport,
+    by_reason,
     check_source,
     counted,
     size_warning,
@@ -135,14 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = pack(checked, args.out_dir, options, progress=not args.quiet)
         report = write_report(
             args.out_dir,
-            PackReport(
-                result,
-                skipped_files,
-                empty,
-                unaligned,
-                singles,
-                bool(args.landmarks or args.detect),
-            ),
+            PackReport(result, skipped_files, empty, unaligned, singles, aligned),
         )
     except (OSError, ValueError, MissingExtraError) as err:
         print(f"dist-face-pack: error: {err}", file=sys.stderr)
@@ -162,17 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"left out {len(unaligned)} image(s) without landmarks or a detected face")
     if singles:
         print(f"{singles} identities have a single image: a class, but no genuine pair")
-    for why, exts in _by_reason(skipped_files).items():
+    for why, exts in by_reason(skipped_files).items():
         print(f"ignored {sum(exts.values())} file(s) {why} ({counted(exts)})")
     print(f"report: {report}")
     return 0
-
-
-def _by_reason(files: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for (ext, why), n in sorted(files.items()):
-        out.setdefault(why, {})[ext] = n
-    return out
 
 
 def _align(source: Source, args: argparse.Namespace) -> tuple[Source, list[tuple[str, str]]]:

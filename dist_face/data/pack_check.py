@@ -214,6 +214,14 @@ def size_warning(
     )
 
 
+def by_reason(files: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """``{(extension, reason): n}`` regrouped as ``{reason: {extension: n}}``, sorted."""
+    out: dict[str, dict[str, int]] = {}
+    for (ext, why), n in sorted(files.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        out.setdefault(why, {})[ext] = n
+    return out
+
+
 def write_report(out_dir: str, report: PackReport) -> str:
     """Write :data:`REPORT_NAME` in ``out_dir``: counts, then one ``where<TAB>why`` per image.
 
@@ -222,15 +230,12 @@ def write_report(out_dir: str, report: PackReport) -> str:
     """
     path = os.path.join(out_dir, REPORT_NAME)
     result, files = report.check, report.skipped_files
-    by_reason: dict[str, dict[str, int]] = {}
-    for (ext, why), n in files.items():
-        by_reason.setdefault(why, {})[ext] = n
     modes = {MODE_NAMES.get(m, m): n for m, n in result.modes.items()}
     lines = [
         f"# {len(result.bad)} image(s) skipped: they failed the check",
         f"# {result.dropped_classes} class(es) removed: every image of them was skipped",
         f"# {sum(files.values())} file(s) ignored"
-        + "".join(f"; {why}: {counted(exts)}" for why, exts in sorted(by_reason.items())),
+        + "".join(f"; {why}: {counted(exts)}" for why, exts in by_reason(files).items()),
         f"# {len(report.empty_folders)} identity folder(s) without images (no class)"
         + (f": {', '.join(report.empty_folders[:20])}" if report.empty_folders else ""),
         f"# {len(report.unaligned)} image(s) left out by alignment (no landmarks / no face found)",
