@@ -202,20 +202,23 @@ def test_safetensors_without_the_extra_is_one_line_and_writes_nothing(
     [
         ("matplotlib", "report", ["--run", "runs/x", "--out", "c.png"]),
         ("onnxruntime", "export", ["--backbone", "m.pt", "--out", "m.onnx"]),
+        ("matplotlib", "loss-study", ["--out", "study"]),
     ],
 )
 def test_every_tool_names_the_extra_it_misses(
     module, extra, argv, tmp_path, capsys, monkeypatch
 ) -> None:
     from dist_face.cli.export import main as export_main
+    from dist_face.cli.loss_study import main as study_main
     from dist_face.cli.report import main as report_main
 
     monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.chdir(tmp_path)
-    main = report_main if extra == "report" else export_main
+    main = {"report": report_main, "export": export_main, "loss-study": study_main}[extra]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].endswith(f"pip install 'dist_face[{extra}]'"), err
+    wanted = "report" if extra == "loss-study" else extra
+    assert len(err) == 1 and err[0].endswith(f"pip install 'dist_face[{wanted}]'"), err
     assert not any(tmp_path.iterdir())
 
 
