@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dist_face.config import ConfigError, load_config
@@ -324,3 +325,30 @@ def test_identification_takes_pgm_probes_of_any_size(photos, tmp_path, capsys) -
     assert "13 of 13 evaluation images are not 112×112 (92×112 13)" in warnings[0]
     assert "stretched" in warnings[0]
     assert (tmp_path / "ident" / "report.json").is_file()
+
+
+def test_an_aligned_grayscale_pack_reads_the_same_with_dali_and_torch(photos, tmp_path) -> None:
+    """The aligned crops are grayscale PNGs: DALI's CPU decoder gives the torch loader's pixels."""
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")
+    from dist_face.config import DataConfig
+    from dist_face.data.loader import build_loader
+    from dist_face.dist import Topology
+
+    root, points = photos
+    csv = write_landmarks(tmp_path / "landmarks.csv", points)
+    out = tmp_path / "aligned"
+    assert _pack(str(root), str(out), "--landmarks", str(csv)) == 0
+
+    def images(backend: str) -> set[bytes]:
+        cfg = DataConfig(root=str(out), backend=backend, batch_size=4, num_workers=1, hflip=False)
+        topo = Topology(rank=0, world_size=1, local_rank=0, local_world_size=1)
+        seen = set()
+        for batch, _ in build_loader(cfg, topo, torch.device("cpu"), seed=0).epoch(0):
+            pixels = ((batch + 1) * 127.5).round().to(torch.uint8)
+            assert batch.shape[1:] == (3, 112, 112)
+            assert torch.equal(pixels[:, 0], pixels[:, 2])  # grey: R = G = B
+            seen |= {p.numpy().tobytes() for p in pixels}
+        return seen
+
+    dali, torch_images = images("dali"), images("torch")
+    assert len(dali) >= 8 and dali <= torch_images
