@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -11,6 +12,18 @@ from typing import TypeVar
 from dist_face.extras import MissingExtraError
 
 _Main = TypeVar("_Main", bound=Callable[..., int])
+
+
+def add_resize_mode(p: argparse.ArgumentParser) -> None:
+    """``--resize-mode crop|pad|stretch``: how a tool fits an image that is not 112×112."""
+    from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
+
+    p.add_argument(
+        "--resize-mode",
+        choices=RESIZE_MODES,
+        default=DEFAULT_RESIZE_MODE,
+        help="how an image that is not 112x112 is fitted (default crop: keeps the aspect ratio)",
+    )
 
 
 def progress_off(quiet: bool) -> bool | None:

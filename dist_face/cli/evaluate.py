@@ -13,8 +13,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dist_face.cli.common import closed_pipe_is_quiet, progress_off
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
+from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet, progress_off
 from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin, warn_sizes
 from dist_face.eval.verification import evaluate_model
 from dist_face.extras import require
@@ -37,12 +36,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--backbone", help="backbone-only checkpoint (model.pt)")
     p.add_argument("--name", help="backbone name, needed for a raw InsightFace state dict")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--resize-mode",
-        choices=RESIZE_MODES,
-        default=DEFAULT_RESIZE_MODE,
-        help="how an image that is not 112x112 is fitted (default crop: keeps the aspect ratio)",
-    )
+    add_resize_mode(p)
     p.add_argument(
         "--untrained-baseline",
         action="store_true",

@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
-from dist_face.cli.common import closed_pipe_is_quiet
+from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet
 from dist_face.data.image_files import image_extensions
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES, fit_image
+from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, fit_image
 from dist_face.eval.bin_format import warn_sizes
 from dist_face.eval.identification import RANKS, distractor_curve, open_set, search
 from dist_face.eval.verification import embed_images
@@ -102,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="output directory (report.json, megaface.png)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--resize-mode",
-        choices=RESIZE_MODES,
-        default=DEFAULT_RESIZE_MODE,
-        help="how an image that is not 112x112 is fitted (default crop: keeps the aspect ratio)",
-    )
+    add_resize_mode(p)
     args = p.parse_args(argv)
     init_logging()
     try:

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
-from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
+from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet
 from dist_face.eval.ijb import roc_auc
 from dist_face.eval.ijb import tar_at_far as ijb_tar_at_far
 from dist_face.eval.pair_list import PairListError, load_images, read_pair_list, write_scores
@@ -56,12 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", help="directory the image paths are relative to (default: the CSV's)")
     p.add_argument("--out", required=True, help="scores CSV to write; the report goes beside it")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--resize-mode",
-        choices=RESIZE_MODES,
-        default=DEFAULT_RESIZE_MODE,
-        help="how an image that is not 112x112 is fitted (default crop: keeps the aspect ratio)",
-    )
+    add_resize_mode(p)
     args = p.parse_args(argv)
     init_logging()
     try:
