@@ -194,6 +194,10 @@ class DataConfig:
     """Loader worker processes (torch) or threads (dali) per rank."""
     image_size: int = 112
     """Side of the square, aligned face crop in pixels."""
+    resize_mode: str = "crop"
+    """An image of another size (torch loader, .bin evaluation): crop (scale the shorter side,
+    cut the centre; keeps the aspect ratio), pad (scale the longer side, black border) or
+    stretch. Aligned 112x112 crops are used as they are."""
     drop_last: bool = False
     """Per epoch, drop the last N mod W samples instead of padding every rank to ceil(N/W)."""
     on_corrupt: str = "skip"
@@ -224,6 +228,7 @@ class DataConfig:
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         require(self.image_size > 0, "image_size", f"must be > 0, got {self.image_size}")
         require_choice(self.on_corrupt, "on_corrupt", ["skip", "fail"])
+        require_choice(self.resize_mode, "resize_mode", ["crop", "pad", "stretch"])
         require(self.synthetic_samples > 0, "synthetic_samples", "must be > 0")
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
         require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")

@@ -37,7 +37,6 @@ rank, the epoch and the worker that owes it, instead of waiting until a collecti
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import queue
@@ -54,6 +53,7 @@ from dist_face.config import ConfigError, DataConfig
 from dist_face.data.augment import augment
 from dist_face.data.dali_loader import dali_available, dali_batches_per_epoch, dali_epoch
 from dist_face.data.framing import CorruptRecordError
+from dist_face.data.image_fit import decode_fit
 from dist_face.data.labels import screen_labels
 from dist_face.data.partition import partition, samples_left, samples_per_rank
 from dist_face.data.rec_index import open_dataset
@@ -228,7 +228,7 @@ class ShardBatches(IterableDataset):
             flip = rng.random() < 0.5
             try:
                 data, labels[slot] = shards.read_image(int(i), self.cfg.check_crc)
-                img = _decode(data, size)
+                img = _decode(data, size, self.cfg.resize_mode)
                 if self.cfg.augments:
                     img = augment(img, rng, self.cfg)
                 images[slot] = np.asarray(img)
@@ -257,12 +257,8 @@ class ShardBatches(IterableDataset):
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), len(bad)
 
 
-def _decode(data: bytes, size: int) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        return img
+def _decode(data: bytes, size: int, mode: str) -> Image.Image:
+    return decode_fit(data, size, mode)  # dist_face.data.image_fit: one policy everywhere
 
 
 def _located(exc: Exception, shards: ShardSet, i: int) -> CorruptRecordError:

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     topology = Topology.from_env()
     init_logging(topology.rank)
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, prepare=True)  # a recipe's own data
         check_precision(cfg.train.precision, select_device(topology))
         if cfg.dist.engine == "deepspeed":
             from dist_face.train.deepspeed_engine import check_deepspeed_version
