@@ -7,7 +7,9 @@ Runs one steady-state step of a recipe as rank 0 of a W-rank job, on the CPU, wi
 process group and without data: the backbone, the embeddings and the head's centers are
 ``meta`` tensors (shapes and dtypes, no values), so iresnet100 at W = 512 takes seconds. The
 rank holds its class slice ``C/W`` and sees the all-gathered batch ``N = W·B``; labels are real
-(host) values, uniform over the classes, so Partial FC samples as it would. Collectives are
+host values, uniform over the classes, handed to the head the way training hands them (the
+loaders deliver them on the host and :func:`~dist_face.train.step.screen_refused` passes them
+on as they are), so Partial FC samples as it would, with its exact size. Collectives are
 replaced by their call and byte counts (:class:`SimulatedComm`).
 
 Per phase (data, backbone, head, comm, optimizer) a dispatch mode (:class:`StepAudit`) records
@@ -55,6 +57,7 @@ from dist_face.heads import build_head
 from dist_face.heads.row_optim import build_row_optimizer
 from dist_face.heads.sampling import in_host_work
 from dist_face.models import build_backbone
+from dist_face.train.step import screen_refused
 
 PHASES = ("data", "backbone", "head", "comm", "optimizer")
 
@@ -407,7 +410,8 @@ def audit_step(
         optimizer = opt_cls(params, lr=cfg.optim.lr, foreach=True, **kwargs)
         size = cfg.data.image_size if hasattr(cfg.data, "image_size") else 112
         images_u8 = torch.empty((batch_size, 3, size, size), dtype=torch.uint8)
-        labels = torch.randint(0, num_classes, (batch_size,), generator=gen)
+        labels = torch.randint(0, num_classes, (batch_size,), generator=gen)  # the loader's
+        flag = torch.zeros(1, device=device)  # the step's refused-label flag
         before = len(sim.calls)
         with audit:
             with audit.in_phase("data"):
@@ -416,7 +420,7 @@ def audit_step(
                 emb = backbone(x)
             with audit.in_phase("head"):
                 e = emb.detach().float().requires_grad_(True)
-                loss = head(e, labels)
+                loss = head(e, screen_refused(labels, flag))
                 loss.backward()
             with audit.in_phase("backbone"):
                 emb.backward(e.grad.to(emb.dtype))

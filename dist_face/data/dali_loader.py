@@ -9,8 +9,9 @@ function of those. Images are decoded with ``device="mixed"`` on CUDA (the CPU d
 otherwise), mirrored with probability 0.5 and normalised to [-1, 1] in HWC, delivered as
 ``[B, 3, H, W]`` views in the channels-last memory layout (the torch backend's layout, and the
 one the backbone runs in on CUDA). Labels come from the record headers on the CPU: they are
-checked there (:mod:`dist_face.data.labels`) and copied to the device from pinned memory
-without blocking.
+checked there (:mod:`dist_face.data.labels`) and delivered on the host, in pinned memory on
+CUDA, as the torch backend delivers them (the head samples from them; a device copy is then
+non-blocking).
 
 DALI reads one index file per reader, so the shards' indexes are combined into one whose
 offsets run over the concatenated ``.rec`` files; it is written once to a cache directory,
@@ -131,9 +132,9 @@ def dali_epoch(
     num_classes: int | None = None,
     on_refused: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's ``(images [B,3,H,W] float, labels [B] int64)`` of one epoch on ``device``.
+    """This rank's ``(images [B,3,H,W] float, labels [B] int64)`` of one epoch.
 
-    Images are channels-last. With ``num_classes``, a header label outside ``[0, C)`` is
+    Images are channels-last on ``device``; labels on the host (pinned when it is CUDA). With ``num_classes``, a header label outside ``[0, C)`` is
     delivered as :data:`~dist_face.data.labels.REFUSED_LABEL` and ``on_refused`` receives the
     one-line description of the first one of each batch.
     """
@@ -201,8 +202,8 @@ def dali_epoch(
             refused = screen_labels(labels, num_classes, f"{where}, batch {b}); {verify}")
             if refused is not None and on_refused is not None:
                 on_refused(refused)
-        if cuda:  # pinned: the copy does not block the host
-            labels = labels.pin_memory().to(device, non_blocking=True)
+        if cuda:  # pinned: a device copy of them does not block the host
+            labels = labels.pin_memory()
         yield images.permute(0, 3, 1, 2).to(device, non_blocking=True), labels
 
 

@@ -4,9 +4,9 @@ A label outside ``[0, num_classes)`` must not reach the head: on CUDA an indexin
 stop with a device-side assert whose message is lost, and the other ranks would wait in their
 next collective until the process group's timeout. The loaders therefore check each batch's
 labels on the host (a few hundred integers), replace a bad one by :data:`REFUSED_LABEL` and
-keep a one-line description of the first one. The step sees the negative label on the device,
-skips the step on every rank (its skip decision, :mod:`dist_face.train.step`) and feeds the
-head a valid label instead; :class:`~dist_face.train.hooks.RefusedLabelHook` then stops every
+keep a one-line description of the first one. The loaders deliver the labels on the host
+(pinned for CUDA); the step reads the negative label there, skips the step on every rank (its
+skip decision, :mod:`dist_face.train.step`) and feeds the head a valid label instead; :class:`~dist_face.train.hooks.RefusedLabelHook` then stops every
 rank with that description at the next log step.
 """
 
@@ -40,3 +40,14 @@ def screen_labels(labels: torch.Tensor, num_classes: int, where: str) -> str | N
     first = int(labels[bad][0])
     labels[bad] = REFUSED_LABEL
     return f"label {first} is outside [0, {num_classes}) (the data's class count): {where}"
+
+
+def on_device(labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``labels`` on ``device``: the same tensor if already there, else a non-blocking copy.
+
+    The loaders' host labels are pinned when the device is CUDA, so the copy is queued on the
+    device's stream and the host goes on (pinned memory stays alive until the copy is done).
+    """
+    if labels.device == device:
+        return labels
+    return labels.to(device, non_blocking=True)

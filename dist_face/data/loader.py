@@ -2,8 +2,11 @@
 
 :func:`build_loader` returns a :class:`DataSource`; ``source.epoch(epoch, consumed)`` iterates
 this rank's batches of the rest of one epoch: ``(images, labels)`` with images float
-``[B, 3, H, W]`` in [-1, 1], channels-last in memory (every backend alike), and labels int64
-``[B]``, both on the training device.
+``[B, 3, H, W]`` in [-1, 1], channels-last in memory (every backend alike), on the training
+device, and labels int64 ``[B]`` on the HOST, in pinned memory when the device is CUDA: the
+sharded head reads them there (Partial FC's exact sample size without asking the device), and
+whoever needs them on the device copies them without blocking
+(:func:`dist_face.data.labels.on_device`).
 
 * Labels are checked on the host before they reach the device: one outside
   ``[0, num_classes)`` is delivered as ``-1`` and described in :attr:`DataSource.refused`
@@ -153,7 +156,9 @@ class DataSource:
             b, s = self.cfg.batch_size, self.cfg.image_size
             images = torch.rand(b, s, s, 3, generator=gen).mul_(2).sub_(1).permute(0, 3, 1, 2)
             labels = torch.randint(self.num_classes, (b,), generator=gen)
-            self._synthetic = (images.to(self.device), labels.to(self.device))
+            if self.device.type == "cuda":  # host labels, as the other backends deliver them
+                labels = labels.pin_memory()
+            self._synthetic = (images.to(self.device), labels)
         for _ in range(count):
             yield self._synthetic
 
@@ -276,7 +281,9 @@ def _located(exc: Exception, shards: ShardSet, i: int) -> CorruptRecordError:
 def _to_device(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor, int]], source: DataSource, epoch: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Move batches to the device and normalise them in a background thread, a few ahead.
+    """Move images to the device and normalise them in a background thread, a few ahead.
+
+    Labels stay on the host (pinned by the DataLoader when the device is CUDA).
 
     ``batches`` is an iterator whose workers already run (started by the caller's thread).
     The consumer waits at most ``data.timeout_s`` for each batch, then raises
@@ -316,7 +323,7 @@ def _to_device(
                 if refused is not None:
                     source.refuse(refused)
                 x = images.to(device, non_blocking=True).float().sub_(127.5).div_(127.5)
-                if not put((x, labels.to(device, non_blocking=True))):
+                if not put((x, labels)):
                     return
         except BaseException as exc:  # re-raised in the consumer
             put(exc)

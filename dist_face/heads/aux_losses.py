@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.distributed import ProcessGroup
 
+from dist_face.data.labels import on_device
 from dist_face.heads.pair_losses import PAIR_LOSSES
 
 if TYPE_CHECKING:
@@ -101,7 +102,9 @@ class WeightedSum(nn.Module):
 
         Args:
             embeddings: ``[B, D]`` this rank's embeddings.
-            labels: ``[B]`` class ids.
+            labels: ``[B]`` class ids, on the embeddings' device or on the host (the
+                loader's: the head gets them as they are, the auxiliary losses a
+                non-blocking device copy).
 
         Returns:
             ``(total, parts)``: scalar total; ``parts`` maps ``head`` and each auxiliary loss
@@ -109,6 +112,7 @@ class WeightedSum(nn.Module):
         """
         parts = {"head": self.head(embeddings, labels)}
         total = self.head_weight * parts["head"]
+        labels = on_device(labels, embeddings.device)
         for (name, loss), weight in zip(self.losses.items(), self.weights):
             parts[name] = loss(embeddings, labels)
             total = total + weight * parts[name]

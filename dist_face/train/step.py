@@ -21,6 +21,7 @@ import torch
 from torch.distributed import ReduceOp
 
 from dist_face.dist import all_reduce, comm
+from dist_face.heads.sampling import host_work
 from dist_face.train.engine import Engine, optimizer_step
 from dist_face.train.guard import BufferSnapshot
 from dist_face.train.precision import LossScaler
@@ -32,6 +33,30 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 SKIP_REASONS = ("gradients", "batchnorm", "labels")
 """Why a step may be skipped, in the order of the step's flag vector."""
+
+
+def screen_refused(labels: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+    """Note a refused (negative) label in ``flag``; the labels the loss gets.
+
+    Args:
+        labels: ``[B]`` int64 labels as the loader delivers them: on the host (pinned for
+            CUDA), or on the device.
+        flag: ``[1]`` float skip flag on the device, raised to 1 when a label is negative.
+
+    Returns:
+        ``labels`` itself (host labels stay where they are, pinned) when every label is
+        valid; otherwise a copy with the refused labels replaced by 0. Host labels are read
+        on the host (free); device labels are checked on the device (no sync either way).
+    """
+    if labels.device.type == "cpu":
+        with host_work(labels):
+            refused = bool(labels.lt(0).any())
+        if refused:
+            flag.fill_(1.0)
+            return labels.clamp(min=0)
+        return labels
+    torch.maximum(flag, labels.lt(0).any().to(flag.dtype), out=flag)
+    return labels.clamp(min=0)
 
 
 class TrainStep:
@@ -109,7 +134,10 @@ class TrainStep:
                     if timer is not None:
                         timer.start("forward")
                     embeddings = self.engine.forward(images)
-                    loss = self.loss_fn(embeddings.float(), self._screen(labels))
+                    # the loader's host labels as they are: the head samples from them on the
+                    # host; the auxiliary losses get a non-blocking device copy
+                    labels = screen_refused(labels, self._flags[2:])
+                    loss = self.loss_fn(embeddings.float(), labels)
                     if isinstance(loss, tuple):  # (total, {name: unweighted part})
                         loss, named = loss
                         for name, value in named.items():
@@ -136,12 +164,6 @@ class TrainStep:
             "skipped_labels": self._flags[2].clone(),
             **parts,
         }
-
-    def _screen(self, labels: torch.Tensor) -> torch.Tensor:
-        """Note a refused (negative) label in the skip flags; give the head a valid one."""
-        flag = self._flags[2:]
-        torch.maximum(flag, labels.lt(0).any().to(flag.dtype), out=flag)
-        return labels.clamp(min=0)
 
     def decide_skip(self) -> torch.Tensor:
         """The step's one skip decision, on the device, identical on every rank.
