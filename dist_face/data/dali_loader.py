@@ -134,9 +134,10 @@ def dali_epoch(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's ``(images [B,3,H,W] float, labels [B] int64)`` of one epoch.
 
-    Images are channels-last on ``device``; labels on the host (pinned when it is CUDA). With ``num_classes``, a header label outside ``[0, C)`` is
-    delivered as :data:`~dist_face.data.labels.REFUSED_LABEL` and ``on_refused`` receives the
-    one-line description of the first one of each batch.
+    Images are channels-last on ``device``; labels on the host (pinned when it is CUDA).
+    With ``num_classes``, a header label outside ``[0, C)`` is delivered as
+    :data:`~dist_face.data.labels.REFUSED_LABEL` and ``on_refused`` receives the one-line
+    description of the first one of each batch.
     """
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy

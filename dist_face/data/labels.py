@@ -6,8 +6,9 @@ next collective until the process group's timeout. The loaders therefore check e
 labels on the host (a few hundred integers), replace a bad one by :data:`REFUSED_LABEL` and
 keep a one-line description of the first one. The loaders deliver the labels on the host
 (pinned for CUDA); the step reads the negative label there, skips the step on every rank (its
-skip decision, :mod:`dist_face.train.step`) and feeds the head a valid label instead; :class:`~dist_face.train.hooks.RefusedLabelHook` then stops every
-rank with that description at the next log step.
+skip decision, :mod:`dist_face.train.step`) and feeds the head a valid label instead;
+:class:`~dist_face.train.hooks.RefusedLabelHook` then stops every rank with that description
+at the next log step.
 """
 
 from __future__ import annotations
