@@ -251,12 +251,18 @@ class SimulatedComm:
 
     Gathers return ``world`` copies of the local tensor (integer host tensors, the labels:
     this rank's labels followed by uniform draws for the other ranks, from ``fill``);
-    reductions return their input. Every call is recorded as a :class:`Collective`.
+    reductions return their input. Every call is recorded as a :class:`Collective`. The copies
+    standing in for a collective's result are attributed to the ``comm`` phase of ``audit``
+    (a collective writes its output itself: they are no kernel of the phase that called it).
     """
 
     def __init__(self, world: int, fill: Callable[[int], torch.Tensor]) -> None:
         self.world, self.fill = world, fill
         self.calls: list[Collective] = []
+        self.audit: StepAudit | None = None
+
+    def _stand_in(self) -> contextlib.AbstractContextManager[None]:
+        return self.audit.in_phase("comm") if self.audit is not None else contextlib.nullcontext()
 
     def _record(self, kind: str, t: torch.Tensor) -> None:
         on_host = t.device.type == "cpu"
@@ -272,7 +278,8 @@ class SimulatedComm:
         if tensor.device.type == "cpu" and not tensor.is_floating_point():
             rest = self.fill((self.world - 1) * tensor.shape[0]).to(tensor.dtype)
             return torch.cat([tensor, rest.view(-1, *tensor.shape[1:])])
-        return torch.cat([tensor] * self.world)
+        with self._stand_in():
+            return torch.cat([tensor] * self.world)
 
     def all_gather_with_grad(self, tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
         """``comm.all_gather_with_grad``: its backward is recorded as a reduce-scatter."""
@@ -281,14 +288,16 @@ class SimulatedComm:
         class _Gather(torch.autograd.Function):
             @staticmethod
             def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
-                full = torch.cat([t] * sim.world)
+                with sim._stand_in():
+                    full = torch.cat([t] * sim.world)
                 sim._record("all_gather", full)
                 return full
 
             @staticmethod
             def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
                 sim._record("reduce_scatter", grad)
-                return grad[: grad.shape[0] // sim.world].contiguous()
+                with sim._stand_in():
+                    return grad[: grad.shape[0] // sim.world].contiguous()
 
         return _Gather.apply(tensor)
 
@@ -391,6 +400,7 @@ def audit_step(
     gen = torch.Generator().manual_seed(seed)
     sim = SimulatedComm(world_size, lambda n: torch.randint(0, num_classes, (n,), generator=gen))
     audit = StepAudit()
+    sim.audit = audit
     with sim.patched(), meta_autocast():
         with torch.device(device):
             backbone = build_backbone(cfg.model).to(dtype)

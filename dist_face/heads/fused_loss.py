@@ -35,6 +35,7 @@ and accumulate in float32; device-specific choices live in :mod:`~dist_face.head
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -131,13 +132,24 @@ class _Ctx:
         low = spec.gemm_dtype if self.dtype == torch.float32 else None  # float64 stays exact
         self.kernels = Kernels(x.device, low, spec.tf32)
         self.cosine = margin.normalize_embedding and margin.normalize_weight
+        # margins that only change the target logit: differentiate [N] targets, not blocks
+        self.target_only = (
+            margin.objective == "softmax"
+            and margin.target_only
+            and self.cosine
+            and spec.filter_threshold <= 0
+        )
         xf = x.detach().to(self.dtype)
         self.x_norm = torch.linalg.vector_norm(xf, dim=1)
-        self.x_inv = 1.0 / self.x_norm.clamp_min(_EPS)
+        self.x_inv = self.x_norm.clamp_min(_EPS).reciprocal()
         self.xin = xf * self.x_inv[:, None] if margin.normalize_embedding else xf
         self.xin_gemm = self.kernels.gemm_input(self.xin)
         self.num_cols = weight.shape[0] if spec.index is None else spec.index.shape[0]
-        self._norms: dict[int, torch.Tensor] = {}  # ‖w‖ per block, from forward: K floats
+        self._norms: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # ‖w‖, 1/‖w‖
+        self._labels: dict[int, torch.Tensor] = {}  # each block's target column: N ints
+        # a device zero for torch.where: a Python 0.0 there is one more (fill) kernel per call
+        self.zero = torch.zeros((), dtype=self.dtype, device=x.device)
+        self.targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # see _target_logits
         kept_bytes = xf.shape[0] * self.num_cols * xf.element_size()
         self.keep = 0 < kept_bytes <= spec.keep_bytes
         self.kept: dict[int, torch.Tensor] = {}  # z per block, forward → backward (popped)
@@ -155,14 +167,15 @@ class _Ctx:
         w = self.spec.workspace.gather("rows", self.weight, rows, self.dtype)
         w_gemm = self.kernels.gemm_input(w)
         margin = self.spec.margin
-        norm = None
+        norm = inv = None
         if margin.normalize_weight or not self.cosine:
             # the rows do not change between forward and backward (a block is updated only in
             # its own backward step): one pass over them saved
-            norm = self._norms.get(lo)
-            if norm is None:
-                norm = self._norms[lo] = torch.linalg.vector_norm(w, dim=1)
-        inv = 1.0 / norm.clamp_min(_EPS) if margin.normalize_weight else None
+            if lo not in self._norms:
+                norm = torch.linalg.vector_norm(w, dim=1)
+                inv = norm.clamp_min(_EPS).reciprocal() if margin.normalize_weight else None
+                self._norms[lo] = (norm, inv)
+            norm, inv = self._norms[lo]
         z = self.kept.pop(lo, None)
         if z is None:
             # row-major z keeps the dense gradient's GEMM the same on either backward path
@@ -177,9 +190,18 @@ class _Ctx:
         bias = None
         if self.bias is not None:
             bias = self.spec.workspace.gather("bias", self.bias, rows, self.dtype)
+        return _Block(rows, w, w_gemm, inv, None if self.cosine else norm, z, bias, self.labels(lo))
+
+    def labels(self, lo: int) -> torch.Tensor:
+        """``[N]`` each row's target column in the block starting at ``lo``, or -1."""
         labels = self.spec.labels
-        labels = torch.where((labels >= lo) & (labels < hi), labels - lo, -1)
-        return _Block(rows, w, w_gemm, inv, None if self.cosine else norm, z, bias, labels)
+        if lo == 0 and self.spec.chunk >= self.num_cols:  # one block: the columns as they are
+            return labels
+        if lo not in self._labels:  # computed in forward, read again in backward
+            hi = min(lo + self.spec.chunk, self.num_cols)
+            inside = (labels >= lo) & (labels < hi)
+            self._labels[lo] = torch.where(inside, labels - lo, -1)
+        return self._labels[lo]
 
     def margin_input(self, blk: _Block, z, x_norm, w_norm, bias, target_cos) -> MarginInput:
         if self.cosine and self.spec.filter_threshold > 0:
@@ -214,41 +236,76 @@ def _forward(c: _Ctx) -> torch.Tensor:
     n = c.xin.shape[0]
     device = c.xin.device
     softmax = margin.objective == "softmax"
-    run_max = torch.full((n,), float("-inf"), dtype=c.dtype, device=device)
-    run_sum = torch.zeros(n, dtype=c.dtype, device=device)
-    target = torch.zeros(n, dtype=c.dtype, device=device)
-    total = torch.zeros((), dtype=c.dtype, device=device)
-    holds = torch.zeros(n, dtype=torch.bool, device=device)  # the target is here
+    # running row max, denominator, target logit, whether the target is here; the first
+    # block sets them (a rank with no block: the empty max and sum, no target)
+    run_max = run_sum = target = holds = total = None
     norms = (None, None) if c.cosine else (c.x_norm, None)
     for lo in c.blocks():
         blk = c.block(lo)
         inp = c.margin_input(blk, blk.z, norms[0], blk.w_norm, blk.bias, target_cos)
-        out = margin.logits(inp)
+        if c.target_only:
+            out, picked = _target_logits(c, lo, inp)
+        else:
+            out = margin.logits(inp)
+            picked = None if not softmax else out.gather(1, inp.target_index).squeeze(1)
         if not softmax:
-            total += out.sum()
+            total = out.sum() if total is None else total + out.sum()
+            continue
+        owned = inp.owned
+        picked = torch.where(owned, picked, c.zero)
+        if run_max is None:
+            run_max = out.amax(dim=1)
+            run_sum = c.kernels.exp_shifted(out, run_max).sum(dim=1)
+            target, holds = picked, owned
             continue
         new_max = torch.maximum(run_max, out.amax(dim=1))
         run_sum.mul_(torch.exp(run_max - new_max))
         run_sum.add_(c.kernels.exp_shifted(out, new_max).sum(dim=1))
         run_max = new_max
-        owned = blk.labels >= 0
-        picked = out.gather(1, blk.labels.clamp_min(0)[:, None]).squeeze(1)
-        target += torch.where(owned, picked, 0.0)
-        holds |= owned
+        target = target + picked
+        holds = holds | owned
+    if softmax and run_max is None:
+        run_max = torch.full((n,), float("-inf"), dtype=c.dtype, device=device)
+        run_sum = torch.zeros(n, dtype=c.dtype, device=device)
+        target, holds = torch.zeros_like(run_sum), torch.zeros(n, dtype=torch.bool, device=device)
     if softmax:
         row_max = comm.all_reduce(run_max.clone(), ReduceOp.MAX, spec.group)
         # one all-reduce for the denominator and the (max-shifted) target logit
-        shifted = torch.where(holds, target - row_max, 0.0)
-        stats = torch.stack([run_sum * torch.exp(run_max - row_max), shifted])
+        stats = torch.empty((2, n), dtype=c.dtype, device=device)
+        torch.sub(run_max, row_max, out=stats[0]).exp_().mul_(run_sum)
+        torch.where(holds, target - row_max, c.zero, out=stats[1])
         comm.all_reduce(stats, ReduceOp.SUM, spec.group)
         log_denom = torch.log(stats[0])  # >= 0: the max term is exp(0)
         loss = (log_denom - stats[1]).sum() / n
         c.log_z = log_denom + row_max
     else:
+        if total is None:  # no block on this rank
+            total = torch.zeros((), dtype=c.dtype, device=device)
         loss = comm.all_reduce(total, ReduceOp.SUM, spec.group) / n
     c.target_cos = target_cos
-    c.finite = torch.isfinite(loss)
+    c.finite = _isfinite(loss)
     return loss
+
+
+def _isfinite(t: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite`` of a float tensor in two kernels instead of four (NaN < inf is False)."""
+    return t.abs() < math.inf
+
+
+def _target_logits(c: _Ctx, lo: int, inp: MarginInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``target_only`` margin's logits ``[N, Kc]`` of one block and the target column ``[N]``.
+
+    The same values as ``margin.logits(inp)`` (the ``target_only`` contract). The ``[N]``
+    target logits' graph is kept: backward differentiates it instead of evaluating the margin
+    again.
+    """
+    margin = c.spec.margin
+    with torch.enable_grad():
+        zt = inp.target_z().detach().requires_grad_(True)
+        target = margin.target_logit(zt)
+    c.targets[lo] = (zt, target)
+    out = scaled_with_targets(margin, inp, target.detach())
+    return out, target.detach().to(out.dtype)  # what replace_targets wrote at owned rows
 
 
 class _FusedMarginLoss(torch.autograd.Function):
@@ -266,13 +323,12 @@ class _FusedMarginLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         c: _Ctx = ctx.fused
-        spec, margin, params = c.spec, c.spec.margin, ctx.params
+        spec, params = c.spec, ctx.params
         autocast_off = torch.autocast(device_type=grad_out.device.type, enabled=False)
         with autocast_off, c.kernels.precision():
             n = c.xin.shape[0]
             g = grad_out.to(c.dtype) / n
-            enabled = c.finite & torch.isfinite(grad_out)
-            softmax = margin.objective == "softmax"
+            enabled = c.finite & _isfinite(grad_out)
             dense = spec.optimizer is None
             gw = torch.zeros_like(c.weight) if dense and ctx.needs_input_grad[1] else None
             gb = None
@@ -280,37 +336,28 @@ class _FusedMarginLoss(torch.autograd.Function):
                 gb = torch.zeros_like(c.bias)
             trained = [p for p in params if p.requires_grad]
             g_params = [torch.zeros_like(p, dtype=c.dtype) for p in trained]
-            gxin = torch.zeros_like(c.xin)
-            # the rows' gradient is exactly zero when the step is suppressed (non-finite loss);
-            # the embeddings' stays as it is, so the trainer sees the overflow and skips
-            x_rows = c.kernels.gemm_input(torch.where(enabled, c.xin, 0.0))
+            gxin = None  # ∂L/∂xin [N, D], written by the first block (zeros if none)
             # SGD's L2 term joins the gradient in the pass that already reads the rows
             decay = None if dense else spec.optimizer.fold_decay(enabled)
-            gxn = torch.zeros_like(c.x_norm)
-            # margins that only change the target logit: differentiate [N] targets, not blocks
-            target_only = (
-                softmax
-                and margin.target_only
-                and c.cosine
-                and spec.filter_threshold <= 0
-                and not trained
-            )
+            gxn = None  # ∂L/∂‖x‖ [N], for margins that read it
             for lo in c.blocks():
                 blk = c.block(lo)
-                if target_only:
-                    gz, got = _target_only_grad(c, blk, g), {}
+                if c.target_only and not trained:
+                    gz, got = _target_only_grad(c, lo, blk, g), {}
                 else:
                     gz, got = _margin_grad(c, blk, g, trained, g_params)
-                grad_w = _project_backward(c, blk, gz, gxin, x_rows, enabled, decay)
+                gxin, grad_w = _project_backward(c, blk, gz, gxin, enabled, decay)
                 if got.get("w_norm") is not None:  # ∂‖w‖/∂w = w/‖w‖
                     grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
                 if got.get("x_norm") is not None:
-                    gxn += got["x_norm"]
+                    gxn = got["x_norm"] if gxn is None else gxn + got["x_norm"]
                 _deliver(c, blk, grad_w, got.get("bias"), gw, gb, enabled, decay is not None)
             if g_params:  # replicated margin parameters: sum the ranks' partial gradients
                 flat = torch.cat([p.reshape(-1) for p in g_params])
                 comm.all_reduce(flat, ReduceOp.SUM, spec.group)
                 g_params = list(torch.split(flat, [p.numel() for p in g_params]))
+            if gxin is None:  # no block on this rank
+                gxin = torch.zeros_like(c.xin)
             gx = _embedding_grad(c, gxin, gxn).to(ctx.x_dtype)
         out_params = []
         it = iter(g_params)
@@ -370,23 +417,22 @@ def _margin_grad(
     return (gz if gz is not None else torch.zeros_like(blk.z)), got
 
 
-def _target_only_grad(c: _Ctx, blk: _Block, g: torch.Tensor) -> torch.Tensor:
+def _target_only_grad(c: _Ctx, lo: int, blk: _Block, g: torch.Tensor) -> torch.Tensor:
     """``∂L/∂z`` ``[N, Kc]`` of one block for a ``target_only`` margin (softmax objective).
 
     Every non-target logit is ``s · z``, so its gradient is ``s · p · g``; only the ``N``
-    target logits go through autograd. The same values as differentiating the whole block.
+    target logits go through autograd, along the graph forward kept (:func:`_target_logits`).
+    The same values as differentiating the whole block.
     """
     margin = c.spec.margin
     inp = MarginInput(blk.z, blk.labels, None, None)
     owned, cols = inp.owned, inp.target_index
-    with torch.enable_grad():
-        zt_leaf = inp.target_z().detach().requires_grad_(True)
-        target = margin.target_logit(zt_leaf)
+    zt_leaf, target = c.targets.pop(lo)
     out = scaled_with_targets(margin, inp, target.detach())
     grad = c.kernels.exp_shifted(out, c.log_z).mul_(g)  # p · g
     pt = grad.gather(1, cols).squeeze(1)
     # the target column: (p_t − 1) · g through the margin; rows owned elsewhere: plain s · p · g
-    (dt,) = torch.autograd.grad(target, zt_leaf, torch.where(owned, pt - g, 0.0))
+    (dt,) = torch.autograd.grad(target, zt_leaf, torch.where(owned, pt - g, c.zero))
     gz = grad.mul_(margin.scale)
     return gz.scatter_(1, cols, torch.where(owned, dt, pt * margin.scale)[:, None])
 
@@ -419,31 +465,39 @@ def _project_backward(
     c: _Ctx,
     blk: _Block,
     gz: torch.Tensor,
-    gxin: torch.Tensor,
-    x_rows: torch.Tensor,
+    gxin: torch.Tensor | None,
     enabled: torch.Tensor,
     decay: torch.Tensor | None,
-) -> torch.Tensor:
-    """Add ``∂L/∂xin`` into ``gxin`` ``[N, D]``; return the block's ``∂L/∂w`` ``[Kc, D]``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``∂L/∂xin`` ``[N, D]`` and the block's ``∂L/∂w`` ``[Kc, D]``.
 
-    The rows' gradient is computed from ``x_rows`` (``xin``, or zeros when not ``enabled``)
-    and zeroed as a whole when not ``enabled``, so that a suppressed step hands the optimizer
-    zeros, not NaN (masking the ``[Kc, D]`` result, not the ``[N, Kc]`` ``gz``: one pass over
-    the block fewer, and both GEMMs share one low-precision copy of ``gz``).
-    ``decay`` (0-dim) adds ``decay · w`` (SGD's L2 term) in the same pass.
+    ``∂L/∂xin`` is added into ``gxin``, or made by the first block (``gxin`` None). The
+    rows' gradient is zeroed as a whole when not ``enabled``, last, so that a suppressed step
+    hands the optimizer zeros, not NaN (masking the ``[Kc, D]`` result, not the ``[N, Kc]``
+    ``gz``: one pass over the block fewer, and both GEMMs share one low-precision copy of
+    ``gz``, the rows' one reads forward's copy of ``xin``). ``decay`` (0-dim) adds
+    ``decay · w`` (SGD's L2 term) in the same pass.
     """
     k = c.kernels
     out = c.spec.workspace.get("grad", tuple(blk.w.shape), blk.w.dtype, blk.w.device)
     if blk.inv is not None:  # z = xin · wᵀ / ‖w‖
         gz = gz * blk.inv
     gz_gemm = k.gemm_input(gz)
-    k.add_mm_(gxin, gz_gemm, blk.w_gemm)
-    grad = k.mm(gz_gemm.T, x_rows, out=out).masked_fill_(~enabled, 0.0)
+    if gxin is None:
+        gxin = k.mm(gz_gemm, blk.w_gemm)
+    else:
+        k.add_mm_(gxin, gz_gemm, blk.w_gemm)
+    grad = k.mm(gz_gemm.T, c.xin_gemm, out=out)
     if blk.inv is None:  # z = xin · wᵀ
-        return grad if decay is None else grad.addcmul_(blk.w, decay)
-    radial = torch.where(enabled, blk.inv * (gz * blk.z.detach()).sum(dim=0), 0.0)
-    coef = -radial if decay is None else decay - radial
-    return grad.addcmul_(blk.w, coef[:, None])
+        if decay is not None:
+            grad.addcmul_(blk.w, decay)
+    else:  # − radial · w (+ decay · w)
+        radial = blk.inv * (gz * blk.z.detach()).sum(dim=0)
+        if decay is None:
+            grad.addcmul_(blk.w, radial[:, None], value=-1.0)
+        else:
+            grad.addcmul_(blk.w, (decay - radial)[:, None])
+    return gxin, grad.masked_fill_(~enabled, 0.0)  # last: NaN anywhere above becomes 0
 
 
 def _exp_shifted(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -451,11 +505,13 @@ def _exp_shifted(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return Kernels(torch.device("cpu"), None).exp_shifted(logits, shift)
 
 
-def _embedding_grad(c: _Ctx, gxin: torch.Tensor, gxn: torch.Tensor) -> torch.Tensor:
+def _embedding_grad(c: _Ctx, gxin: torch.Tensor, gxn: torch.Tensor | None) -> torch.Tensor:
     """``∂L/∂x`` ``[N, D]`` from the gradients w.r.t. the projected input and ``‖x‖``."""
     if c.spec.margin.normalize_embedding:  # xin = x/‖x‖: (I − x̂x̂ᵀ)/‖x‖
         dot = (c.xin * gxin).sum(dim=1, keepdim=True)
         return gxin.sub_(c.xin * dot).mul_(c.x_inv[:, None])
+    if gxn is None:  # the margin does not read ‖x‖
+        return gxin
     return gxin.add_(c.xin * (gxn * c.x_inv)[:, None])  # ∂‖x‖/∂x = x/‖x‖
 
 

@@ -23,6 +23,7 @@ evolve identically on every rank and travel in ``state_dict``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -60,12 +61,12 @@ class MarginInput:
     bias: torch.Tensor | None = None
     target_cos: torch.Tensor | None = None
 
-    @property
+    @functools.cached_property  # one kernel per block, however often a margin reads it
     def owned(self) -> torch.Tensor:
         """``[N]`` bool: row ``i``'s target column is in this block."""
         return self.labels >= 0
 
-    @property
+    @functools.cached_property
     def target_index(self) -> torch.Tensor:
         """``[N, 1]`` int64 target column of every row (0 for rows owned elsewhere)."""
         return self.labels.clamp_min(0)[:, None]

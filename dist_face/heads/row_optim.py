@@ -100,9 +100,30 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         self.found_inf: torch.Tensor | None = None
         self._deferred: list[tuple[RowIndex, list[torch.Tensor | None], torch.Tensor, bool]] = []
         self._workspace = Workspace()  # gathered optimizer rows, reused across blocks
+        self._consts: dict[tuple[float, str], torch.Tensor] = {}
+        self._on: tuple[torch.Tensor, torch.Tensor] | None = None  # (flag, flag as 0/1 float)
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p)
+            device = group["params"][0].device
+            for value in (group["momentum"], *group["betas"], 1.0):  # made once, here
+                self._const(value, device)
+
+    def _const(self, value: float, device: torch.device) -> torch.Tensor:
+        """``value`` as a 0-dim float32 tensor on ``device``, made once.
+
+        ``torch.where(flag, 0.9, 1.0)`` costs a fill kernel per Python number, every call.
+        """
+        key = (float(value), str(device))
+        if key not in self._consts:
+            self._consts[key] = torch.tensor(float(value), dtype=torch.float32, device=device)
+        return self._consts[key]
+
+    def _float_flag(self, enabled: torch.Tensor) -> torch.Tensor:
+        """``enabled`` as a float32 0/1, converted once per flag (every block hands the same)."""
+        if self._on is None or self._on[0] is not enabled:
+            self._on = (enabled, enabled.to(torch.float32))
+        return self._on[1]
 
     def _init_state(self, p: torch.Tensor) -> None:
         state = self.state[p]
@@ -133,7 +154,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         """
         if self.kind != "sgd":
             return None
-        decay = enabled.to(torch.float32) * self.row_groups[0]["weight_decay"]
+        decay = self._float_flag(enabled) * self.row_groups[0]["weight_decay"]
         # the gradient arrives multiplied by the loss scale, and so must the term added to it
         return decay if self.loss_scale is None else decay * self.loss_scale
 
@@ -267,7 +288,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         if owner is not None and owner.ndim == 0:  # a scalar parameter, viewed as [1, 1]
             state = {k: v.view(1, -1) if k != "step" else v for k, v in state.items()}
         lr, wd = group["lr"], group["weight_decay"]  # lr: 0-dim device tensor
-        on = enabled.to(torch.float32)
+        on = self._float_flag(enabled)
+        one = self._const(1.0, enabled.device)
         # a view when the rows are contiguous float32: updated in place
         w = (
             rows_now
@@ -281,8 +303,9 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             if wd and not decayed:  # g + wd·w (grad is this block's own tensor)
                 grad = grad.addcmul_(w, on * wd)
             # buf ← g + μ·buf in one pass (in place through out=)
-            torch.addcmul(grad, buf, torch.where(enabled, group["momentum"], 1.0), out=buf)
-            w.addcmul_(buf, on * -lr)
+            keep = torch.where(enabled, self._const(group["momentum"], enabled.device), one)
+            torch.addcmul(grad, buf, keep, out=buf)
+            w.addcmul_(buf, on * lr, value=-1.0)
             _write(state["momentum_buffer"], rows, buf)
         else:
             beta1, beta2 = group["betas"]
@@ -291,8 +314,9 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             v = self._gather(state, "exp_avg_sq", rows)
             w.mul_(1.0 - on * (lr * wd))
             # with the gradient zeroed, a suppressed step only needs β → 1
-            m.mul_(torch.where(enabled, beta1, 1.0)).add_(grad, alpha=1.0 - beta1)
-            v.mul_(torch.where(enabled, beta2, 1.0)).addcmul_(grad, grad, value=1.0 - beta2)
+            b1, b2 = self._const(beta1, enabled.device), self._const(beta2, enabled.device)
+            m.mul_(torch.where(enabled, b1, one)).add_(grad, alpha=1.0 - beta1)
+            v.mul_(torch.where(enabled, b2, one)).addcmul_(grad, grad, value=1.0 - beta2)
             shape = (-1,) + (1,) * (w.ndim - 1)
             t = step.clamp_min(1.0).view(shape)  # never-updated rows: any finite correction
             bc1 = 1.0 - torch.pow(beta1, t)

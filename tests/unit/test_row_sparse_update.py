@@ -10,6 +10,7 @@ import torch
 from dist_face.heads import MarginHead, PartialFC
 from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
 from dist_face.heads.row_optim import RowSparseOptimizer, build_row_optimizer
+from dist_face.train.engine import DDPEngine
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep
 from tests.helpers.allocations import LargestOutput
@@ -141,16 +142,9 @@ def _fp16_step(images: torch.Tensor) -> tuple[PartialFC, RowSparseOptimizer, Tra
     head.attach_optimizer(opt)
     scaler = LossScaler("fp16", torch.device("cpu"), init_scale=2.0**100)
     opt.loss_scale = scaler.scale  # as build_trainer sets it
-    step = TrainStep(
-        backbone=backbone,
-        loss_fn=head,
-        optimizers=[torch.optim.SGD(backbone.parameters(), lr=0.1), opt],
-        schedulers=[],
-        scaler=scaler,
-        precision="fp32",
-        clip_params=list(backbone.parameters()),
-        clip_grad_norm=0.0,
-    )
+    sgd = torch.optim.SGD(backbone.parameters(), lr=0.1)
+    engine = DDPEngine(backbone, [sgd], scaler, "fp32")
+    step = TrainStep(engine=engine, loss_fn=head, head_optimizers=[opt], schedulers=[])
     step([(images, torch.randint(0, C, (N,)))])  # momentum is non-zero now
     return head, opt, step
 
@@ -262,9 +256,10 @@ def _trained(margin: torch.nn.Module, through_blocks: bool, sparse: bool) -> lis
         head.margin.target_only = False
     if sparse:
         head.attach_optimizer(build_row_optimizer(head, "sgd", LR, WD, MU))
-    calls = []
-    logits = head.margin.logits
+    calls, targets = [], []
+    logits, target_logit = head.margin.logits, head.margin.target_logit
     head.margin.logits = lambda inp: calls.append(1) or logits(inp)
+    head.margin.target_logit = lambda zt: targets.append(1) or target_logit(zt)
     out = []
     for seed in (0, 1):
         x, y = _batch(seed)
@@ -272,8 +267,11 @@ def _trained(margin: torch.nn.Module, through_blocks: bool, sparse: bool) -> lis
         loss = head(x, y)
         loss.backward()
         out += [loss.detach(), x.grad]
-    # K = 24 kept classes in blocks of 7: 4 blocks in forward, and in backward when generic
-    assert len(calls) == 2 * (8 if through_blocks else 4)
+    # K = 24 kept classes in blocks of 7: 4 blocks in forward and in backward when generic;
+    # target-only: the [N] target logits once per block in forward, their graph kept for
+    # backward, and never a whole block through the margin
+    assert len(calls) == (2 * 8 if through_blocks else 0)
+    assert through_blocks or len(targets) == 2 * 4
     return out + [head.weight.detach()] + ([] if sparse else [head.weight.grad])
 
 
