@@ -338,6 +338,7 @@ def build_hooks(
             cfg.eval.batch_size,
             device,
             evaluation_group(cfg.eval.timeout_s) if cfg.eval.targets else None,
+            resize_mode=cfg.data.resize_mode,
         ),
         DivergenceGuard(
             cfg.train.log_every,

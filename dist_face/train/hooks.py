@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
+from dist_face.data.image_fit import DEFAULT_RESIZE_MODE
 from dist_face.data.labels import LabelError
 from dist_face.dist import Topology, all_gather, all_gather_object, barrier, is_active
 from dist_face.eval.bin_format import decode_images, load_bin
@@ -214,15 +215,18 @@ class EvalHook(Hook):
         batch_size: int,
         device: torch.device,
         group: ProcessGroup | None = None,
+        resize_mode: str = DEFAULT_RESIZE_MODE,
     ) -> None:
         """Evaluate ``model`` (the unwrapped backbone) on ``targets``.
 
         The ranks wait for rank 0 at a barrier over ``group`` (:func:`evaluation_group`; None:
-        the default group).
+        the default group). Pair images of another size than 112×112 are fitted under
+        ``resize_mode`` (``data.resize_mode``: crop, pad or stretch), as training fitted its
+        own (:mod:`dist_face.data.image_fit`).
         """
         self.targets, self.every, self.model, self.topology = targets, every, model, topology
         self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device
-        self.group = group
+        self.group, self.resize_mode = group, resize_mode
         self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.last: dict[str, VerificationResult] = {}
 
@@ -232,7 +236,8 @@ class EvalHook(Hook):
             return
         for target in self.targets:
             images, issame = load_bin(target)
-            self._data[Path(target).stem] = (decode_images(images), issame)
+            decoded = decode_images(images, mode=self.resize_mode)
+            self._data[Path(target).stem] = (decoded, issame)
             logger.info("evaluation target %s: %d pairs", target, len(issame))
 
     def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:

@@ -352,3 +352,21 @@ def test_an_aligned_grayscale_pack_reads_the_same_with_dali_and_torch(photos, tm
 
     dali, torch_images = images("dali"), images("torch")
     assert len(dali) >= 8 and dali <= torch_images
+
+
+@pytest.mark.parametrize("mode", ["pad", "stretch"])
+def test_evaluation_during_training_fits_pairs_under_data_resize_mode(photos, tmp_path, mode):
+    from dist_face.dist import Topology
+    from dist_face.eval.bin_format import decode_images, load_bin, save_bin
+    from dist_face.train.hooks import EvalHook
+
+    root, points = photos
+    files = sorted(points)[:4]  # 92×112 photos
+    path = save_bin(tmp_path / "pgm.bin", [(root / f).read_bytes() for f in files], [True, False])
+    cfg = load_config("debug_cpu", [f"--data.resize_mode={mode}", f"--eval.targets=[{path}]"])
+    hook = EvalHook(cfg.eval.targets, 0, torch.nn.Identity(), Topology(), None, tmp_path, 2,
+                    torch.device("cpu"), resize_mode=cfg.data.resize_mode)  # fmt: skip
+    hook.before_train(None)
+    (decoded, _), images = hook._data["pgm"], load_bin(path)[0]
+    assert np.array_equal(decoded, decode_images(images, mode=mode))
+    assert not np.array_equal(decoded, decode_images(images, mode="crop"))
