@@ -354,19 +354,29 @@ def test_an_aligned_grayscale_pack_reads_the_same_with_dali_and_torch(photos, tm
     assert len(dali) >= 8 and dali <= torch_images
 
 
-@pytest.mark.parametrize("mode", ["pad", "stretch"])
-def test_evaluation_during_training_fits_pairs_under_data_resize_mode(photos, tmp_path, mode):
+def _eval_images(rank: int, world: int, out: str, target: str, mode: str) -> np.ndarray:
     from dist_face.dist import Topology
-    from dist_face.eval.bin_format import decode_images, load_bin, save_bin
+    from dist_face.train.build import build_trainer
     from dist_face.train.hooks import EvalHook
+
+    overrides = ["--data.root=synthetic", "--data.num_classes=8", "--data.synthetic_samples=64",
+                 f"--output_root={out}", f"--eval.targets=[{target}]",
+                 f"--data.resize_mode={mode}"]  # fmt: skip
+    trainer, _ = build_trainer(load_config("debug_cpu", overrides), Topology.from_env(),
+                               torch.device("cpu"))  # fmt: skip
+    (hook,) = [h for h in trainer.hooks if isinstance(h, EvalHook)]
+    hook.before_train(trainer)
+    return hook._data["pgm"][0]
+
+
+def test_evaluation_during_training_fits_pairs_under_data_resize_mode(photos, tmp_path):
+    from dist_face.eval.bin_format import decode_images, load_bin, save_bin
+    from tests.helpers.distributed import run_distributed
 
     root, points = photos
     files = sorted(points)[:4]  # 92×112 photos
     path = save_bin(tmp_path / "pgm.bin", [(root / f).read_bytes() for f in files], [True, False])
-    cfg = load_config("debug_cpu", [f"--data.resize_mode={mode}", f"--eval.targets=[{path}]"])
-    hook = EvalHook(cfg.eval.targets, 0, torch.nn.Identity(), Topology(), None, tmp_path, 2,
-                    torch.device("cpu"), resize_mode=cfg.data.resize_mode)  # fmt: skip
-    hook.before_train(None)
-    (decoded, _), images = hook._data["pgm"], load_bin(path)[0]
-    assert np.array_equal(decoded, decode_images(images, mode=mode))
+    (decoded,) = run_distributed(_eval_images, 1, str(tmp_path / "runs"), str(path), "pad")
+    images = load_bin(path)[0]
+    assert np.array_equal(decoded, decode_images(images, mode="pad"))
     assert not np.array_equal(decoded, decode_images(images, mode="crop"))
