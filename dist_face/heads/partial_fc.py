@@ -125,10 +125,11 @@ class PartialFC(nn.Module):
         self.chunk_size = chunk_size
         self.keep_projections_bytes = int(keep_projections_mb * 2**20)
         self.seed = seed
+        k = self.margin.sub_centers  # [num_local, K, D] with K sub-centers per class
         init = init_class_centers(
-            self.class_start, self.class_end, embedding_size, seed, dtype=storage_dtype
+            self.class_start * k, self.class_end * k, embedding_size, seed, dtype=storage_dtype
         )
-        self.weight = nn.Parameter(init)
+        self.weight = nn.Parameter(init if k == 1 else init.view(self.num_local, k, -1))
         bias = nn.Parameter(torch.zeros(self.num_local)) if self.margin.class_bias else None
         self.register_parameter("bias", bias)
         self.sampler = ClassSampler(self.num_local, sample_rate, seed, self.rank)
