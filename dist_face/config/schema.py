@@ -281,11 +281,17 @@ class OptimConfig:
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 5e-4
-    """Weight decay (not applied to biases, norm parameters or UniFace's bias)."""
+    """Weight decay (not applied to biases, norm parameters or UniFace's bias, unless
+    ``decay_norm_and_bias``)."""
+    decay_norm_and_bias: bool = False
+    """Weight-decay every parameter of the backbone and of a dense head, biases, BatchNorm and
+    PReLU included, as arcface_torch does (off: those are not decayed)."""
     warmup_epochs: float = 0.0
     """Linear warm-up length in epochs."""
     schedule: str = "poly"
-    """Decay after warm-up: poly or cosine."""
+    """Decay after warm-up: poly or cosine (warm-up from lr/warmup_steps at the first step), or
+    arcface_poly: arcface_torch's PolynomialLRWarmup, warm-up from 0 (lr·t/w at step t), then
+    lr·(1 − (t − w)/(T − w))^poly_power (poly_power 2 is its old PolyScheduler)."""
     poly_power: float = 1.0
     """Power of the polynomial decay (1.0 = linear)."""
     head_lr: float = 0.0
@@ -295,7 +301,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         require_choice(self.name, "name", ["sgd", "adamw"])
-        require_choice(self.schedule, "schedule", ["poly", "cosine"])
+        require_choice(self.schedule, "schedule", ["poly", "cosine", "arcface_poly"])
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
