@@ -46,6 +46,7 @@ def test_print_config_shows_the_papers_defaults(name: str, capsys) -> None:
 
 def test_subcenter_matches_pytorch_metric_learning() -> None:
     from pytorch_metric_learning import losses as pml  # the dev extra: never skipped
+
     c, d, k, n = 7, 16, 3, 24
     gen = torch.Generator().manual_seed(0)
     ref = pml.SubCenterArcFaceLoss(
