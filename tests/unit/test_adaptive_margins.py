@@ -18,6 +18,8 @@ from dist_face.heads.adaface import AdaFace
 from dist_face.heads.elastic import ElasticArc, ElasticCosPlus, assign_by_difficulty
 from dist_face.heads.subcenter import SubCenterArcFace
 
+# The papers' values as --print-config shows them, written out independently of
+# dist_face/config/margin_defaults.py (the built modules' values: test_margin_defaults.py).
 NEW = {
     "adaface": {"scale": 64.0, "adaface_m": 0.4, "adaface_h": 0.333, "adaface_momentum": 0.01},
     "magface": {
