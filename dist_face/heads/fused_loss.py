@@ -130,6 +130,8 @@ class _Ctx:
         # margins that read ‖x‖ get it even when they project unit vectors (AdaFace, MagFace)
         self.reads_norm = not self.cosine or margin.needs_x_norm
         self.sub = margin.sub_centers
+        if self.sub > 1 and (margin.needs_target_cos or not self.cosine):
+            raise ValueError("sub-center margins must be cosine margins without target_cos")
         self.x_inv = 1.0 / self.x_norm.clamp_min(_EPS)
         self.xin = xf * self.x_inv[:, None] if margin.normalize_embedding else xf
         self.num_cols = weight.shape[0] if spec.index is None else spec.index.shape[0]
@@ -507,7 +509,8 @@ def fused_margin_loss(
 
     Args:
         x: ``[N, D]`` gathered embeddings (differentiable).
-        weight: ``[C_local, D]`` this rank's centers (any float dtype).
+        weight: ``[C_local, D]`` this rank's centers (any float dtype); ``[C_local, K, D]``
+            for a margin with ``K`` sub-centers per class.
         bias: ``[C_local]`` class bias (softmax margin) or None.
         spec: labels, sampled rows, group, block size, optimizer (:class:`LossSpec`).
         params: the margin's parameters (replicated on every rank).

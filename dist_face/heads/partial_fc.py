@@ -1,7 +1,8 @@
 """The class-center head sharded over ranks (model-parallel FC with optional Partial FC sampling).
 
 Rank ``r`` of ``W`` (in ``group``) holds the centers of the contiguous global classes
-``class_range(C, r, W)`` as ``weight`` ``[num_local, D]``. One step:
+``class_range(C, r, W)`` as ``weight`` ``[num_local, D]`` (``[num_local, K, D]`` for a margin
+with ``K`` sub-centers per class). One step:
 
 1. all-gather the embeddings ``[B, D] → [N = W·B, D]`` (with gradient) and the labels;
 2. optionally sample classes (:class:`~dist_face.heads.sampling.ClassSampler`: all positives
