@@ -67,4 +67,9 @@ if ! python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('torc
   # shellcheck source=launch/setup_env.sh
   source "$root/launch/setup_env.sh" "${DIST_FACE_EXTRAS:-dev}" >&2
 fi
+# a folder of photos as data.root: one line and exit 2 here (torchrun would add a traceback);
+# any other failure of this check is left to the trainer's own checks
+check=0
+python -m dist_face.cli.launch_check --config "$CONFIG" "$@" || check=$?
+[ "$check" != 2 ] || exit 2
 exec "${cmd[@]}"

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from dist_face.heads.margins import MARGINS, Margin, MarginInput, safe_acos, scaled_with_targets
-from dist_face.heads.sampling import _to_device
+from dist_face.heads.staging import Staging
 
 
 def elastic_seed(seed: int, step: int) -> int:
@@ -67,6 +67,7 @@ class ElasticFace(Margin):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._step = 0  # host copy of `step`: the draw's seed, never read from the device
         self._m: torch.Tensor | None = None  # [N] margins of the current step
+        self._staging = Staging()  # pinned buffers for the draw's copy to a GPU
         self.register_load_state_dict_post_hook(_sync_step)
 
     @torch.no_grad()
@@ -77,7 +78,7 @@ class ElasticFace(Margin):
         ref = target_cos if target_cos is not None else x_norm
         assert ref is not None, "elasticface needs the rows of the batch"
         m = elastic_margins(self.seed, self._step, ref.shape[0], self.margin, self.std)
-        m = _to_device(m, ref.device).to(ref.dtype)
+        m = self._staging.to_device(m, ref.device).to(ref.dtype)
         if self.plus:
             assert target_cos is not None, "elasticface+ needs every row's target cosine"
             m = assign_by_difficulty(m, target_cos)
