@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from dist_face.train.hooks import CheckpointHook
 from dist_face.train.loop import Hook, Trainer
 
 
@@ -86,6 +88,9 @@ class DivergenceGuard(Hook):
                 f"the loss was inf/NaN on {self._bad_logs} consecutive log steps "
                 f"(train.max_nonfinite_logs={self.max_nonfinite_logs})"
             )
+        elif since and state.step == trainer.total_steps:
+            # however short the run: a model whose last loss is inf/NaN is not a result
+            why = f"the loss of the last step was inf/NaN for {int(since)} steps"
         else:
             return
         scale = float(self.loss_scale())
@@ -97,6 +102,34 @@ class DivergenceGuard(Hook):
             f"training diverged at step {state.step}: {why}; loss scale {scale:g}, "
             f"{finite_part}; lower {self.advice}"
         )
+
+
+def saved_so_far(trainer: Trainer, run_dir: Path) -> str:
+    """Which ``model.pt`` this run left on disk and from which step, in words.
+
+    ``model.pt`` is written with each complete checkpoint and only then (see
+    :func:`dist_face.checkpoint.save_checkpoint`), so its step is the last one saved.
+    """
+    model = Path(run_dir) / "model.pt"
+    hooks = [h for h in trainer.hooks if isinstance(h, CheckpointHook)]
+    step = hooks[0].last_saved if hooks else -1
+    if step >= 0:
+        return f"{model} is from step {step}, the last checkpoint written"
+    if model.exists():
+        return f"this run wrote no checkpoint; {model} is from an earlier run"
+    return f"this run wrote no checkpoint and no {model}"
+
+
+def unsaved_final_state(trainer: Trainer, run_dir: Path) -> str:
+    """Empty when the run's last step is in a checkpoint; else the error to end the run with."""
+    hooks = [h for h in trainer.hooks if isinstance(h, CheckpointHook)]
+    step = trainer.state.step
+    if not hooks or hooks[0].last_saved == step:
+        return ""
+    return (
+        f"the checkpoint of step {step}, the last step, could not be written (see the error "
+        f"above); {saved_so_far(trainer, run_dir)}"
+    )
 
 
 class BufferSnapshot:

@@ -149,6 +149,8 @@ def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
     assert [shlex.split(line) for line in torchrun_lines] == 2 * [
         [
             *("torchrun", "--nnodes=2", "--nproc_per_node=8", "--max_restarts=0"),
+            "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",  # SLURM's --signal
+            "--shutdown-timeout=120",  # the ranks' time to checkpoint before SIGKILL
             "--rdzv_backend=c10d",
             "--rdzv_endpoint=gpu-node-07:29400",  # the first host of the allocation
             "--rdzv_id=dist_face-4242",  # from the job id: shared by the nodes of one job only
