@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dist_face.checkpoint.manager import last_refused
 from dist_face.train.hooks import CheckpointHook
 from dist_face.train.loop import Hook, Trainer
 
@@ -126,6 +127,11 @@ def unsaved_final_state(trainer: Trainer, run_dir: Path) -> str:
     step = trainer.state.step
     if not hooks or hooks[0].last_saved == step:
         return ""
+    if last_refused(run_dir) == (step, True):
+        return (
+            f"training diverged: the state of step {step}, the last step, holds inf/NaN values "
+            f"and was not saved (see the error above); {saved_so_far(trainer, run_dir)}"
+        )
     return (
         f"the checkpoint of step {step}, the last step, could not be written (see the error "
         f"above); {saved_so_far(trainer, run_dir)}"
