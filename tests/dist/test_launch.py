@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 # what launch/torchrun.sh and launch/slurm.sbatch read; a caller's own values must not leak in
 LAUNCH_VARS = frozenset(
     "CONFIG NNODES NPROC_PER_NODE RDZV_ENDPOINT RDZV_ID RDZV_PORT MAX_RESTARTS RESUME LOG_RANKS"
-    " DRY_RUN DIST_FACE_REPO BASH_ENV".split()
+    " DRY_RUN DIST_FACE_REPO BASH_ENV PREFLIGHT CHECK_ONLY STOP_GRACE_S".split()
 )
 
 
@@ -80,7 +80,9 @@ def test_restarts_rendezvous_on_a_fresh_store(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     env.update(
-        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", MAX_RESTARTS="1"
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        MAX_RESTARTS="1",
+        PREFLIGHT="0",  # no recipe data here: only the torchrun command matters
     )
     out = subprocess.run(
         ["bash", str(REPO / "launch" / "torchrun.sh")],

@@ -27,7 +27,7 @@ STEPS = 7  # 1 epoch of 7 steps: 720 samples, 48 per rank and step on 2 ranks (t
 # resume tests cross epoch boundaries; this one is about the restart mechanism)
 _LAUNCH_VARS = (
     "CONFIG NNODES NPROC_PER_NODE RDZV_ENDPOINT RDZV_ID MAX_RESTARTS RESUME LOG_RANKS DRY_RUN"
-    " TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+    " TORCH_DISABLE_SHARE_RDZV_TCP_STORE PREFLIGHT CHECK_ONLY STOP_GRACE_S"
 ).split()
 
 
