@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,42 @@ def test_two_nodes_over_c10d_match_one_node(small_dataset: Path, tmp_path: Path)
     two, one = _losses(tmp_path / "two_nodes"), _losses(tmp_path / "one_node")
     assert len(two) == len(one) == 4
     assert two == pytest.approx(one, rel=1e-6)
+
+
+def test_slurm_time_limit_warning_reaches_the_step_and_requeues(tmp_path: Path) -> None:
+    """SIGUSR1 to the batch script (``--signal=B:USR1@180``) goes on to the running step; once
+    the step has exited, the job is requeued."""
+    log = tmp_path / "log.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # srun stands in for the step: it records the signal and exits as the ranks do (75)
+    (bin_dir / "srun").write_text(
+        f"#!/bin/bash\ntrap 'echo srun got USR1 >> {log}; exit 75' USR1\n"
+        f"echo srun started >> {log}\nwhile :; do sleep 0.05; done\n"
+    )
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\n[ "$1" = requeue ] && echo "scontrol requeue $2" >> {log}\necho gpu-node-07\n'
+    )
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and "SLURM" not in k}
+    env.update(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        PREFLIGHT="0",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="gpu-node-07",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_SUBMIT_DIR=str(REPO),
+    )
+    job = subprocess.Popen(["bash", str(REPO / "launch" / "slurm.sbatch")], env=env)
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "srun started" in log.read_text()):
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=30) == 75  # the step's own status
+    assert log.read_text().splitlines() == [
+        "srun started",
+        "srun got USR1",
+        "scontrol requeue 4242",
+    ]
