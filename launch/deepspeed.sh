@@ -59,7 +59,8 @@ if [ -n "${DRY_RUN:-}" ]; then
 fi
 # No change of directory: relative paths are relative to where this script was started (the
 # deepspeed launcher starts its workers there, on other hosts too).
-if ! python -c "import dist_face.train, deepspeed" >/dev/null 2>&1; then
+# finding the modules, without importing deepspeed and torch, takes 0.1 s instead of 10
+if ! python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('torch', 'deepspeed', 'dist_face.train')))" >/dev/null 2>&1; then
   # shellcheck source=launch/setup_env.sh
   source "$root/launch/setup_env.sh" "${DIST_FACE_EXTRAS:-dev,deepspeed}" >&2
 fi

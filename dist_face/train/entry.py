@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         check_precision(cfg.train.precision, select_device(topology))
-        if cfg.dist.engine == "deepspeed":
+        # paths and names, on every rank, before the process group and the build
+        check_run(cfg, topology, select_device(topology))
+        if cfg.dist.engine == "deepspeed":  # imports deepspeed: after the cheap checks
             from dist_face.train.deepspeed_engine import check_deepspeed_version
 
             check_deepspeed_version()
-        # paths and names, on every rank, before the process group and the build
-        check_run(cfg, topology, select_device(topology))
     except ConfigError as exc:
         logger.error("bad configuration: %s", exc)
         return 2

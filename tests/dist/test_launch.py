@@ -249,3 +249,39 @@ def test_slurm_time_limit_warning_reaches_the_step_and_requeues(tmp_path: Path) 
         "srun got USR1",
         "scontrol requeue 4242",
     ]
+
+
+@pytest.mark.parametrize("script", ["deepspeed.sh", "slurm.sbatch"])
+def test_bad_configuration_stops_the_other_launchers_before_any_rank(
+    script: str, tmp_path: Path
+) -> None:
+    """deepspeed.sh and slurm.sbatch check once before starting anything (torchrun.sh:
+    tests/dist/test_entry_torchrun.py); srun and deepspeed here would fail the test."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("srun", "deepspeed"):
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} started; exit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho gpu-node-07\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and "SLURM" not in k}
+    env.update(
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        PYTHONPATH=str(REPO),
+        NPROC_PER_NODE="2",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="gpu-node-07",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_SUBMIT_DIR=str(REPO),
+    )
+    done = subprocess.run(
+        ["bash", str(REPO / "launch" / script), f"--data.root={tmp_path}/missing"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "started" not in done.stdout
+    (line,) = done.stderr.splitlines()
+    assert line.endswith(f"bad configuration: data.root: {tmp_path}/missing does not exist")
