@@ -146,8 +146,8 @@ def _train(
             state = trainer.fit()
         except DivergenceError as exc:
             raise DivergenceError(f"{exc}; {saved_so_far(trainer, plan.run_dir)}") from None
-        finally:
-            stop.close()
+        # every rank started the same all-reduces (after a failure, a rank may be missing)
+        stop.close()
         missing = unsaved_final_state(trainer, plan.run_dir)
         if missing:
             logger.error("%s", missing)
