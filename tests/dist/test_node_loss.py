@@ -102,7 +102,7 @@ def _node(node: int, data: Path, out: Path, log: Path) -> subprocess.Popen:
         f"--rdzv_endpoint={NODES[0][1]}:{PORT}",
         "--rdzv_id=node-loss",
         # node 0 hosts the rendezvous store; a re-formed job starts 1 s after enough nodes joined
-        f"--rdzv_conf=is_host={int(node == 0)},last_call_timeout=1",
+        f"--rdzv_conf=is_host={int(node == 0)},last_call_timeout=1,keep_alive_interval=1",
         f"--local_addr={addr}",
         "--monitor-interval=0.5",
         *("-m", "dist_face.train", "--config", "debug_cpu", "--resume", "auto"),
