@@ -285,3 +285,40 @@ def test_bad_configuration_stops_the_other_launchers_before_any_rank(
     assert "started" not in done.stdout
     (line,) = done.stderr.splitlines()
     assert line.endswith(f"bad configuration: data.root: {tmp_path}/missing does not exist")
+
+
+def test_torchrun_as_launched_forwards_sigusr1_to_every_rank(tmp_path: Path) -> None:
+    """SLURM's --signal sends SIGUSR1, which torchrun forwards only when told to: the
+    launcher's own torchrun flags, with a rank that waits for the signal."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DRY_RUN="1")
+    dry = subprocess.run(
+        ["bash", str(REPO / "launch" / "torchrun.sh")],
+        env={**env, "NPROC_PER_NODE": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    launcher = shlex.split(dry.stdout)
+    flags = launcher[: launcher.index("-m")]  # torchrun and its flags, as the launcher runs it
+    del env["DRY_RUN"]
+    job = subprocess.Popen(
+        [*flags, "-m", "tests.helpers.wait_for_signal", str(tmp_path)],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"ready-{r}").exists() for r in (0, 1)):
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        job.send_signal(signal.SIGUSR1)
+        job.wait(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert [(tmp_path / f"got-{r}").read_text() for r in (0, 1)] == ["SIGUSR1", "SIGUSR1"]
