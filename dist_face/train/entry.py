@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_only:
         return 0
     signals = StopSignals()
-    signals.install()  # before the loader forks its workers: they inherit the handler
+    signals.install()  # before the loader forks its workers: they are born with these blocked
     parallel = init_distributed(
         topology,
         cfg.dist.backend,
