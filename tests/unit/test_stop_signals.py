@@ -1,5 +1,7 @@
 """Real signals during a stop: the save goes on, SIGKILL mid-save keeps the previous checkpoint,
-and loader workers forked by the rank survive the signal torchrun sends to its process group."""
+and loader workers forked by the rank survive the signal torchrun sends to its process group.
+Also what a failed save reports (a failed model export; inf/NaN values), which decides the exit
+code of a run whose last save failed."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 
 from dist_face.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from dist_face.checkpoint.manager import last_refused
 from dist_face.config import HeadConfig
 from dist_face.dist import Topology
 from dist_face.heads import build_head
@@ -115,3 +118,14 @@ def test_loader_workers_of_a_rank_survive_its_stop_signal() -> None:
         del batches
     finally:
         signals.uninstall()
+
+
+def test_a_failed_model_export_fails_the_save_but_keeps_the_checkpoint(tmp_path: Path) -> None:
+    def export() -> None:
+        raise OSError(28, "No space left on device")
+
+    assert _save(tmp_path, 5, export=export) is None  # the run must not count step 5 as saved
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_00000005"  # usable
+    assert last_refused(tmp_path) == (5, False)
+    assert _save(tmp_path, 6, nan=torch.tensor(float("nan"))) is None
+    assert last_refused(tmp_path) == (6, True)  # refused for inf/NaN: the run diverged
