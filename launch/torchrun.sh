@@ -79,6 +79,11 @@ if ! python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('torc
   # shellcheck source=launch/setup_env.sh
   source "$root/launch/setup_env.sh" "${DIST_FACE_EXTRAS:-dev}" >&2
 fi
+# a folder of photos as data.root: one line and exit 2 here (torchrun would add a traceback);
+# any other failure of this check is left to the trainer's own checks
+check=0
+python -m dist_face.cli.launch_check --config "$CONFIG" "$@" || check=$?
+[ "$check" != 2 ] || exit 2
 # The configuration, paths and run directory are checked once, before any rank starts: a bad
 # key is one line and exit 2, not one error per rank followed by torchrun's traceback. It runs
 # as rank 0 of the largest world the job can have (NNODES=1:2 -> 2 nodes), where each rank's

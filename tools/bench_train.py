@@ -30,7 +30,6 @@ import torch
 from dist_face.config import load_config
 from dist_face.dist import Topology, barrier, destroy_distributed, init_distributed
 from dist_face.train.build import build_trainer
-from dist_face.train.precision import autocast
 
 
 def _sync(device: torch.device) -> None:
@@ -64,17 +63,18 @@ def _phases(cfg, topology, device, steps: int) -> dict[str, float]:
         images, labels = next(batches)
         _sync(device)
         marks.append(time.perf_counter())
-        with autocast(step.precision, device):
-            emb = step.backbone(images)
+        emb = step.engine.forward(images)
         _sync(device)
         marks.append(time.perf_counter())
         loss = step.loss_fn(emb.float(), labels)
         _sync(device)
         marks.append(time.perf_counter())
-        step.scaler.scale_loss(loss).backward()
+        step.engine.backward(loss, True)
         _sync(device)
         marks.append(time.perf_counter())
-        found = step.scaler.unscale_and_check(step._params)
+        found = step.scaler.unscale_and_check(
+            [p for opt in step.optimizers for g in opt.param_groups for p in g["params"]]
+        )
         for opt in step.optimizers:
             opt.found_inf, opt.grad_scale = found, None
             opt.step()

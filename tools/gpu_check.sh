@@ -14,7 +14,8 @@
 #   2. the GPU test tier (pytest tests/gpu): NCCL rules, fp16 through the trainer's step,
 #      DALI's mixed decoder, DeepSpeed fp16, ranks sharing a GPU, no host sync per step;
 #   3. tools/bench_train.py on synthetic data in fp16, batch 128, for iresnet50 and
-#      iresnet100 at Partial FC r = 1 and 0.1: images/s per GPU and the phase shares.
+#      iresnet100 at Partial FC r = 1 and 0.1: images/s per GPU and the phase shares, each
+#      followed by tools/audit_step.py's projection of the same step (AUDIT lines).
 # Every stage runs under a time limit; the whole check stops within 8 minutes.
 # Exit status: 0 when every stage that ran passed, 1 otherwise.
 
@@ -144,6 +145,30 @@ if [ "$RUN_BENCH" = 1 ]; then
                 rate_line=$(grep '^images/s per rank' "$out" | sed 's/images\/s per rank: //')
                 phase_line=$(grep '^phase shares' "$out" | sed 's/phase shares: //')
                 note "BENCH $model r=$rate: $rate_line images/s per GPU; $phase_line"
+                # the step audit's projection of the same step, next to the measured one
+                gpu_kind=h100
+                case "$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null)" in
+                    *H200*) gpu_kind=h200 ;;
+                esac
+                if run_for 60 "$PY" tools/audit_step.py --config ms1mv3_r50 --world-size 1 \
+                    --batch-size 128 --precision fp16 --gpu "$gpu_kind" \
+                    --json "$WORK/audit_${model}_${rate}.json" "--model.name=$model" \
+                    "--head.sample_rate=$rate" > /dev/null 2>&1; then
+                    proj=$("$PY" - "$WORK/audit_${model}_${rate}.json" "$rate_line" <<'PYEOF'
+import json, sys
+ms = json.load(open(sys.argv[1]))["projected_ms"]
+try:
+    measured = f"measured {1000 * 128 / float(sys.argv[2].split()[0]):.1f} ms"
+except (ValueError, IndexError):
+    measured = "measured ? ms"
+parts = ", ".join(f"{k} {v:.2f}" for k, v in ms.items() if k != "step")
+print(f"step {measured}, projected {ms['step']:.1f} ms ({parts})")
+PYEOF
+                    )
+                    note "AUDIT $model r=$rate ($gpu_kind): $proj"
+                else
+                    note "SKIP audit $model r=$rate: tools/audit_step.py failed"
+                fi
             else
                 tail -20 "$out"
                 note "FAIL bench_train $model r=$rate (output above)"

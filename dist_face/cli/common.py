@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from dist_face.extras import MissingExtraError
+
 _Main = TypeVar("_Main", bound=Callable[..., int])
+
+
+def add_resize_mode(p: argparse.ArgumentParser) -> None:
+    """``--resize-mode crop|pad|stretch``: how a tool fits an image that is not 112×112."""
+    from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
+
+    p.add_argument(
+        "--resize-mode",
+        choices=RESIZE_MODES,
+        default=DEFAULT_RESIZE_MODE,
+        help="how an image that is not 112x112 is fitted (default crop: keeps the aspect ratio)",
+    )
 
 
 def progress_off(quiet: bool) -> bool | None:
@@ -32,7 +47,9 @@ def closed_pipe_is_quiet(main: _Main) -> _Main:
 
     Without this, Python prints a ``BrokenPipeError`` traceback, and another one when it
     flushes standard output at exit. The tool's exit code is kept when the output was
-    complete; an interrupted output ends with 0 as ``head`` asked for no more.
+    complete; an interrupted output ends with 0 as ``head`` asked for no more. A missing
+    optional package (:class:`~dist_face.extras.MissingExtraError`) is one line naming the
+    extra, exit code 2.
     """
 
     @functools.wraps(main)
@@ -43,6 +60,10 @@ def closed_pipe_is_quiet(main: _Main) -> _Main:
         except BrokenPipeError:
             silence_stdout()
             return 0
+        except MissingExtraError as exc:
+            prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "dist_face"
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
         return code
 
     return wrapper  # type: ignore[return-value]

@@ -13,9 +13,10 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dist_face.cli.common import closed_pipe_is_quiet, progress_off
-from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin
+from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet, progress_off
+from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin, warn_sizes
 from dist_face.eval.verification import evaluate_model
+from dist_face.extras import require
 from dist_face.log import init_logging
 from dist_face.models import create, load_backbone
 
@@ -35,6 +36,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--backbone", help="backbone-only checkpoint (model.pt)")
     p.add_argument("--name", help="backbone name, needed for a raw InsightFace state dict")
     p.add_argument("--batch-size", type=int, default=64)
+    add_resize_mode(p)
     p.add_argument(
         "--untrained-baseline",
         action="store_true",
@@ -45,12 +47,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _decode(images: list[bytes], bar: tqdm) -> np.ndarray:
-    """Decode a pair file's images in chunks, advancing ``bar``; ``uint8 [N, 112, 112, 3]``."""
-    parts = []
+def _decode(images: list[bytes], bar: tqdm, mode: str) -> np.ndarray:
+    """Decode a pair file's images in chunks, advancing ``bar``; ``uint8 [N, 112, 112, 3]``.
+
+    Images that are not 112×112 are fitted under ``mode``, with one warning for the file.
+    """
+    parts, others = [], {}
     for start in range(0, len(images), _DECODE_CHUNK):
-        parts.append(decode_images(images[start : start + _DECODE_CHUNK]))
+        parts.append(decode_images(images[start : start + _DECODE_CHUNK], mode=mode, sizes=others))
         bar.update(len(parts[-1]))
+    warn_sizes(others, len(images), 112, mode)
     return np.concatenate(parts) if parts else decode_images([])
 
 
@@ -69,6 +75,7 @@ def compare(argv: list[str]) -> int:
     p.add_argument("--title", default="1:1 verification")
     args = p.parse_args(argv)
     init_logging()
+    require("matplotlib", purpose="dist-face-evaluate --compare")
     from dist_face.eval.plots import Curve, plot_roc_det
 
     curves = []
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=total, unit="img", desc="evaluate", disable=progress_off(args.quiet))
     with logging_redirect_tqdm():
         for name, (images, issame) in pairs.items():
-            pixels = _decode(images, bar)
+            pixels = _decode(images, bar, args.resize_mode)
             for kind, m in models.items():
                 result = evaluate_model(
                     m, pixels, issame, args.batch_size, torch.device("cpu"), progress=bar.update

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
 from dist_face.cli.common import closed_pipe_is_quiet
+from dist_face.extras import require
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.export")
@@ -31,17 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     init_logging()
-    try:
-        from dist_face.export.onnx_export import (
-            ExportError,
-            check_parity,
-            export_onnx,
-            submission_problems,
-        )
-        from dist_face.export.safetensors_export import save_safetensors
-    except ImportError as exc:
-        logger.error("%s: install the export extra (pip install .[export])", exc)
-        return 2
+    # everything the export needs, before anything is written
+    require("onnx", "onnxruntime", purpose="dist-face-export")
+    if args.safetensors:
+        require("safetensors", purpose="--safetensors")
+    from dist_face.export.onnx_export import (
+        ExportError,
+        check_parity,
+        export_onnx,
+        submission_problems,
+    )
+    from dist_face.export.safetensors_export import save_safetensors
+
     try:
         model, name, kwargs = load_from_args(args)
     except (FileNotFoundError, ValueError) as exc:

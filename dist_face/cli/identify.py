@@ -1,8 +1,9 @@
 """Open-set identification on a folder of aligned faces, and a MegaFace-style distractor curve.
 
-``--probes DIR`` holds one sub-folder of aligned 112×112 images per subject. The first image
-of each of the first ``--enrolled-fraction`` of the subjects forms the gallery; every other
-image is a probe, so the images of the other subjects are searches without a mate. Reported:
+``--probes DIR`` holds one sub-folder of aligned 112×112 images per subject (other sizes are
+fitted by ``--resize-mode``, with a warning). The first image of each of the first
+``--enrolled-fraction`` of the subjects forms the gallery; every other image is a probe, so
+the images of the other subjects are searches without a mate. Reported:
 DIR (TPIR) at FAR (FPIR) 0.01 and 0.1 and rank-1/5/10.
 
 With ``--distractors`` (a count of generated subjects, a folder of aligned images, or a
@@ -23,26 +24,30 @@ import torch
 from PIL import Image
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
-from dist_face.cli.common import closed_pipe_is_quiet
+from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet
+from dist_face.data.image_files import image_extensions
+from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, fit_image
+from dist_face.eval.bin_format import warn_sizes
 from dist_face.eval.identification import RANKS, distractor_curve, open_set, search
 from dist_face.eval.verification import embed_images
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.identify")
-_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+_EXTS = image_extensions()  # every format Pillow reads
 
 
-def _read_images(files: list[Path]) -> np.ndarray:
-    out = []
+def _read_images(files: list[Path], mode: str = DEFAULT_RESIZE_MODE) -> np.ndarray:
+    """``uint8 [N, 112, 112, 3]``; other sizes fitted under ``mode``, with one warning."""
+    out, others = [], {}
     for f in files:
         try:
             with Image.open(f) as im:
-                pixels = np.asarray(im.convert("RGB"))
+                if im.size != (112, 112):
+                    others[im.size] = others.get(im.size, 0) + 1
+                out.append(np.asarray(fit_image(im, 112, mode)))
         except (OSError, ValueError) as exc:
             raise ValueError(f"{f}: unreadable image ({str(exc).splitlines()[0]})") from None
-        if pixels.shape[:2] != (112, 112):
-            raise ValueError(f"{f}: {pixels.shape[1]}×{pixels.shape[0]}, expected aligned 112×112")
-        out.append(pixels)
+    warn_sizes(others, len(files), 112, mode)
     return np.stack(out)
 
 
@@ -70,7 +75,7 @@ def open_set_split(ids: np.ndarray, fraction: float) -> tuple[np.ndarray, np.nda
     return first, probes
 
 
-def _distractors(spec: str, model: torch.nn.Module, batch: int) -> np.ndarray:
+def _distractors(spec: str, model: torch.nn.Module, batch: int, mode: str) -> np.ndarray:
     if spec.isdigit():
         from dist_face.data.synthetic_ijb import distractor_faces
 
@@ -82,7 +87,7 @@ def _distractors(spec: str, model: torch.nn.Module, batch: int) -> np.ndarray:
     if not path.is_dir():
         raise ValueError(f"distractors {spec}: not a count, a folder or a .npy file")
     files = sorted(f for f in path.rglob("*") if f.suffix.lower() in _EXTS)
-    return embed_images(model, _read_images(files), batch, torch.device("cpu"))
+    return embed_images(model, _read_images(files, mode), batch, torch.device("cpu"))
 
 
 @closed_pipe_is_quiet
@@ -97,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="output directory (report.json, megaface.png)")
     p.add_argument("--batch-size", type=int, default=64)
+    add_resize_mode(p)
     args = p.parse_args(argv)
     init_logging()
     try:
         model, name, _ = load_from_args(args)
         files, ids = identity_folder(Path(args.probes))
-        feats = embed_images(model, _read_images(files), args.batch_size, torch.device("cpu"))
+        feats = embed_images(
+            model, _read_images(files, args.resize_mode), args.batch_size, torch.device("cpu")
+        )
         distractors = (
-            _distractors(args.distractors, model, args.batch_size) if args.distractors else None
+            _distractors(args.distractors, model, args.batch_size, args.resize_mode)
+            if args.distractors
+            else None
         )
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)

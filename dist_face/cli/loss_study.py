@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_face.extras import MissingExtraError, require
 from dist_face.study.faces import FaceSet, render_faces
 from dist_face.study.losses import by_name, study_losses, with_scale
 from dist_face.study.modes import FULL, QUICK, StudyMode
@@ -83,6 +84,11 @@ def _mode(args: argparse.Namespace) -> StudyMode:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad arguments)."""
     args = parse_args(argv)
+    try:
+        require("matplotlib", purpose="dist-face-loss-study")  # its figures, before any run
+    except MissingExtraError as exc:
+        print(f"dist-face-loss-study: error: {exc}", file=sys.stderr)
+        return 2
     try:
         specs = by_name(args.losses.split(",")) if args.losses else study_losses()
     except ValueError as exc:

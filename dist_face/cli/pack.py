@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
+import numpy as np
+
 from dist_face.cli.common import closed_pipe_is_quiet
+from dist_face.data.aligned import align_source, read_landmarks
+from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from dist_face.data.pack import PackOptions, pack
-from dist_face.data.pack_check import CHECKS, check_source, write_report
-from dist_face.data.sources import open_source
+from dist_face.data.pack_check import (
+    CHECKS,
+    PackReport,
+    by_reason,
+    check_source,
+    counted,
+    size_warning,
+    write_report,
+)
+from dist_face.data.sources import Source, open_source
+from dist_face.extras import MissingExtraError
 from dist_face.log import init_logging
+
+logger = logging.getLogger("dist_face.pack")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--workers", type=int, default=1, help="parallel writer processes (default 1)")
     p.add_argument("--root", help="image root for a .lst (default: the .lst's directory)")
-    p.add_argument("--resize", type=int, help="re-encode images resized to RESIZE x RESIZE")
+    p.add_argument(
+        "--resize", type=int, help="re-encode images fitted to RESIZE x RESIZE (see --resize-mode)"
+    )
+    p.add_argument(
+        "--resize-mode",
+        choices=RESIZE_MODES,
+        default=DEFAULT_RESIZE_MODE,
+        help="how --resize fits a non-square image: crop the centre after scaling the shorter "
+        "side (default, keeps the aspect ratio), pad the scaled image with black, or stretch it",
+    )
+    p.add_argument(
+        "--landmarks",
+        metavar="FILE",
+        help="CSV of 'image path,x1,y1,...,x5,y5' (eyes, nose tip, mouth corners; paths "
+        "relative to SRC): align every face to the 112x112 ArcFace template; images without a "
+        "row are left out and listed in the report",
+    )
+    p.add_argument(
+        "--detect",
+        metavar="MODEL.onnx",
+        help="a face-detector ONNX model with 5-point outputs (InsightFace SCRFD/RetinaFace "
+        "layout), run with onnxruntime to find the landmarks; images without a face are left "
+        "out and listed in the report",
+    )
+    p.add_argument(
+        "--detect-threshold",
+        type=float,
+        default=0.5,
+        help="face score a --detect detection needs (default 0.5)",
+    )
     p.add_argument("--quality", type=int, help="re-encode images as JPEG of this quality")
     p.add_argument("--overwrite", action="store_true", help="replace an existing shard set")
     p.add_argument(
@@ -59,18 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     init_logging()
     try:
+        if args.landmarks and args.detect:
+            raise ValueError("--landmarks and --detect exclude each other")
         options = PackOptions(
             num_shards=args.shards,
             shuffle=args.shuffle,
             seed=args.seed,
             workers=args.workers,
             resize=args.resize,
+            resize_mode=args.resize_mode,
             quality=args.quality,
             overwrite=args.overwrite,
         )
         start = time.perf_counter()
         source = open_source(args.src, args.root)
-        other_files = dict(getattr(source, "other_files", {}))
+        skipped_files = dict(getattr(source, "skipped_files", {}))
         empty = list(getattr(source, "empty_classes", []))
         checked, result = check_source(source, args.check, args.workers, not args.quiet)
         if result.bad and args.strict:
@@ -79,9 +127,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(result.bad)} image(s) fail the {args.check} check (--strict), "
                 f"the first: {where}: {why}"
             )
+        checked, unaligned = _align(checked, args)
+        singles = int((np.bincount(checked.labels, minlength=checked.num_classes) == 1).sum())
+        aligned = bool(args.landmarks or args.detect)
+        warning = size_warning(result.sizes, aligned, args.resize, args.resize_mode)
+        if warning:
+            logger.warning("%s", warning)
         meta = pack(checked, args.out_dir, options, progress=not args.quiet)
-        report = write_report(args.out_dir, result, other_files)
-    except (OSError, ValueError) as err:
+        report = write_report(
+            args.out_dir,
+            PackReport(result, skipped_files, empty, unaligned, singles, aligned),
+        )
+    except (OSError, ValueError, MissingExtraError) as err:
         print(f"dist-face-pack: error: {err}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
@@ -95,11 +152,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {len(empty)} identity folder(s) without images (no class for them)")
     if result.dropped_classes:
         print(f"removed {result.dropped_classes} class(es) whose every image was skipped")
-    if other_files:
-        kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(other_files.items()))
-        print(f"ignored {sum(other_files.values())} file(s) without an image extension ({kinds})")
+    if unaligned:
+        print(f"left out {len(unaligned)} image(s) without landmarks or a detected face")
+    if singles:
+        print(f"{singles} identities have a single image: a class, but no genuine pair")
+    for why, exts in by_reason(skipped_files).items():
+        print(f"ignored {sum(exts.values())} file(s) {why} ({counted(exts)})")
     print(f"report: {report}")
     return 0
+
+
+def _align(source: Source, args: argparse.Namespace) -> tuple[Source, list[tuple[str, str]]]:
+    """Align to the ArcFace template by --landmarks or --detect; the source as is otherwise."""
+    if args.landmarks:
+        points = read_landmarks(args.landmarks, getattr(source, "root", None))
+        return align_source(source, points, f"no row in {args.landmarks}")
+    if args.detect:
+        from dist_face.data.detect import detect_landmarks
+
+        points, missing = detect_landmarks(
+            source, args.detect, args.detect_threshold, progress=not args.quiet
+        )
+        aligned, _ = align_source(source, points, "no face found")
+        return aligned, missing
+    return source, []
 
 
 if __name__ == "__main__":

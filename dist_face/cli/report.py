@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dist_face.cli.common import closed_pipe_is_quiet
+from dist_face.extras import require
 from dist_face.log import init_logging
 from dist_face.metrics.report import ReportError, fetch, render
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """Query, draw, print where the PNG went; return the exit code."""
     args = _parse(argv)
     init_logging()
+    require("matplotlib", purpose="dist-face-report")
     if args.run:
         return _from_runs(args.run, args.out)
     end = args.end if args.end is not None else time.time()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
-from dist_face.cli.common import closed_pipe_is_quiet
+from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet
 from dist_face.eval.ijb import roc_auc
 from dist_face.eval.ijb import tar_at_far as ijb_tar_at_far
 from dist_face.eval.pair_list import PairListError, load_images, read_pair_list, write_scores
@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", help="directory the image paths are relative to (default: the CSV's)")
     p.add_argument("--out", required=True, help="scores CSV to write; the report goes beside it")
     p.add_argument("--batch-size", type=int, default=64)
+    add_resize_mode(p)
     args = p.parse_args(argv)
     init_logging()
     try:
         plist = read_pair_list(args.pairs)
-        images, index = load_images(plist, args.root or Path(args.pairs).parent)
+        images, index = load_images(plist, args.root or Path(args.pairs).parent, args.resize_mode)
         model, name, _ = load_from_args(args)
     except (FileNotFoundError, ValueError, PairListError) as exc:
         logger.error("%s", exc)

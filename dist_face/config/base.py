@@ -8,6 +8,7 @@ tree section by section, so it knows the dotted path of the section and turns a
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,4 +36,11 @@ def require_choice(value: Any, field: str, choices: Iterable[Any]) -> None:
     """Raise :class:`FieldError` unless ``value`` is one of ``choices``."""
     options = list(choices)
     if value not in options:
-        raise FieldError(field, f"must be one of {options}, got {value!r}")
+        hint = did_you_mean(str(value), [str(o) for o in options])
+        raise FieldError(field, f"must be one of {options}, got {value!r}{hint}")
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``"; did you mean 'arcface'?"`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

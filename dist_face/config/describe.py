@@ -22,7 +22,7 @@ from typing import Any, get_type_hints
 
 from dist_face.config.base import ConfigError
 from dist_face.config.loader import load_config, to_yaml
-from dist_face.config.resolve import resolve_run
+from dist_face.config.resolve import check_names, resolve_run
 from dist_face.config.schema import RunConfig
 
 
@@ -71,6 +71,8 @@ def run_info(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """
     try:
         cfg = load_config(args.config, overrides) if args.config else None
+        if cfg is not None:
+            check_names(cfg)  # as training does: an unknown name is no config to print
         if args.print_config:
             if cfg is None:
                 raise ConfigError("--print-config needs --config RECIPE")

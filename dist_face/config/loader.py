@@ -59,10 +59,7 @@ def recipe(name_or_path: str) -> RunConfig:
     if not path.is_file():
         known = ", ".join(list_recipes()) or "none"
         raise ConfigError(f"unknown recipe {name_or_path!r} ({path} not found); known: {known}")
-    spec = importlib.util.spec_from_file_location(f"dist_face_recipe_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _recipe_module(path)
     factory = getattr(module, "config", None)
     if not callable(factory):
         raise ConfigError(f"recipe {path} defines no config() function")
@@ -109,13 +106,40 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
     return out
 
 
-def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
+def load_config(
+    name_or_path: str, overrides: Sequence[str] = (), prepare: bool = False
+) -> RunConfig:
     """Build a recipe and apply overrides: the one call entry points make.
 
     Relative file paths come back absolute, anchored at the working directory
-    (:func:`~dist_face.config.paths.absolute_paths`).
+    (:func:`~dist_face.config.paths.absolute_paths`). A recipe may define
+    ``prepare(cfg) -> None``, which makes data the config needs and a fresh clone lacks
+    (``debug_cpu`` makes its small dataset); it runs with ``prepare=True``, which the trainer
+    passes (printing or inspecting a config writes nothing).
     """
-    return absolute_paths(apply_overrides(recipe(name_or_path), overrides))
+    cfg = absolute_paths(apply_overrides(recipe(name_or_path), overrides))
+    path = Path(name_or_path)
+    if prepare and path.suffix not in (".yaml", ".yml"):
+        module = _recipe_module(path if path.suffix == ".py" else config_dir() / f"{path}.py")
+        hook = getattr(module, "prepare", None)
+        if callable(hook):
+            hook(cfg)
+    return cfg
+
+
+def _recipe_module(path: Path) -> Any:
+    """Import the recipe file ``path`` (once per process)."""
+    key = str(path.resolve())
+    if key not in _MODULES:
+        spec = importlib.util.spec_from_file_location(f"dist_face_recipe_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _MODULES[key] = module
+    return _MODULES[key]
+
+
+_MODULES: dict[str, Any] = {}
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -125,6 +125,9 @@ class HeadConfig:
     storage: str = "fp32"
     """Storage of the centers and their optimizer state: fp32, or bf16 (half the memory; the
     loss and the update are computed in fp32 and rounded once per step)."""
+    tf32: bool = True
+    """fp32 runs on CUDA: the head's float32 GEMMs may use TF32 (bf16/fp16 runs compute the
+    head's GEMMs in their own precision with float32 accumulation)."""
 
     def __post_init__(self) -> None:
         require(self.scale is None or self.scale > 0, "scale", f"must be > 0, got {self.scale}")
@@ -191,6 +194,10 @@ class DataConfig:
     """Loader worker processes (torch) or threads (dali) per rank."""
     image_size: int = 112
     """Side of the square, aligned face crop in pixels."""
+    resize_mode: str = "crop"
+    """An image of another size (torch loader, .bin evaluation): crop (scale the shorter side,
+    cut the centre; keeps the aspect ratio), pad (scale the longer side, black border) or
+    stretch. Aligned 112x112 crops are used as they are."""
     drop_last: bool = False
     """Per epoch, drop the last N mod W samples instead of padding every rank to ceil(N/W)."""
     on_corrupt: str = "skip"
@@ -221,6 +228,7 @@ class DataConfig:
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         require(self.image_size > 0, "image_size", f"must be > 0, got {self.image_size}")
         require_choice(self.on_corrupt, "on_corrupt", ["skip", "fail"])
+        require_choice(self.resize_mode, "resize_mode", ["crop", "pad", "stretch"])
         require(self.synthetic_samples > 0, "synthetic_samples", "must be > 0")
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
         require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
@@ -358,10 +366,14 @@ class EvalConfig:
     """Steps between evaluations; 0 disables evaluation during training."""
     batch_size: int = 64
     """Images per forward pass during evaluation."""
+    timeout_s: float = 3600.0
+    """How long the other ranks wait for rank 0's evaluation (over a gloo group of its own, so
+    ``dist.timeout_s`` does not bound it)."""
 
     def __post_init__(self) -> None:
         require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
 
 
 # ---------------------------------------------------------------------------------------------

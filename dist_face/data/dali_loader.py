@@ -6,7 +6,11 @@ GLOBAL rank: sharding by local rank would make every node read the same data). S
 globally shuffled when packed, and the reader shuffles within a window of
 ``initial_fill`` records with a seed derived from (seed, epoch, rank), so the order is a pure
 function of those. Images are decoded with ``device="mixed"`` on CUDA (the CPU decoder
-otherwise), mirrored with probability 0.5 and normalised to [-1, 1] in CHW.
+otherwise), mirrored with probability 0.5 and normalised to [-1, 1] in HWC, delivered as
+``[B, 3, H, W]`` views in the channels-last memory layout (the torch backend's layout, and the
+one the backbone runs in on CUDA). Labels come from the record headers on the CPU: they are
+checked there (:mod:`dist_face.data.labels`) and copied to the device from pinned memory
+without blocking.
 
 DALI reads one index file per reader, so the shards' indexes are combined into one whose
 offsets run over the concatenated ``.rec`` files; it is written once to a cache directory,
@@ -27,12 +31,13 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dist_face.data.labels import screen_labels
 from dist_face.data.shards import ShardSet
 from dist_face.dist import Topology
 
@@ -123,8 +128,15 @@ def dali_epoch(
     prefetch: int,
     augment: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
     image_size: int = 112,
+    num_classes: int | None = None,
+    on_refused: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's ``(images [B,3,H,W] float, labels [B] int64)`` of one epoch on ``device``."""
+    """This rank's ``(images [B,3,H,W] float, labels [B] int64)`` of one epoch on ``device``.
+
+    Images are channels-last. With ``num_classes``, a header label outside ``[0, C)`` is
+    delivered as :data:`~dist_face.data.labels.REFUSED_LABEL` and ``on_refused`` receives the
+    one-line description of the first one of each batch.
+    """
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -133,6 +145,10 @@ def dali_epoch(
     recs = [shards.rec_path(s) for s in range(shards.num_shards)]
     index = str(combined_index(shards))
     cuda = device.type == "cuda"
+    where = (
+        f"a record header of {shards.root} (data.backend=dali, rank {topology.rank}, epoch {epoch}"
+    )
+    verify = f"dist-face-verify {shards.root} names the record"
 
     @pipeline_def(enable_conditionals=True)
     def pipeline():  # DALI graph definition
@@ -152,7 +168,7 @@ def dali_epoch(
         images = fn.crop_mirror_normalize(
             images,
             dtype=types.FLOAT,
-            output_layout="CHW",
+            output_layout="HWC",  # [B, 3, H, W] channels-last after a permute, no copy
             mean=[127.5] * 3,
             std=[127.5] * 3,
             mirror=mirror,
@@ -180,8 +196,14 @@ def dali_epoch(
             break
         if b < skip:
             continue
-        images, labels = out[0]["images"], out[0]["labels"]
-        yield images.to(device, non_blocking=True), labels.view(-1).long().to(device)
+        images, labels = out[0]["images"], out[0]["labels"].view(-1).long()  # labels: CPU
+        if num_classes is not None:
+            refused = screen_labels(labels, num_classes, f"{where}, batch {b}); {verify}")
+            if refused is not None and on_refused is not None:
+                on_refused(refused)
+        if cuda:  # pinned: the copy does not block the host
+            labels = labels.pin_memory().to(device, non_blocking=True)
+        yield images.permute(0, 3, 1, 2).to(device, non_blocking=True), labels
 
 
 def _seed(seed: int, epoch: int, rank: int) -> int:

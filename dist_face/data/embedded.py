@@ -122,3 +122,42 @@ def generate_embedded_dataset(
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+DEBUG_SPEC = EmbeddedSpec(identities=40, images_per_identity=8, val_identities=10, val_pairs=100)
+"""The ``debug_cpu`` recipe's data: 320 training images, 100 pairs; about 2 s to make."""
+
+
+def ensure_packed_dataset(out_dir: str | os.PathLike[str], spec: EmbeddedSpec = DEBUG_SPEC) -> Path:
+    """Make ``out_dir/shards`` (a packed shard set) and ``out_dir/val.bin`` unless they exist.
+
+    Concurrent callers (every rank of a launch) wait on a file lock; one of them writes the
+    data under a temporary name and renames it, so no caller ever sees half of it.
+
+    Returns:
+        ``out_dir``.
+    """
+    import fcntl
+    import shutil
+
+    from dist_face.data.pack import PackOptions, pack
+    from dist_face.data.shards import META_NAME
+    from dist_face.data.sources import FolderSource
+
+    out = Path(out_dir)
+    if (out / "shards" / META_NAME).is_file() and (out / "val.bin").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "shards" / META_NAME).is_file() and (out / "val.bin").is_file():
+            return out  # another process made it while this one waited
+        tmp = out.parent / f".{out.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        generate_embedded_dataset(tmp / "images", spec, workers=1)
+        pack(FolderSource(str(tmp / "images" / "train")), str(tmp / "shards"), PackOptions(), False)
+        (tmp / "images" / "val.bin").replace(tmp / "val.bin")
+        shutil.rmtree(tmp / "images")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)
+    return out

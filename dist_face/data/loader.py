@@ -2,8 +2,12 @@
 
 :func:`build_loader` returns a :class:`DataSource`; ``source.epoch(epoch, consumed)`` iterates
 this rank's batches of the rest of one epoch: ``(images, labels)`` with images float
-``[B, 3, H, W]`` in [-1, 1] and labels int64 ``[B]``, both on the training device.
+``[B, 3, H, W]`` in [-1, 1], channels-last in memory (every backend alike), and labels int64
+``[B]``, both on the training device.
 
+* Labels are checked on the host before they reach the device: one outside
+  ``[0, num_classes)`` is delivered as ``-1`` and described in :attr:`DataSource.refused`
+  (:mod:`dist_face.data.labels`).
 * Every rank yields the same number of full batches per epoch (the sharded head runs
   collectives every step): the partition pads or drops to equal counts, and a trailing partial
   batch is never yielded.
@@ -33,7 +37,6 @@ rank, the epoch and the worker that owes it, instead of waiting until a collecti
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import queue
@@ -50,6 +53,8 @@ from dist_face.config import ConfigError, DataConfig
 from dist_face.data.augment import augment
 from dist_face.data.dali_loader import dali_available, dali_batches_per_epoch, dali_epoch
 from dist_face.data.framing import CorruptRecordError
+from dist_face.data.image_fit import decode_fit
+from dist_face.data.labels import screen_labels
 from dist_face.data.partition import partition, samples_left, samples_per_rank
 from dist_face.data.rec_index import open_dataset
 from dist_face.data.shards import ShardSet
@@ -78,6 +83,9 @@ class DataSource:
     corrupt_records: int = 0
     """Records of this rank skipped for a CRC-32 mismatch or a failed decode (host counter;
     the log line shows the sum over ranks)."""
+    refused: str | None = None
+    """One line describing the first label of this rank outside ``[0, num_classes)`` (the
+    loader delivered it as ``-1``); None while every label was in range."""
     _synthetic: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -126,17 +134,24 @@ class DataSource:
                     self.cfg.aug_gray_p,
                 ),
                 image_size=self.cfg.image_size,
+                num_classes=self.num_classes,
+                on_refused=self.refuse,
             )
         # iter() starts the worker processes: here, in the caller's thread, not in the
         # prefetch thread (see the module docstring)
         batches = iter(self._torch_batches(epoch, consumed))
         return _to_device(batches, self, epoch)
 
+    def refuse(self, description: str) -> None:
+        """Remember the first refused label's description (the loaders call this)."""
+        if self.refused is None:  # reported by the trainer on every rank, once
+            self.refused = description
+
     def _synthetic_batches(self, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._synthetic is None:
             gen = torch.Generator().manual_seed(self.seed + self.topology.rank)
             b, s = self.cfg.batch_size, self.cfg.image_size
-            images = torch.rand(b, 3, s, s, generator=gen).mul_(2).sub_(1)
+            images = torch.rand(b, s, s, 3, generator=gen).mul_(2).sub_(1).permute(0, 3, 1, 2)
             labels = torch.randint(self.num_classes, (b,), generator=gen)
             self._synthetic = (images.to(self.device), labels.to(self.device))
         for _ in range(count):
@@ -213,7 +228,7 @@ class ShardBatches(IterableDataset):
             flip = rng.random() < 0.5
             try:
                 data, labels[slot] = shards.read_image(int(i), self.cfg.check_crc)
-                img = _decode(data, size)
+                img = _decode(data, size, self.cfg.resize_mode)
                 if self.cfg.augments:
                     img = augment(img, rng, self.cfg)
                 images[slot] = np.asarray(img)
@@ -242,12 +257,8 @@ class ShardBatches(IterableDataset):
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), len(bad)
 
 
-def _decode(data: bytes, size: int) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        return img
+def _decode(data: bytes, size: int, mode: str) -> Image.Image:
+    return decode_fit(data, size, mode)  # dist_face.data.image_fit: one policy everywhere
 
 
 def _located(exc: Exception, shards: ShardSet, i: int) -> CorruptRecordError:
@@ -297,6 +308,13 @@ def _to_device(
                 if stop.is_set():
                     return
                 source.corrupt_records += bad
+                where = (
+                    f"{source.cfg.root} (data.backend=torch, rank {source.topology.rank}, "
+                    f"epoch {epoch})"
+                )
+                refused = screen_labels(labels, source.num_classes, where)
+                if refused is not None:
+                    source.refuse(refused)
                 x = images.to(device, non_blocking=True).float().sub_(127.5).div_(127.5)
                 if not put((x, labels.to(device, non_blocking=True))):
                     return

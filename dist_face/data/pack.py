@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, check_mode, fit_image
 from dist_face.data.recordio import pack_record
 from dist_face.data.shards import (
     ShardMeta,
@@ -45,6 +46,8 @@ class PackOptions:
     """Processes writing shards in parallel (1 = in this process)."""
     resize: int | None = None
     """Re-encode every image resized to ``resize × resize`` pixels (None: bytes unchanged)."""
+    resize_mode: str = DEFAULT_RESIZE_MODE
+    """How ``resize`` treats a non-square image: crop, pad or stretch (:mod:`.image_fit`)."""
     quality: int | None = None
     """Re-encode every image as JPEG of this quality (None: bytes unchanged unless resizing)."""
     overwrite: bool = False
@@ -57,6 +60,7 @@ class PackOptions:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.resize is not None and self.resize < 1:
             raise ValueError(f"--resize must be >= 1, got {self.resize}")
+        check_mode(self.resize_mode)
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in [1, 100], got {self.quality}")
 
@@ -145,7 +149,7 @@ def _write_shard(
     for j, i in enumerate(indices.tolist()):
         image = _SOURCE.read(i)
         if options.resize is not None or options.quality is not None:
-            image = transcode(image, options.resize, options.quality or 95)
+            image = transcode(image, options.resize, options.quality or 95, options.resize_mode)
         if j < _SHAPE_PROBES:
             shapes.append(image_shape(image))
         label = int(_SOURCE.labels[i])
@@ -172,14 +176,14 @@ def image_shape(image: bytes) -> list[int] | None:
         return None
 
 
-def transcode(image: bytes, resize: int | None, quality: int) -> bytes:
-    """Decode, optionally resize to ``resize × resize`` (bicubic), re-encode as RGB JPEG."""
+def transcode(
+    image: bytes, resize: int | None, quality: int, mode: str = DEFAULT_RESIZE_MODE
+) -> bytes:
+    """Decode, optionally fit to ``resize × resize`` under ``mode``, re-encode as RGB JPEG."""
     from PIL import Image
 
     with Image.open(io.BytesIO(image)) as im:
-        im = im.convert("RGB")
-        if resize is not None and im.size != (resize, resize):
-            im = im.resize((resize, resize), Image.Resampling.BICUBIC)
+        im = im.convert("RGB") if resize is None else fit_image(im, resize, mode)
         out = io.BytesIO()
         im.save(out, format="JPEG", quality=quality)
     return out.getvalue()

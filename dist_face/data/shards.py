@@ -233,6 +233,12 @@ class ShardSet:
         if not os.path.exists(root):
             raise FileNotFoundError(f"{os.path.abspath(root)} does not exist")
         if not os.path.isfile(meta_path):
+            from dist_face.data.image_files import is_image_folder
+
+            if is_image_folder(root):
+                raise FileNotFoundError(
+                    f"{root} is an image folder; pack it first: dist-face-pack {root} OUT"
+                )
             raise FileNotFoundError(
                 f"{meta_path} does not exist: {root} is not a complete shard set "
                 "(packing may not have finished)"

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dist_face.data.image_files import image_extensions, is_image_file
 from dist_face.data.recordio import (
     IR_SIZE,
     CorruptRecordError,
@@ -24,7 +25,8 @@ from dist_face.data.shards import META_NAME, ShardSet
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+OUTSIDE_FOLDERS = "outside the identity folders"
+NOT_AN_IMAGE = "not an image Pillow recognises (by content)"
 
 
 class Source(Protocol):
@@ -47,9 +49,10 @@ class Source(Protocol):
 class FolderSource:
     """One subfolder per identity; labels follow the sorted folder names (im2rec's rule).
 
-    Identity folders without an image are skipped with a warning and get no label, so labels
-    stay contiguous. Files without an image extension are left out and counted by extension in
-    :attr:`other_files`.
+    Every file Pillow recognises as an image (by extension or by content: JPEG, PNG, PGM/PPM,
+    TIFF, GIF, BMP, WebP...) is an image of its folder's identity. Identity folders without an
+    image are skipped with a warning and get no label, so labels stay contiguous. Other files
+    are left out and counted by extension and reason in :attr:`skipped_files`.
     """
 
     def __init__(self, root: str) -> None:
@@ -58,18 +61,19 @@ class FolderSource:
         folders = [e.name for e in entries if e.is_dir()]
         if not folders:
             raise ValueError(f"image folder {root} has no identity subfolders")
-        self.other_files: dict[str, int] = {}
+        self.skipped_files: dict[tuple[str, str], int] = {}
         for e in entries:
             if not e.is_dir():
-                self._count_other(e.name)
+                self._skip(e.name, OUTSIDE_FOLDERS)
+        extensions = image_extensions()
         paths, labels, self.empty_classes = [], [], []
         for name in folders:
             images = []
             for file in sorted(os.listdir(os.path.join(self.root, name))):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
+                if is_image_file(os.path.join(self.root, name, file), extensions):
                     images.append(f"{name}/{file}")
                 else:
-                    self._count_other(file)
+                    self._skip(file, NOT_AN_IMAGE)
             if not images:
                 self.empty_classes.append(name)
                 continue
@@ -85,14 +89,14 @@ class FolderSource:
                 + (" ..." if len(self.empty_classes) > 10 else ""),
             )
         if not paths:
-            raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(f"image folder {root} holds no file Pillow recognises as an image")
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = len(folders) - len(self.empty_classes)
 
-    def _count_other(self, name: str) -> None:
+    def _skip(self, name: str, why: str) -> None:
         ext = os.path.splitext(name)[1].lower() or "(none)"
-        self.other_files[ext] = self.other_files.get(ext, 0) + 1
+        self.skipped_files[ext, why] = self.skipped_files.get((ext, why), 0) + 1
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -12,6 +12,7 @@ size, so a few bytes cannot ask for a terabyte (``bytes(2**40)``).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -19,6 +20,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, describe_mode, fit_image
+
+logger = logging.getLogger(__name__)
 
 
 class BinFormatError(ValueError):
@@ -210,13 +215,40 @@ def save_bin(path: str | os.PathLike[str], images: list[bytes], issame: list[boo
     return path
 
 
-def decode_images(images: list[bytes], size: int = 112) -> np.ndarray:
-    """Decode encoded images to RGB ``uint8 [N, size, size, 3]``, resizing those of other sizes."""
+def decode_images(
+    images: list[bytes],
+    size: int = 112,
+    mode: str = DEFAULT_RESIZE_MODE,
+    sizes: dict[tuple[int, int], int] | None = None,
+) -> np.ndarray:
+    """Decode encoded images to RGB ``uint8 [N, size, size, 3]``.
+
+    Images of another size are fitted under ``mode`` (crop, pad or stretch; see
+    :mod:`dist_face.data.image_fit`). Without ``sizes`` a warning says how many and which
+    sizes; with it, their ``(width, height)`` counts are added to ``sizes`` (to warn once for
+    several chunks, :func:`warn_sizes`).
+    """
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    others: dict[tuple[int, int], int] = {} if sizes is None else sizes
     for i, data in enumerate(images):
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
             if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            out[i] = np.asarray(img)
+                others[img.size] = others.get(img.size, 0) + 1
+            out[i] = np.asarray(fit_image(img, size, mode))
+    if sizes is None:
+        warn_sizes(others, len(images), size, mode)
     return out
+
+
+def warn_sizes(others: dict[tuple[int, int], int], total: int, size: int, mode: str) -> None:
+    """Warn (once) that ``others`` images of ``total`` were not ``size × size``; none: silent."""
+    if others:
+        logger.warning(
+            "%d of %d evaluation images are not %d×%d (%s): %s",
+            sum(others.values()),
+            total,
+            size,
+            size,
+            ", ".join(f"{w}×{h} {n}" for (w, h), n in sorted(others.items())),
+            describe_mode(mode, size),
+        )

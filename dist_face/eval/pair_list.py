@@ -8,6 +8,7 @@ scored by cosine. A first row whose label is not 0/1 (``img1,img2,label``) is a 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, describe_mode, fit_image
 from dist_face.models import INPUT_SIZE
+
+logger = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "same", "yes"}
 _FALSE = {"0", "false", "diff", "no"}
@@ -71,16 +75,19 @@ def read_pair_list(path: str | os.PathLike[str]) -> PairList:
     return PairList(path, pairs, lines, np.array(labels, bool) if width == 3 else None)
 
 
-def load_images(plist: PairList, root: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every distinct image once.
+def load_images(
+    plist: PairList, root: str | os.PathLike[str], mode: str = DEFAULT_RESIZE_MODE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every distinct image once, fitting other sizes to 112×112 under ``mode``.
 
     Returns:
         ``(uint8 [M, 112, 112, 3] images, int64 [P, 2] index of each pair's images)``.
 
     Raises:
-        PairListError: an image is missing, unreadable or not 112×112 (names it and the line).
+        PairListError: an image is missing or unreadable (names it and the line).
     """
     index: dict[str, int] = {}
+    others: dict[tuple[int, int], int] = {}
     images = []
     pair_index = np.empty((len(plist.pairs), 2), np.int64)
     for k, (pair, line) in enumerate(zip(plist.pairs, plist.lines)):
@@ -89,18 +96,27 @@ def load_images(plist: PairList, root: str | os.PathLike[str]) -> tuple[np.ndarr
                 file = Path(root) / name
                 try:
                     with Image.open(file) as im:
-                        pixels = np.asarray(im.convert("RGB"))
+                        if im.size != (INPUT_SIZE, INPUT_SIZE):
+                            others[im.size] = others.get(im.size, 0) + 1
+                        pixels = np.asarray(fit_image(im, INPUT_SIZE, mode))
                 except (OSError, ValueError) as exc:
                     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     raise PairListError(f"{file} ({plist.path}:{line}): {reason}") from None
-                if pixels.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
-                    raise PairListError(
-                        f"{file} ({plist.path}:{line}): {pixels.shape[1]}×{pixels.shape[0]} "
-                        f"pixels; pair lists take aligned {INPUT_SIZE}×{INPUT_SIZE} faces"
-                    )
                 index[name] = len(images)
                 images.append(pixels)
             pair_index[k, side] = index[name]
+    if others:
+        logger.warning(
+            "%d of %d images of %s are not %d×%d (%s): %s; align them for a meaningful score "
+            "(dist-face-pack --landmarks)",
+            sum(others.values()),
+            len(images),
+            plist.path,
+            INPUT_SIZE,
+            INPUT_SIZE,
+            ", ".join(f"{w}×{h} {n}" for (w, h), n in sorted(others.items())),
+            describe_mode(mode, INPUT_SIZE),
+        )
     return np.stack(images), pair_index
 
 

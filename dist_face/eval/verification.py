@@ -9,12 +9,15 @@ accept and false reject rates meet) and TAR at a fixed FAR are computed on all p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,21 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> tuple[float, float
 def kfold_accuracy(
     scores: np.ndarray, issame: np.ndarray, nfolds: int = 10
 ) -> tuple[float, float, float]:
-    """LFW-style accuracy: ``(mean, std, mean threshold)`` over ``nfolds`` contiguous folds."""
+    """LFW-style accuracy: ``(mean, std, mean threshold)`` over ``nfolds`` contiguous folds.
+
+    Fold k holds pairs ``[⌊k·n/10⌋, ⌊(k+1)·n/10⌋)`` in list order (``np.array_split``), as LFW's
+    ``pairs.txt`` is laid out (each block of 600 pairs: 300 genuine, then 300 impostor). The
+    threshold of fold k is chosen on the other nine. A list sorted by label puts one class in
+    a fold, and that fold's accuracy measures only one side of the threshold: a warning says
+    so (:func:`single_class_folds`).
+    """
     n = len(scores)
     if n < nfolds:
         raise ValueError(f"{n} pairs cannot be split into {nfolds} folds")
     folds = np.array_split(np.arange(n), nfolds)
+    problem = fold_problem(issame, nfolds)
+    if problem is not None:
+        logger.warning("%s", problem)
     accs, thresholds = [], []
     for test in folds:
         train = np.setdiff1d(np.arange(n), test)
@@ -84,6 +97,40 @@ def kfold_accuracy(
         accs.append(float(np.mean((scores[test] > t) == issame[test])))
         thresholds.append(t)
     return float(np.mean(accs)), float(np.std(accs)), float(np.mean(thresholds))
+
+
+def single_class_folds(issame: np.ndarray, nfolds: int = 10, min_size: int = 10) -> int:
+    """How many contiguous folds of at least ``min_size`` pairs hold a single class.
+
+    A fold of 10 pairs from a shuffled half-genuine list holds one class with probability
+    2 · 0.5¹⁰ ≈ 0.2 %, so smaller folds are not counted: they are single-class by chance.
+    """
+    parts = np.array_split(np.asarray(issame, dtype=bool), nfolds)
+    return sum(1 for part in parts if part.size >= min_size and (part.all() or not part.any()))
+
+
+def fold_problem(issame: np.ndarray, nfolds: int = 10) -> str | None:
+    """Why the contiguous folds of ``issame`` make a poor 10-fold estimate, or None.
+
+    Two cases: every genuine pair stands before (or after) every impostor pair, or some folds
+    of 10 or more pairs hold one class only (:func:`single_class_folds`).
+    """
+    labels = np.asarray(issame, dtype=bool)
+    lonely = single_class_folds(labels, nfolds)
+    sorted_by_label = labels.any() and not labels.all() and np.count_nonzero(np.diff(labels)) == 1
+    if not lonely and not sorted_by_label:
+        return None
+    what = (
+        "the pair list is sorted by label (every genuine pair on one side)"
+        if sorted_by_label
+        else "the pair list looks sorted by label"
+    )
+    if lonely:
+        what += f"; {lonely} of {nfolds} contiguous folds hold only genuine or only impostor pairs"
+    return (
+        f"{what}: the 10-fold accuracy and its spread are unreliable; shuffle the list, or "
+        "interleave genuine and impostor pairs in each tenth"
+    )
 
 
 def equal_error_rate(scores: np.ndarray, issame: np.ndarray) -> float:

@@ -10,6 +10,7 @@ from torch.distributed import ProcessGroup
 from dist_face.config.base import ConfigError
 from dist_face.config.margin_defaults import resolve_head
 from dist_face.config.schema import HeadConfig
+from dist_face.heads.kernels import gemm_dtype
 from dist_face.heads.margins import MARGINS, Margin
 from dist_face.heads.partial_fc import PartialFC
 from dist_face.heads.uniface import uniface_default_bias
@@ -76,6 +77,7 @@ def build_head(
     *,
     seed: int = 0,
     grad_scale_for_dp_average: bool = True,
+    precision: str = "fp32",
 ) -> PartialFC:
     """The sharded head of a run.
 
@@ -86,6 +88,7 @@ def build_head(
         group: process group the classes are split over (None = default group / no group).
         seed: center initialisation and sampling seed (e.g. ``train.seed``).
         grad_scale_for_dp_average: False for engines that sum, not average, gradients.
+        precision: the run's ``train.precision``: bf16/fp16 runs the head's GEMMs in it.
     """
     return PartialFC(
         embedding_size,
@@ -100,4 +103,6 @@ def build_head(
         chunk_size=cfg.chunk_size,
         storage_dtype=torch.bfloat16 if cfg.storage == "bf16" else torch.float32,
         keep_projections_mb=cfg.keep_projections_mb,
+        gemm_dtype=gemm_dtype(precision),
+        tf32=cfg.tf32,
     )

@@ -5,8 +5,11 @@ Rank ``r`` of ``W`` (in ``group``) holds the centers of the contiguous global cl
 
 1. all-gather the embeddings ``[B, D] → [N = W·B, D]`` (with gradient) and the labels;
 2. optionally sample classes (:class:`~dist_face.heads.sampling.ClassSampler`: all positives
-   of the global batch in this slice plus uniform negatives, ``K = max(⌊r·num_local⌋,
-   min(N, num_local))`` kept);
+   of the global batch in this slice plus uniform negatives, Partial FC's ``K =
+   max(⌈r·num_local⌉, positives on this rank)`` kept). With the loader's labels on the host
+   (CPU labels, whatever the embeddings' device) the sample is computed there and copied to
+   the device in one non-blocking transfer; labels that exist only on the device are never
+   read, and the size falls back to the shape bound ``max(⌈r·num_local⌉, min(N, num_local))``;
 3. the fused loss (:mod:`dist_face.heads.fused_loss`): projection, margin and softmax over
    blocks of kept classes, the row max and denominator all-reduced; UCE sums all-reduced.
 
@@ -18,9 +21,10 @@ never a normalised copy of the centers, and, when a
 never a ``[num_local, D]`` gradient: the kept rows are updated in backward, block by block.
 
 A steady-state forward and backward never wait for the device: every size depends on shapes
-only, target columns are gathered with masks instead of ``nonzero``, and the label range check
-is a device-side assertion (the first batch, and any batch of a new size, gets the full check
-with a message naming the offending row).
+or on host labels only, target columns are gathered with masks instead of ``nonzero``, and the
+label range check reads host labels (a message naming the offending row, every step) or, for
+labels on the device, is a device-side assertion (the first batch, and any batch of a new
+size, gets the full check with the message).
 
 Gradient contract (what ``backward`` leaves behind):
 
@@ -41,6 +45,7 @@ Every rank must call ``forward`` with the same batch size (checked whenever it c
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -58,8 +63,9 @@ from dist_face.heads.fused_loss import (
 )
 from dist_face.heads.margins import MARGINS, Margin
 from dist_face.heads.row_optim import RowSparseOptimizer
-from dist_face.heads.sampling import ClassSampler, init_class_centers
+from dist_face.heads.sampling import ClassSampler, host_work, init_class_centers
 from dist_face.heads.shard_math import class_range
+from dist_face.heads.staging import Staging
 from dist_face.heads.workspace import Workspace
 
 
@@ -85,6 +91,10 @@ class PartialFC(nn.Module):
         keep_projections_mb: keep the forward's ``[N, chunk]`` projections for backward while
             all of them (``N·K`` float32) fit in this many MiB, which saves backward one GEMM
             per block; above it, or at 0, backward recomputes them (same result, bitwise).
+        gemm_dtype: input dtype of the head's GEMMs (bf16/fp16: the run's precision, with
+            float32 accumulation; the softmax statistics, margins and loss stay float32);
+            None: float32 GEMMs.
+        tf32: float32 GEMMs on CUDA may use TF32.
     """
 
     def __init__(
@@ -102,6 +112,8 @@ class PartialFC(nn.Module):
         chunk_size: int = 0,
         storage_dtype: torch.dtype = torch.float32,
         keep_projections_mb: float = KEEP_PROJECTIONS_MB,
+        gemm_dtype: torch.dtype | None = None,
+        tf32: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= sample_rate <= 1.0:
@@ -125,6 +137,7 @@ class PartialFC(nn.Module):
         self.chunk_size = chunk_size
         self.keep_projections_bytes = int(keep_projections_mb * 2**20)
         self.seed = seed
+        self.gemm_dtype, self.tf32 = gemm_dtype, tf32
         init = init_class_centers(
             self.class_start, self.class_end, embedding_size, seed, dtype=storage_dtype
         )
@@ -135,12 +148,15 @@ class PartialFC(nn.Module):
         self.optimizer: RowSparseOptimizer | None = None
         self._workspace = Workspace()  # block buffers reused across steps
         self._checked_batch = -1
+        self._staging = Staging()  # pinned buffers for the host-computed sample
+        self.sampled_fraction = 1.0
+        """Kept classes / local classes in the last forward (``head/sampled_fraction``)."""
         self.last_sampled: torch.Tensor | None = None
         """Global class ids used by the last forward (``None`` when every class was used)."""
 
     @property
     def num_sample(self) -> int:
-        """Class budget per step on this rank, ``⌊r · num_local⌋``."""
+        """Class budget per step on this rank, ``⌈r · num_local⌉``."""
         return self.sampler.budget
 
     def attach_optimizer(self, optimizer: RowSparseOptimizer | None) -> None:
@@ -170,7 +186,9 @@ class PartialFC(nn.Module):
 
         Args:
             embeddings: ``[B, D]`` this rank's embeddings (any float dtype).
-            labels: ``[B]`` integer global class ids in ``[0, C)``.
+            labels: ``[B]`` integer global class ids in ``[0, C)``, on the embeddings' device
+                or on the host (then gathered over the control group, and the sample takes
+                Partial FC's exact size without reading device memory).
 
         Returns:
             Scalar float32 loss averaged over the ``N = W·B`` samples, identical on all ranks.
@@ -180,13 +198,22 @@ class PartialFC(nn.Module):
         if self.grad_scale_for_dp_average:
             x = scale_grad(x, float(self.world_size))
         x_all = comm.all_gather_with_grad(x, self.group)
-        y_all = comm.all_gather(labels.to(torch.long), self.group)
+        device = x_all.device
+        on_host = labels.device.type == "cpu"
+        # host labels (the loader's) are gathered on the host: the sample is then computed
+        # there, with Partial FC's exact size, and copied to the device in one transfer
+        group = self.group if labels.device == device else comm.control_group(self.group)
+        y_all = comm.all_gather(labels.to(torch.long), group)
         if self.check_labels:
-            self._check_label_range(y_all, labels.shape[0], on_host=first)
+            self._check_label_range(y_all, labels.shape[0], on_host=first or on_host)
         local = y_all - self.class_start
         local = torch.where((local >= 0) & (local < self.num_local), local, -1)
         index, local = self.sampler.select(local)
+        if on_host and device.type != "cpu":
+            index, local = self._to_device(index, local, device)
         self.last_sampled = None if index is None else index + self.class_start
+        kept = self.num_local if index is None else index.shape[0]
+        self.sampled_fraction = kept / self.num_local
         chunk = self.chunk_size or default_chunk(x_all.shape[0], x_all.device)
         spec = LossSpec(
             self.margin,
@@ -198,9 +225,24 @@ class PartialFC(nn.Module):
             self.optimizer if self.training else None,
             self._workspace,
             self.keep_projections_bytes,
+            self.gemm_dtype,
+            self.tf32,
         )
         params = list(self.margin.parameters())
         return fused_margin_loss(x_all, self.weight, self.bias, spec, params)
+
+    def _to_device(
+        self, index: torch.Tensor | None, local: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The host-computed sample and labels on ``device``, in one non-blocking copy."""
+        if index is None:
+            return None, self._staging.to_device(local, device)
+        both = self._staging.to_device(torch.cat([index, local]), device)
+        return both[: index.shape[0]], both[index.shape[0] :]
+
+    def log_values(self) -> dict[str, float]:
+        """Host-side values for the log: ``head/sampled_fraction`` (kept / local classes)."""
+        return {"head/sampled_fraction": self.sampled_fraction}
 
     def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> bool:
         """Validate shapes and types.
@@ -235,12 +277,15 @@ class PartialFC(nn.Module):
         if not on_host:  # steady state: fails on the device, the host does not wait for it
             torch._assert_async(~bad.any(), f"labels: a value is outside [0, {self.num_classes})")
             return
-        if bool(bad.any()):  # every rank sees the same gathered labels and raises together
-            i = int(torch.nonzero(bad)[0])
-            raise ValueError(
-                f"labels: value {int(y_all[i])} (rank {i // batch}, row {i % batch}) is "
-                f"outside [0, {self.num_classes})"
-            )
+        with contextlib.ExitStack() as stack:
+            if y_all.device.type == "cpu":  # the loader's labels: reading them costs nothing
+                stack.enter_context(host_work(y_all))
+            if bool(bad.any()):  # every rank sees the same gathered labels, raises together
+                i = int(torch.nonzero(bad)[0])
+                raise ValueError(
+                    f"labels: value {int(y_all[i])} (rank {i // batch}, row {i % batch}) is "
+                    f"outside [0, {self.num_classes})"
+                )
 
     # -- checkpoints ------------------------------------------------------------------------
     def export_shard(self) -> dict[str, Any]:

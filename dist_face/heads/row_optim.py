@@ -15,9 +15,12 @@ of times the row was updated), so a rarely sampled row is not over-corrected.
 The update never waits for the device: a step whose head loss is not finite is suppressed on
 the device (weights and state unchanged) through ``enabled``, a 0-dim bool tensor. Under fp16
 the backward's gradient carries the loss scale; ``loss_scale`` (a device tensor or a float,
-set by the trainer) divides it out. Because the update happens in backward, a step that the
-trainer skips for an overflow in the *backbone's* gradients still updates the sampled centers:
-their gradient is computed in float32 from finite embeddings and is valid.
+set by the trainer) divides it out. Under a loss scale (fp16) the update waits for the
+trainer's overflow flag: backward keeps each block's unscaled ``[R, D]`` row gradient (a
+compact copy, ``4·D`` bytes per kept class until the step) and :meth:`RowSparseOptimizer.step`
+applies them unless ``found_inf`` is set, so a step skipped for an overflow anywhere (the
+backbone's gradients included) leaves the centers and their optimizer state unchanged. Without
+one (fp32, bf16) the rows are updated in backward, while in cache.
 
 Margin parameters (UniFace's shared bias) are not rows: they get a normal gradient and are
 updated by :meth:`RowSparseOptimizer.step` with the same formulas, honouring ``found_inf``.
@@ -59,7 +62,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             number of rows.
         other_params: the head's remaining trainable parameters (no weight decay).
         kind: ``"sgd"`` or ``"adamw"``.
-        lr: learning rate.
+        lr: learning rate (held as a 0-dim float32 tensor on the parameters' device in every
+            group's ``"lr"``; learning-rate schedulers update it in place).
         momentum: SGD momentum (no dampening, no Nesterov, as the dense optimizer).
         betas, eps: AdamW's (torch's defaults).
     """
@@ -85,10 +89,16 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             groups.append({"params": others, "weight_decay": 0.0, "rows": False})
         defaults = {"lr": lr, "momentum": momentum, "betas": betas, "eps": eps}
         super().__init__(groups, defaults)
+        for group in self.param_groups:
+            # a device tensor: read by the update kernels, never by the host, so a captured
+            # step (CUDA graphs) sees the scheduler's value (schedulers fill_ tensor rates)
+            device = group["params"][0].device
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
         self.kind = kind
         self.loss_scale: torch.Tensor | float | None = None
         """Divides the gradients handed to :meth:`update_rows` (the fp16 loss scale)."""
         self.found_inf: torch.Tensor | None = None
+        self._deferred: list[tuple[RowIndex, list[torch.Tensor | None], torch.Tensor, bool]] = []
         self._workspace = Workspace()  # gathered optimizer rows, reused across blocks
         for group in self.param_groups:
             for p in group["params"]:
@@ -152,6 +162,9 @@ class RowSparseOptimizer(torch.optim.Optimizer):
                 added here.
         """
         current = current or [None] * len(grads)
+        if self.defers:
+            self._defer(rows, grads, enabled, decay_folded)
+            return
         for i, (group, grad) in enumerate(zip(self.row_groups, grads, strict=True)):
             if grad is None:
                 continue
@@ -161,12 +174,63 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             decayed = decay_folded and i == 0
             self._apply(p, rows, grad, group, enabled, decayed=decayed, rows_now=current[i])
 
+    @property
+    def defers(self) -> bool:
+        """Whether row updates wait for :meth:`step`: under a dynamic loss scale (fp16).
+
+        The trainer's fp16 scale is a device tensor, DeepSpeed's fp16 scale a float; DeepSpeed
+        without fp16 hands a constant 1.0, and those steps are never skipped for an overflow.
+        """
+        scale = self.loss_scale
+        return torch.is_tensor(scale) or (scale is not None and scale != 1.0)
+
+    def _defer(
+        self,
+        rows: RowIndex,
+        grads: list[torch.Tensor | None],
+        enabled: torch.Tensor,
+        decay_folded: bool,
+    ) -> None:
+        """Keep a compact copy of one block's row gradients until the overflow flag is known.
+
+        The copies are ``[R, D]`` per block (the gradient of the kept rows only, unscaled):
+        at r = 1 they add ``4·D`` bytes per class until :meth:`step`. A block whose own
+        gradient overflowed is suppressed like a non-finite loss.
+        """
+        kept = []
+        for grad in grads:
+            if grad is None:
+                kept.append(None)
+                continue
+            if self.loss_scale is not None:
+                grad = grad / self.loss_scale  # a copy: the head reuses its buffer
+            else:
+                grad = grad.clone()
+            enabled = enabled & torch.isfinite(grad).all()
+            kept.append(torch.where(enabled, grad, 0.0))
+        self._deferred.append((rows, kept, enabled, decay_folded))
+
+    def _apply_deferred(self, skip: torch.Tensor | None) -> None:
+        """Apply the row updates kept by :meth:`_defer`, none of them when ``skip`` is set."""
+        for rows, grads, enabled, decay_folded in self._deferred:
+            if skip is not None:
+                enabled = enabled & (skip == 0)
+            for i, (group, grad) in enumerate(zip(self.row_groups, grads, strict=True)):
+                if grad is not None:
+                    p = group["params"][0]
+                    decayed = decay_folded and i == 0
+                    self._apply(p, rows, grad, group, enabled, decayed=decayed)
+        self._deferred.clear()
+
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
         """Update the non-row parameters from their ``.grad``, unless ``found_inf`` is set.
 
-        The row parameters were updated in backward (:meth:`update_rows`).
+        The row parameters were updated in backward (:meth:`update_rows`), or, under a loss
+        scale, are updated here from the gradients kept since, unless ``found_inf`` is set:
+        a step skipped for an overflow leaves the centers and their state unchanged.
         """
+        self._apply_deferred(self.found_inf)
         enabled = None
         if self.found_inf is not None:
             enabled = self.found_inf == 0
@@ -202,7 +266,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         state = self.state[owner if owner is not None else p]
         if owner is not None and owner.ndim == 0:  # a scalar parameter, viewed as [1, 1]
             state = {k: v.view(1, -1) if k != "step" else v for k, v in state.items()}
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = group["lr"], group["weight_decay"]  # lr: 0-dim device tensor
         on = enabled.to(torch.float32)
         # a view when the rows are contiguous float32: updated in place
         w = (

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
+from collections.abc import Iterator
+
 import torch
+
+from dist_face.heads.staging import Staging
 
 _INIT_BLOCK = 4096  # rows drawn per generator; a row's value depends on (seed, class id) only
 
@@ -43,60 +50,97 @@ def sampler_seed(seed: int, rank: int, step: int = 0) -> int:
 
 
 def num_sampled(num_local: int, sample_rate: float) -> int:
-    """Class budget per rank and step, ``⌊r · num_local⌋`` (the positives count towards it)."""
-    return int(sample_rate * num_local)
+    """Class budget per rank and step, ``⌈r · num_local⌉`` (the positives count towards it)."""
+    # r·C rounds up, as Partial FC does; the epsilon keeps 0.05·2000 from becoming 101
+    return min(num_local, math.ceil(sample_rate * num_local - 1e-9))
 
 
-def sample_size(num_local: int, budget: int, rows: int) -> int:
-    """Classes kept per step: the budget, raised to ``min(rows, num_local)`` when below it.
+def sample_size(num_local: int, budget: int, positives: int) -> int:
+    """Classes kept per step: ``max(budget, positives)``, at most ``num_local``.
 
-    ``rows`` gathered labels hold at most ``min(rows, num_local)`` distinct positives of this
-    rank, so every positive fits in a sample of this size, whatever the batch. The size
-    depends on shapes only, never on label values: no host synchronisation.
+    ``positives`` is the number of distinct classes of this rank in the gathered batch (the
+    exact rule, labels on the host), or a bound on it (``min(N, num_local)`` for ``N``
+    gathered rows, when the labels live on the device only and counting them would make the
+    host wait).
     """
-    return min(num_local, max(budget, rows))
+    return min(num_local, max(budget, positives))
+
+
+_host = threading.local()
+
+
+@contextlib.contextmanager
+def host_work(*tensors: torch.Tensor) -> Iterator[None]:
+    """Declare that the enclosed reads of tensor values act on host memory only.
+
+    Reading a CPU tensor's values costs the host nothing on any machine; the step's
+    synchronisation counters (which on a CPU-only run cannot tell host from device tensors)
+    skip what runs inside. ``tensors`` are checked to be on the CPU, so the declaration
+    cannot hide a read of device memory.
+    """
+    for t in tensors:
+        if t.device.type != "cpu":
+            raise RuntimeError(f"host_work: a tensor on {t.device} would make the host wait")
+    depth = getattr(_host, "depth", 0)
+    _host.depth = depth + 1
+    try:
+        yield
+    finally:
+        _host.depth = depth
+
+
+def in_host_work() -> bool:
+    """Whether this thread is inside :func:`host_work`."""
+    return getattr(_host, "depth", 0) > 0
 
 
 @torch.no_grad()
 def sample_classes(
-    local_labels: torch.Tensor, num_local: int, budget: int, generator: torch.Generator
+    local_labels: torch.Tensor,
+    num_local: int,
+    budget: int,
+    generator: torch.Generator,
+    staging: Staging | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep every positive class plus uniform negatives: a fixed-size top-k of random scores.
+    """Keep every positive class plus uniform negatives: a top-k of random scores.
 
-    Every class gets a uniform score in ``[0, 1)``; positives get 2, above any draw; the
-    :func:`sample_size` highest are kept. The count is fixed by the shapes, so nothing is read
-    back to the host (no ``unique``, no boolean indexing); labels are remapped to positions in
-    the sorted kept set by a binary search.
+    Every class gets a uniform score in ``[0, 1)`` (drawn on the host, so the sample is the
+    same on every device type); positives get 2, above any draw; the :func:`sample_size`
+    highest are kept. On the host (CPU labels) the size is Partial FC's rule, ``max(budget,
+    positives of this rank)``, counted from the labels the host already holds. Labels on
+    another device are never read: the size is then the bound ``max(budget, min(N,
+    num_local))``, which fixes it by the shapes alone. Either way no ``unique`` and no boolean
+    indexing run on the device; labels are remapped to positions in the sorted kept set by a
+    binary search.
 
     Args:
         local_labels: ``[N]`` int64, local class index of each row or ``-1`` (not on this rank).
         num_local: classes held by this rank.
-        budget: classes to keep (``⌊r · num_local⌋``); raised to ``min(N, num_local)`` if
-            below it, so that every positive fits.
-        generator: CPU generator (the draw is identical on every device type).
+        budget: classes to keep at least (``⌈r · num_local⌉``).
+        generator: CPU generator.
+        staging: pinned buffers for the scores' copy when the labels are on a CUDA device.
 
     Returns:
-        ``index`` ``[K]`` sorted local class ids kept (``K = sample_size(num_local, budget,
-        N)``), and ``labels`` ``[N]`` remapped to positions in ``index`` (``-1`` stays ``-1``).
+        ``index`` ``[K]`` sorted local class ids kept, and ``labels`` ``[N]`` remapped to
+        positions in ``index`` (``-1`` stays ``-1``), on ``local_labels``' device.
     """
     device = local_labels.device
-    k = sample_size(num_local, budget, local_labels.shape[0])
+    staging = staging or Staging()
     owned = local_labels >= 0
     # one spare slot at the end absorbs the rows whose class lives on another rank
-    score = _to_device(torch.rand(num_local + 1, generator=generator), device)
-    score.index_fill_(0, torch.where(owned, local_labels, num_local), 2.0)
+    score = torch.rand(num_local + 1, generator=generator)
+    if device.type == "cpu":
+        score.index_fill_(0, torch.where(owned, local_labels, num_local), 2.0)
+        with host_work(score):
+            positives = int((score[:num_local] == 2.0).sum())
+    else:
+        score = staging.to_device(score, device)
+        score.index_fill_(0, torch.where(owned, local_labels, num_local), 2.0)
+        positives = local_labels.shape[0]
+    k = sample_size(num_local, budget, positives)
     index = torch.topk(score[:num_local], k, sorted=False).indices.sort().values
     labels = torch.where(owned, torch.searchsorted(index, local_labels), -1)
     return index, labels
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a CPU tensor to ``device`` without blocking the host (pinned, non-blocking)."""
-    if device.type == "cpu":
-        return t
-    if device.type == "cuda":
-        t = t.pin_memory()  # a pageable copy would wait for the device's queue to drain
-    return t.to(device, non_blocking=True)
 
 
 class ClassSampler:
@@ -118,6 +162,7 @@ class ClassSampler:
         self.budget = num_sampled(num_local, sample_rate)
         self.seed, self.rank = seed, rank
         self.generator = torch.Generator().manual_seed(sampler_seed(seed, rank))
+        self.staging = Staging()
 
     @property
     def active(self) -> bool:
@@ -133,7 +178,9 @@ class ClassSampler:
         """
         if not self.active:
             return None, local_labels
-        return sample_classes(local_labels, self.num_local, self.budget, self.generator)
+        return sample_classes(
+            local_labels, self.num_local, self.budget, self.generator, self.staging
+        )
 
     def reseed(self, step: int) -> None:
         """Restart the stream from ``(seed, rank, step)`` (a resume on another world size)."""

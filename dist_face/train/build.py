@@ -21,7 +21,7 @@ from dist_face.checkpoint import (
 )
 from dist_face.config import RunConfig, save_config, to_yaml
 from dist_face.config.resolve import resolve_run
-from dist_face.data.loader import build_loader
+from dist_face.data.loader import DataSource, build_loader
 from dist_face.dist import ParallelContext, Topology
 from dist_face.heads import build_head
 from dist_face.heads.aux_losses import WeightedSum, build_aux_losses
@@ -33,9 +33,17 @@ from dist_face.metrics.perf import memory_stats
 from dist_face.models import build_backbone, model_kwargs, save_backbone
 from dist_face.train.agreement import check_agreement, dataset_digest, run_fields
 from dist_face.train.aux_state import aux_rows, load_aux_state
+from dist_face.train.engine import DDPEngine, Engine
 from dist_face.train.guard import DivergenceGuard
-from dist_face.train.hooks import CheckpointHook, CloseSinkHook, EvalHook, LogHook
-from dist_face.train.loop import Trainer, TrainState
+from dist_face.train.hooks import (
+    CheckpointHook,
+    CloseSinkHook,
+    EvalHook,
+    LogHook,
+    RefusedLabelHook,
+    evaluation_group,
+)
+from dist_face.train.loop import Hook, Trainer, TrainState
 from dist_face.train.optim import (
     build_head_optimizer,
     build_optimizer,
@@ -79,143 +87,29 @@ def build_trainer(
         parallel = ParallelContext.from_default_group(topology, device)
     # the margin's paper defaults and the head's update, so config.yaml shows what trains
     cfg = resolve_run(cfg)
-    data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
-    num_classes = data.num_classes
-    # the checkpoint's position first: the plan counts the steps left from it
-    resume = _resume_path(cfg, Path(cfg.output_root) / cfg.name)
-    saved = load_state(resume) if resume is not None else None
-    start = _start(saved) if saved is not None else Start()
-    plan = RunPlan.create(
-        cfg,
-        topology,
-        num_classes,
-        data.batches_per_epoch,
-        start=start,
-        batches_left=data.batches_left(start.consumed) if start.resumed else None,
-    )
-    dataset = {
-        "num_samples": data.num_samples,
-        "num_classes": num_classes,
-        "batches_per_epoch": data.batches_per_epoch,
-        "backend": data.backend,
-        "manifest_sha256": dataset_digest(cfg.data.root),
-    }
-    # before anything heavy is built
-    check_agreement(run_fields(cfg, dataset, plan), parallel.control_group)
-    if topology.is_main:
-        save_config(cfg, plan.run_dir / "config.yaml")
-
-    seed_everything(cfg.train.seed, topology.rank)
-    backbone = build_backbone(cfg.model).to(device)  # honours model.init_backbone
-    torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
-    head = build_head(
-        cfg.head, cfg.model.embedding_size, num_classes, parallel.class_group, seed=cfg.train.seed
-    )
-    head = head.to(device)
-    aux = build_aux_losses(cfg.aux, cfg.model.embedding_size, num_classes, parallel.class_group).to(
-        device
-    )
-    aux_rows(aux)  # refuses, before training, a loss whose state checkpoints would not hold
-    loss_fn = WeightedSum(head, aux, cfg.aux.weights, cfg.aux.head_weight) if len(aux) else head
-    head_lr = cfg.optim.head_lr or cfg.optim.lr
-    head_wd = (
-        cfg.optim.weight_decay if cfg.optim.head_weight_decay < 0 else cfg.optim.head_weight_decay
-    )
-    opt_b = build_optimizer(
-        param_groups(backbone, cfg.optim.weight_decay), cfg.optim, cfg.optim.lr, device
-    )
-    opt_h = build_head_optimizer(head, cfg, head_lr, head_wd, device)
-    # a skipped first step must not leave SGD momentum uninitialised (DeepSpeed builds its own
-    # state for the backbone)
-    for opt in (opt_h,) if cfg.dist.engine == "deepspeed" else (opt_b, opt_h):
-        init_momentum(opt)
-    scheds = [
-        build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
-    ]
+    data, plan, resume, saved = build_data(cfg, parallel)
+    model = build_model(cfg, parallel, data.num_classes)
+    opt_b, opt_h, scheds = build_optimizers(cfg, model, plan, device)
     timer = StepTimer(device) if cfg.metrics.step_phases else None
-    engine = _build_step(cfg, parallel, backbone, loss_fn, opt_b, opt_h, scheds, timer)
-    step_fn = engine.step_fn
-    scaler = step_fn.scaler
-    if scaler.dynamic and hasattr(opt_h, "loss_scale"):  # fp16: updates in backward see it
-        opt_h.loss_scale = scaler.scale
-
+    engine = build_engine(cfg, parallel, model.backbone, opt_b, opt_h)
+    if engine.scaler.dynamic and hasattr(opt_h, "loss_scale"):  # fp16: updates in backward
+        opt_h.loss_scale = engine.scaler.scale
+    step_fn = TrainStep(
+        engine=engine,
+        loss_fn=model.loss_fn,
+        head_optimizers=[opt_h],
+        schedulers=scheds,
+        timer=timer,
+    )
     state = TrainState()
-    crange = class_range(num_classes, topology.rank, topology.world_size)
+    crange = class_range(data.num_classes, topology.rank, topology.world_size)
     if resume is not None:
-        state = _resume(
-            resume, saved, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange
-        )
-        load_aux_state(aux, resume, crange)
-
-    def save(trainer: Trainer) -> Path | None:
-        weights, optim_backbone = engine.state()  # collective under ZeRO
-        replicated = {
-            "step": trainer.state.step,
-            "epoch": trainer.state.epoch,
-            "consumed": trainer.state.consumed,
-            "best": trainer.state.best,
-            "config": to_yaml(cfg),
-            "backbone": weights,
-            "optim_backbone": optim_backbone,
-            "schedulers": [s.state_dict() for s in scheds],
-            "scaler": scaler.state_dict(),
-        }
-
-        def export() -> None:  # the backbone alone, for evaluation, export and fine-tuning
-            path = plan.run_dir / "model.pt"
-            save_backbone(backbone, path, cfg.model.name, weights, **model_kwargs(cfg.model))
-
-        return save_checkpoint(
-            plan.run_dir,
-            trainer.state.step,
-            topology,
-            replicated=replicated,
-            head=head,
-            head_optimizer=opt_h,
-            class_range=crange,
-            num_classes=num_classes,
-            keep=cfg.checkpoint.keep,
-            extra_rows=aux_rows(aux),
-            export=export,
-            parallel=parallel,
-        )
-
+        state = _resume(resume, saved, topology, cfg, plan, engine, model.head, opt_h, scheds)
+        load_aux_state(model.aux, resume, crange)
     if sink is None:
         sink = build_sinks(cfg, topology, plan.run_dir)
-    hooks = [
-        LogHook(
-            cfg.train.log_every,
-            sink,
-            scaler.state_dict,
-            lambda: scheds[0].get_last_lr()[0],
-            device,
-            extra=lambda: {
-                "data/rank_corrupt_records": data.corrupt_records,
-                **memory_stats(device),
-            },
-            timer=timer,
-            summed=lambda: {"data/corrupt_records": data.corrupt_records},
-        ),
-        EvalHook(
-            cfg.eval.targets,
-            cfg.eval.every,
-            backbone,
-            topology,
-            sink,
-            plan.run_dir,
-            cfg.eval.batch_size,
-            device,
-        ),
-        DivergenceGuard(
-            cfg.train.log_every,
-            cfg.train.max_skipped_steps,
-            cfg.train.max_nonfinite_logs,
-            lambda: scaler.state_dict()["scale"],
-            _advice(cfg),
-        ),
-        CheckpointHook(cfg.checkpoint.every, save),
-        CloseSinkHook(sink),
-    ]
+    save = _saver(cfg, parallel, plan, engine, model, opt_h, scheds, crange)
+    hooks = build_hooks(cfg, parallel, plan, data, model, engine, scheds, sink, save, timer)
     trainer = Trainer(
         step_fn=step_fn,
         loader_factory=data.epoch,
@@ -231,52 +125,116 @@ def build_trainer(
     return trainer, plan
 
 
-def _advice(cfg: RunConfig) -> str:
-    """What to lower when the run diverges, with the values it ran with."""
-    knobs = [f"optim.lr (now {cfg.optim.lr:g})"]
-    if cfg.optim.head_lr:
-        knobs.append(f"optim.head_lr (now {cfg.optim.head_lr:g})")
-    if cfg.head.scale is not None:  # margins without a scale (softmax, L-Softmax) resolve to None
-        knobs.append(f"head.scale (now {cfg.head.scale:g})")
-    if cfg.train.precision == "fp16":
-        knobs.append(f"train.loss_scale_init (now {cfg.train.loss_scale_init:g})")
-    return ", ".join(knobs[:-1]) + " or " + knobs[-1]
+def build_data(
+    cfg: RunConfig, parallel: ParallelContext
+) -> tuple[DataSource, RunPlan, Path | None, dict | None]:
+    """The data, the checkpoint to resume from (path and replicated state) and the run's plan.
+
+    Checks that every rank agrees on the run (collective) and writes ``config.yaml``.
+    """
+    topology = parallel.topology
+    data = build_loader(cfg.data, topology, parallel.device, seed=cfg.train.seed)
+    # the checkpoint's position first: the plan counts the steps left from it
+    resume = _resume_path(cfg, Path(cfg.output_root) / cfg.name)
+    saved = load_state(resume) if resume is not None else None
+    start = _start(saved) if saved is not None else Start()
+    plan = RunPlan.create(
+        cfg,
+        topology,
+        data.num_classes,
+        data.batches_per_epoch,
+        start=start,
+        batches_left=data.batches_left(start.consumed) if start.resumed else None,
+    )
+    dataset = {
+        "num_samples": data.num_samples,
+        "num_classes": data.num_classes,
+        "batches_per_epoch": data.batches_per_epoch,
+        "backend": data.backend,
+        "manifest_sha256": dataset_digest(cfg.data.root),
+    }
+    # before anything heavy is built
+    check_agreement(run_fields(cfg, dataset, plan), parallel.control_group)
+    if topology.is_main:
+        save_config(cfg, plan.run_dir / "config.yaml")
+    return data, plan, resume, saved
 
 
 @dataclass
-class BackboneEngine:
-    """The step of one engine and the backbone's checkpoint state in the DDP layout."""
+class Model:
+    """The trained modules: the backbone, the sharded head and any auxiliary losses."""
 
-    step_fn: TrainStep
-    state: Callable[[], tuple[dict[str, torch.Tensor], dict]]
-    """``() -> (fp32 weights by name, torch.optim state dict)``; collective under ZeRO."""
-    load_state: Callable[[dict[str, torch.Tensor], dict], None]
-    """Inverse of :attr:`state`, on any world size."""
+    backbone: torch.nn.Module
+    head: torch.nn.Module
+    aux: torch.nn.ModuleList
+    loss_fn: torch.nn.Module
+    """The head, or the weighted sum of the head and the auxiliary losses."""
 
 
-def _build_step(
+def build_model(cfg: RunConfig, parallel: ParallelContext, num_classes: int) -> Model:
+    """The backbone (identical on every rank), the head and auxiliary losses (this rank's rows)."""
+    topology, device = parallel.topology, parallel.device
+    seed_everything(cfg.train.seed, topology.rank)
+    backbone = build_backbone(cfg.model).to(device)  # honours model.init_backbone
+    if device.type == "cuda":
+        # the loaders deliver channels-last images: cuDNN's NHWC kernels need no transposes;
+        # the batch shape never changes, so the kernel search pays off after one step
+        backbone = backbone.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1))
+    head = build_head(
+        cfg.head,
+        cfg.model.embedding_size,
+        num_classes,
+        parallel.class_group,
+        seed=cfg.train.seed,
+        precision=cfg.train.precision,
+    )
+    head = head.to(device)
+    aux = build_aux_losses(cfg.aux, cfg.model.embedding_size, num_classes, parallel.class_group).to(
+        device
+    )
+    aux_rows(aux)  # refuses, before training, a loss whose state checkpoints would not hold
+    loss_fn = WeightedSum(head, aux, cfg.aux.weights, cfg.aux.head_weight) if len(aux) else head
+    return Model(backbone, head, aux, loss_fn)
+
+
+def build_optimizers(
+    cfg: RunConfig, model: Model, plan: RunPlan, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, list]:
+    """``(backbone optimizer, head optimizer, [their schedulers])``."""
+    head_lr = cfg.optim.head_lr or cfg.optim.lr
+    head_wd = (
+        cfg.optim.weight_decay if cfg.optim.head_weight_decay < 0 else cfg.optim.head_weight_decay
+    )
+    opt_b = build_optimizer(
+        param_groups(model.backbone, cfg.optim.weight_decay), cfg.optim, cfg.optim.lr, device
+    )
+    opt_h = build_head_optimizer(model.head, cfg, head_lr, head_wd, device)
+    # a skipped first step must not leave SGD momentum uninitialised (DeepSpeed builds its own
+    # state for the backbone)
+    for opt in (opt_h,) if cfg.dist.engine == "deepspeed" else (opt_b, opt_h):
+        init_momentum(opt)
+    scheds = [
+        build_scheduler(o, cfg.optim, plan.warmup_steps, plan.total_steps) for o in (opt_b, opt_h)
+    ]
+    return opt_b, opt_h, scheds
+
+
+def build_engine(
     cfg: RunConfig,
     parallel: ParallelContext,
     backbone: torch.nn.Module,
-    loss_fn: torch.nn.Module,
     opt_b: torch.optim.Optimizer,
     opt_h: torch.optim.Optimizer,
-    scheds: list,
-    timer: StepTimer | None,
-) -> BackboneEngine:
-    """The step over DDP (or the bare backbone at one rank) or over a DeepSpeed engine."""
+) -> Engine:
+    """The backbone's engine: DDP (or the bare backbone at one rank) or DeepSpeed."""
     topology, device = parallel.topology, parallel.device
     if cfg.dist.engine == "deepspeed":
         from dist_face.train import deepspeed_engine as ds  # deepspeed only when asked for
 
-        engine = ds.initialize(backbone, opt_b, cfg, topology.world_size)
-        step_fn = ds.DeepSpeedStep(
-            engine=engine, loss_fn=loss_fn, head_optimizer=opt_h, schedulers=scheds, timer=timer
-        )
-        return BackboneEngine(
-            step_fn,
-            state=lambda: ds.backbone_state(engine),
-            load_state=lambda w, o: ds.load_backbone_state(engine, w, o),
+        return ds.DeepSpeedEngine(
+            ds.initialize(backbone, opt_b, cfg, topology.world_size), head_optimizers=[opt_h]
         )
     model = wrap_backbone(
         backbone, cfg.dist, topology, device, cfg.train.grad_accum, parallel.data_group
@@ -288,25 +246,121 @@ def _build_step(
         cfg.train.loss_scale_growth_interval,
         group=parallel.data_group,
     )
-    step_fn = TrainStep(
-        backbone=model,
-        loss_fn=loss_fn,
-        optimizers=[opt_b, opt_h],
-        schedulers=scheds,
-        scaler=scaler,
-        precision=cfg.train.precision,
-        clip_params=list(backbone.parameters()),
-        clip_grad_norm=cfg.train.clip_grad_norm,
-        timer=timer,
-    )
+    return DDPEngine(model, [opt_b], scaler, cfg.train.precision, cfg.train.clip_grad_norm)
 
-    def load(weights: dict[str, torch.Tensor], optim_state: dict) -> None:
-        backbone.load_state_dict(weights)
-        opt_b.load_state_dict(optim_state)
 
-    return BackboneEngine(
-        step_fn, state=lambda: (backbone.state_dict(), opt_b.state_dict()), load_state=load
-    )
+def _saver(
+    cfg: RunConfig,
+    parallel: ParallelContext,
+    plan: RunPlan,
+    engine: Engine,
+    model: Model,
+    opt_h: torch.optim.Optimizer,
+    scheds: list,
+    crange: tuple[int, int],
+) -> Callable[[Trainer], Path | None]:
+    """The checkpoint writer: ``save(trainer)`` writes the run's state collectively."""
+    topology = parallel.topology
+
+    def save(trainer: Trainer) -> Path | None:
+        weights, optim_backbone = engine.state()  # collective under ZeRO
+        replicated = {
+            "step": trainer.state.step,
+            "epoch": trainer.state.epoch,
+            "consumed": trainer.state.consumed,
+            "best": trainer.state.best,
+            "config": to_yaml(cfg),
+            "backbone": weights,
+            "optim_backbone": optim_backbone,
+            "schedulers": [s.state_dict() for s in scheds],
+            "scaler": engine.scaler.state_dict(),
+        }
+
+        def export() -> None:  # the backbone alone, for evaluation, export and fine-tuning
+            path = plan.run_dir / "model.pt"
+            save_backbone(model.backbone, path, cfg.model.name, weights, **model_kwargs(cfg.model))
+
+        return save_checkpoint(
+            plan.run_dir,
+            trainer.state.step,
+            topology,
+            replicated=replicated,
+            head=model.head,
+            head_optimizer=opt_h,
+            class_range=crange,
+            num_classes=plan.num_classes,
+            keep=cfg.checkpoint.keep,
+            extra_rows=aux_rows(model.aux),
+            export=export,
+            parallel=parallel,
+        )
+
+    return save
+
+
+def build_hooks(
+    cfg: RunConfig,
+    parallel: ParallelContext,
+    plan: RunPlan,
+    data: DataSource,
+    model: Model,
+    engine: Engine,
+    scheds: list,
+    sink: Sink,
+    save: Callable[[Trainer], Path | None],
+    timer: StepTimer | None = None,
+) -> list[Hook]:
+    """Logging, evaluation, the divergence guard, checkpoints and closing the sink, in order."""
+    topology, device, scaler = parallel.topology, parallel.device, engine.scaler
+    return [
+        LogHook(
+            cfg.train.log_every,
+            sink,
+            scaler.state_dict,
+            lambda: scheds[0].get_last_lr()[0],
+            device,
+            extra=lambda: {
+                "data/rank_corrupt_records": data.corrupt_records,
+                **model.head.log_values(),
+                **memory_stats(device),
+            },
+            timer=timer,
+            summed=lambda: {"data/corrupt_records": data.corrupt_records},
+        ),
+        RefusedLabelHook(cfg.train.log_every, lambda: data.refused, parallel.control_group),
+        EvalHook(
+            cfg.eval.targets,
+            cfg.eval.every,
+            model.backbone,
+            topology,
+            sink,
+            plan.run_dir,
+            cfg.eval.batch_size,
+            device,
+            evaluation_group(cfg.eval.timeout_s) if cfg.eval.targets else None,
+        ),
+        DivergenceGuard(
+            cfg.train.log_every,
+            cfg.train.max_skipped_steps,
+            cfg.train.max_nonfinite_logs,
+            lambda: scaler.state_dict()["scale"],
+            _advice(cfg),
+        ),
+        CheckpointHook(cfg.checkpoint.every, save),
+        CloseSinkHook(sink),
+    ]
+
+
+def _advice(cfg: RunConfig) -> str:
+    """What to lower when the run diverges, with the values it ran with."""
+    knobs = [f"optim.lr (now {cfg.optim.lr:g})"]
+    if cfg.optim.head_lr:
+        knobs.append(f"optim.head_lr (now {cfg.optim.head_lr:g})")
+    if cfg.head.scale is not None:  # margins without a scale (softmax, L-Softmax) resolve to None
+        knobs.append(f"head.scale (now {cfg.head.scale:g})")
+    if cfg.train.precision == "fp16":
+        knobs.append(f"train.loss_scale_init (now {cfg.train.loss_scale_init:g})")
+    return ", ".join(knobs[:-1]) + " or " + knobs[-1]
 
 
 def build_sinks(cfg: RunConfig, topology: Topology, run_dir: Path) -> MultiSink:
@@ -342,14 +396,13 @@ def _start(state: dict) -> Start:
     )
 
 
-def _resume(
-    path, state, topology, cfg, plan, engine, head, opt_h, scheds, scaler, crange
-) -> TrainState:
+def _resume(path, state, topology, cfg, plan, engine, head, opt_h, scheds) -> TrainState:
     saved_world = int(state["world_size"])
     engine.load_state(state["backbone"], state["optim_backbone"])
     for sched, sd in zip(scheds, state["schedulers"]):
         sched.load_state_dict(sd)
-    scaler.load_state_dict(state["scaler"])
+    engine.scaler.load_state_dict(state["scaler"])
+    crange = class_range(plan.num_classes, topology.rank, topology.world_size)
     restore_head(path, topology, head, opt_h, crange, plan.num_classes, saved_world)
     consumed = _consumed(state, saved_world)
     if saved_world == topology.world_size:

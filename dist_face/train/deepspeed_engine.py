@@ -13,6 +13,7 @@ re-partitioned on load, so a run resumes on any number of ranks, on either engin
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import math
@@ -26,7 +27,6 @@ from torch import nn
 
 from dist_face.config import ConfigError, RunConfig
 from dist_face.train.precision import LossScaler, check_precision
-from dist_face.train.step import TrainStep, optimizer_step
 
 logger = logging.getLogger(__name__)
 
@@ -135,71 +135,74 @@ def initialize(
     return engine
 
 
-class DeepSpeedStep(TrainStep):
-    """:class:`TrainStep` whose backbone is a DeepSpeed engine.
+class DeepSpeedEngine:
+    """The :class:`~dist_face.train.engine.Engine` of a backbone inside a DeepSpeed engine.
 
     Args:
         engine: from :func:`initialize`.
-        loss_fn: the head (and auxiliary losses), outside the engine.
-        head_optimizer: the class centers' optimizer.
-        schedulers: stepped once per optimizer step (the backbone's acts on the optimizer the
-            engine wraps).
-        timer: see :class:`TrainStep`.
+        head_optimizers: the class centers' optimizers; those that update in backward
+            (``loss_scale`` attribute) get the engine's loss scale before each backward.
     """
 
-    def __init__(
-        self,
-        *,
-        engine: Any,
-        loss_fn: Any,
-        head_optimizer: torch.optim.Optimizer,
-        schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler],
-        timer: Any = None,
-    ) -> None:
-        device = next(engine.module.parameters()).device
-        super().__init__(
-            backbone=engine,
-            loss_fn=loss_fn,
-            optimizers=[head_optimizer],
-            schedulers=schedulers,
-            # unit scale: the engine scales the loss; update() copies its scale for the head
-            scaler=LossScaler("fp32", device),
-            precision="fp32",  # the engine's parameters are already in the training dtype
-            clip_params=[],
-            clip_grad_norm=0.0,  # the engine clips the backbone (gradient_clipping)
-            timer=timer,
-        )
+    def __init__(self, engine: Any, head_optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
         self.engine = engine
+        self.module = engine.module
+        self.optimizers = [engine.optimizer]  # the backbone's schedulers act on this one
+        self.head_optimizers = list(head_optimizers)
+        device = next(engine.module.parameters()).device
         self.dtype = next(engine.module.parameters()).dtype
+        # unit scale: the engine scales the loss; backward() copies its scale for the head
+        self.scaler = LossScaler("fp32", device)
+        self._ones = torch.ones((), device=device)
+        self._norm = torch.zeros((), device=device)  # filled every step: no allocation
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        """Nothing to enter: the engine counts micro-batches in :meth:`backward`."""
+        return contextlib.nullcontext()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone forward in the engine's parameter dtype."""
         return self.engine(images.to(self.dtype))
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """The engine scales the loss (fp16), back-propagates and reduces the backbone's share."""
-        for opt in self.optimizers:  # a head updated in backward divides the engine's scale out
+        scale = loss_scale(self.engine)
+        for opt in self.head_optimizers:  # a head updated in backward divides the scale out
             if hasattr(opt, "loss_scale"):
-                opt.loss_scale = loss_scale(self.engine)
+                opt.loss_scale = scale
+        # head gradients carry the engine's loss scale (fp16) like the backbone's
+        self.scaler.scale.fill_(scale)
         self.engine.backward(loss, scale_wrt_gas=False)  # the step divides by micro-batches
         if not last:
             self.engine.step()  # not at the accumulation boundary: counts the micro-batch only
 
-    def update(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step the engine, then the head unless either side found inf/NaN."""
-        # head gradients carry the engine's loss scale (fp16) like the backbone's
-        self.scaler.scale.fill_(loss_scale(self.engine))
-        found_inf = self.scaler.unscale_and_check(self._params)
+    def checked_params(self) -> list[nn.Parameter]:
+        """None: the engine checks (and clips) the backbone's gradients itself."""
+        return []
+
+    def step(self, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step the engine; its own overflow verdict (fp16) joins ``skip``.
+
+        The engine applies its update by its own check only: a step skipped for the head's
+        gradients, BatchNorm or labels still moves the backbone under DeepSpeed.
+        """
         self.engine.step()
         if not self.engine.was_step_applied():  # fp16 overflow in the backbone: skip the head
-            self.scaler.skipped += (1 - found_inf).to(torch.int64)
-            found_inf = torch.ones_like(found_inf)
-        for opt in self.optimizers:
-            optimizer_step(opt, found_inf)
-            opt.zero_grad(set_to_none=True)
-        norm = self.engine.get_global_grad_norm()
-        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=found_inf.device)
-        return found_inf, grad_norm.float()
+            skip = self._ones
+        norm = self.engine.get_global_grad_norm()  # a float, or a device tensor
+        if torch.is_tensor(norm):
+            self._norm.copy_(norm)
+        else:
+            self._norm.fill_(0.0 if norm is None else norm)
+        return skip, self._norm
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """See :func:`backbone_state`."""
+        return backbone_state(self.engine)
+
+    def load_state(self, weights: dict[str, torch.Tensor], optim_state: dict[str, Any]) -> None:
+        """See :func:`load_backbone_state`."""
+        load_backbone_state(self.engine, weights, optim_state)
 
 
 def loss_scale(engine: Any) -> float:

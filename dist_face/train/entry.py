@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from dist_face.checkpoint import CheckpointError
 from dist_face.config import ConfigError, RunConfig, describe, list_recipes, load_config
+from dist_face.data.labels import LabelError
 from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
 from dist_face.train.guard import DivergenceError, saved_so_far, unsaved_final_state
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 when the run finished; 2 for a bad configuration (one ``bad configuration: <key>: ...``
-        line on each rank, no traceback); 1 when training diverged (one line naming the step)
-        or its final checkpoint could not be written (one line naming what is on disk);
+        line on each rank, no traceback); 1 when training diverged (one line naming the step),
+        the data held a label outside the class range (one line naming it, on every rank) or
+        the final checkpoint could not be written (one line naming what is on disk);
         :data:`~dist_face.train.signals.EXIT_PREEMPTED` (75) when SIGTERM or SIGUSR1 stopped it
         and its checkpoint was written (``--resume=auto`` continues it).
     """
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     topology = Topology.from_env()
     init_logging(topology.rank)
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, prepare=True)  # a recipe's own data
         check_precision(cfg.train.precision, select_device(topology))
         # paths and names, on every rank, before the process group and the build
         check_run(cfg, topology, select_device(topology))
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:  # the checkpoint to resume from does not fit this run
         logger.error("bad configuration: checkpoint.resume: %s", exc)
         return 2
-    except DivergenceError as exc:
+    except (DivergenceError, LabelError) as exc:
         logger.error("%s", exc)
         return 1
     finally:

@@ -156,6 +156,16 @@ class BufferSnapshot:
             (bufs, torch.empty(sum(b.numel() for b in bufs), dtype=dtype, device=device))
             for (dtype, device), bufs in groups.items()
         ]
+        self._now = [torch.empty_like(saved) for _, saved in self._groups]  # reused every step
+
+    def nonfinite(self) -> torch.Tensor | None:
+        """0-dim device bool: a floating-point buffer holds inf/NaN (None: no BatchNorm)."""
+        flags = []
+        for (bufs, saved), now in zip(self._groups, self._now):
+            if saved.is_floating_point():
+                torch.cat([b.reshape(-1) for b in bufs], out=now)
+                flags.append(~torch.isfinite(now).all())
+        return torch.stack(flags).any() if flags else None
 
     def save(self) -> None:
         """Copy the buffers' current values."""
@@ -164,8 +174,8 @@ class BufferSnapshot:
 
     def restore_if(self, skipped: torch.Tensor) -> None:
         """Put the saved values back where ``skipped`` (0-dim, nonzero = skipped) is set."""
-        for bufs, saved in self._groups:
-            now = torch.cat([b.reshape(-1) for b in bufs])
+        for (bufs, saved), now in zip(self._groups, self._now):
+            torch.cat([b.reshape(-1) for b in bufs], out=now)
             torch.where(skipped.bool(), saved, now, out=now)
             torch._foreach_copy_(
                 bufs, [p.view_as(b) for p, b in zip(now.split([b.numel() for b in bufs]), bufs)]

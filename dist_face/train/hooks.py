@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import time
@@ -11,9 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed import ProcessGroup
 
-from dist_face.dist import Topology, all_gather, barrier
+from dist_face.data.labels import LabelError
+from dist_face.dist import Topology, all_gather, all_gather_object, barrier, is_active
 from dist_face.eval.bin_format import decode_images, load_bin
 from dist_face.eval.verification import VerificationResult, evaluate_model
 from dist_face.metrics import Sink
@@ -118,6 +122,48 @@ class LogHook(Hook):
         self._pause = trainer.pause_s
 
 
+class RefusedLabelHook(Hook):
+    """Stop every rank with one line after a step skipped for a label the loader refused.
+
+    The step skips on every rank when some rank's loader delivered a refused label (see
+    :mod:`dist_face.data.labels`); the flag is accumulated on the device and read on log steps
+    only, where the log hook waits for the device anyway. Then the ranks exchange their
+    loaders' descriptions over the control group (host objects, no device involved) and every
+    rank raises the same :class:`~dist_face.data.labels.LabelError`.
+
+    Args:
+        every: log cadence in steps (and the last step).
+        refused: this rank's loader's description of its first refused label, or None.
+        control_group: the group serving CPU objects (None: the default group).
+    """
+
+    def __init__(
+        self,
+        every: int,
+        refused: Callable[[], str | None],
+        control_group: ProcessGroup | None = None,
+    ) -> None:
+        self.every, self.refused, self.control_group = every, refused, control_group
+        self._seen: torch.Tensor | None = None
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
+        """Accumulate the flag; on log steps, raise on every rank when it was set."""
+        flag = metrics.get("skipped_labels")
+        if flag is None:
+            return
+        if self._seen is None:
+            self._seen = torch.zeros_like(flag)
+        torch.maximum(self._seen, flag, out=self._seen)
+        step = trainer.state.step
+        if step % self.every and step != trainer.total_steps:
+            return
+        if not bool(self._seen):
+            return
+        told = [d for d in all_gather_object(self.refused(), self.control_group) if d]
+        why = told[0] if told else "a rank's loader refused a label"
+        raise LabelError(f"data: {why}; training stopped at step {step}")
+
+
 class CheckpointHook(Hook):
     """Save every ``every`` steps (0 = only at the end) and after the last step."""
 
@@ -151,9 +197,12 @@ class EvalHook(Hook):
     """Verification on ``.bin`` pair files every ``every`` steps and after the last step.
 
     Rank 0 embeds and scores the pairs; the other ranks wait at a barrier (the backbone is
-    replicated, so their embeddings would be identical). Results go to the sink as
-    ``eval/<name>/<metric>``, the best accuracy per target is tracked in the train state, and
-    ``eval.json`` in the run directory holds the latest and best results.
+    replicated, so their embeddings would be identical). The barrier goes over a gloo group
+    with its own timeout (``eval.timeout_s``, :func:`evaluation_group`): no device collective
+    is pending while rank 0 evaluates, so an evaluation longer than ``dist.timeout_s`` does not
+    kill the job. Results
+    go to the sink as ``eval/<name>/<metric>``, the best accuracy per target is tracked in the
+    train state, and ``eval.json`` in the run directory holds the latest and best results.
     """
 
     def __init__(
@@ -166,10 +215,16 @@ class EvalHook(Hook):
         run_dir: Path,
         batch_size: int,
         device: torch.device,
+        group: ProcessGroup | None = None,
     ) -> None:
-        """Evaluate ``model`` (the unwrapped backbone) on ``targets``."""
+        """Evaluate ``model`` (the unwrapped backbone) on ``targets``.
+
+        The ranks wait for rank 0 at a barrier over ``group`` (:func:`evaluation_group`; None:
+        the default group).
+        """
         self.targets, self.every, self.model, self.topology = targets, every, model, topology
         self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device
+        self.group = group
         self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.last: dict[str, VerificationResult] = {}
 
@@ -205,7 +260,7 @@ class EvalHook(Hook):
                 trainer.state.best[key] = max(trainer.state.best.get(key, 0.0), result.accuracy)
             self.sink.log(record, trainer.state.step)
             self._write_report(trainer, record)
-        barrier()
+        barrier(self.group)
         trainer.pause_s += time.perf_counter() - start
 
     def _write_report(self, trainer: Trainer, record: dict[str, Any]) -> None:
@@ -214,6 +269,17 @@ class EvalHook(Hook):
         tmp = self.run_dir / "eval.json.tmp"
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         tmp.replace(self.run_dir / "eval.json")
+
+
+def evaluation_group(timeout_s: float) -> ProcessGroup | None:
+    """A gloo group over every rank whose operations wait ``timeout_s`` (None: one rank).
+
+    The control group's timeout is the job's (``dist.timeout_s``); evaluation gets a group of
+    its own so that its barrier may wait longer. Collective: every rank calls it together.
+    """
+    if not is_active(None):
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 class CloseSinkHook(Hook):

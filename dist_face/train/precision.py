@@ -81,6 +81,16 @@ class LossScaler:
             A 0-dim float tensor on the device: 1.0 if any rank found inf/NaN, else 0.0.
         """
         found_inf = torch.zeros((), device=self.scale.device)
+        self.unscale(params, found_inf)
+        all_reduce(found_inf, ReduceOp.MAX, self.group)
+        self.skipped += found_inf.to(torch.int64)
+        return found_inf
+
+    def unscale(self, params: Iterable[torch.nn.Parameter], found_inf: torch.Tensor) -> None:
+        """Divide gradients by the scale in place; set ``found_inf`` to 1.0 on inf/NaN.
+
+        ``found_inf`` (0-dim) is this rank's flag only: the caller reduces it over the ranks.
+        """
         inv_scale = self.scale.double().reciprocal().float()
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for p in params:
@@ -88,9 +98,6 @@ class LossScaler:
                 by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
         for grads in by_dtype.values():
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
-        all_reduce(found_inf, ReduceOp.MAX, self.group)
-        self.skipped += found_inf.to(torch.int64)
-        return found_inf
 
     def update(self, found_inf: torch.Tensor) -> None:
         """Halve the fp16 scale on overflow; double it after ``growth_interval`` clean steps."""

@@ -22,6 +22,7 @@ from dist_face.checkpoint.manager import checkpoint_root, list_checkpoints
 from dist_face.checkpoint.sharded import total_classes
 from dist_face.config import ConfigError, RunConfig
 from dist_face.config.paths import check_inputs
+from dist_face.config.resolve import check_extras, check_names
 from dist_face.dist import Topology
 
 logger = logging.getLogger(__name__)
@@ -48,21 +49,14 @@ def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> None:
         ConfigError: the first problem found, naming its config key.
     """
     from dist_face.data.loader import build_loader
-    from dist_face.heads.margins import MARGINS
-    from dist_face.models.factory import names, options
+    from dist_face.models.factory import options
 
     check_inputs(cfg)  # every path the run reads exists: one line naming key and path
+    check_extras(cfg)  # optional packages the config asks for: one line naming the extra
     # data.root, data.num_classes, data.backend (DALI installed?), data.batch_size; nothing
     # is read beyond the shard set's metadata and manifest
     num_classes = build_loader(cfg.data, topology, device, seed=cfg.train.seed).num_classes
-    if cfg.head.margin not in MARGINS:
-        raise ConfigError(
-            f"head.margin: unknown margin {cfg.head.margin!r}; known: {', '.join(MARGINS.names())}"
-        )
-    if cfg.model.name not in names():
-        raise ConfigError(
-            f"model.name: unknown backbone {cfg.model.name!r}; known: {', '.join(names())}"
-        )
+    check_names(cfg)  # margin and backbone against their registries
     for key in ("drop_path", "mask_ratio"):
         if getattr(cfg.model, key) is not None and key not in options(cfg.model.name):
             raise ConfigError(f"model.{key}: backbone {cfg.model.name} has no {key} option")

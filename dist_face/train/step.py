@@ -1,55 +1,50 @@
-"""One optimizer step: forward, loss, backward, overflow check, clip, update. No I/O.
+"""One optimizer step: forward, loss, backward, the skip decision, update. No I/O.
 
-The step returns device tensors and never reads them back, so the host runs ahead of the
-device; hooks read values only on logging steps.
+The step drives an :class:`~dist_face.train.engine.Engine` (the backbone under DDP or
+DeepSpeed) and the class-center head the same way whatever the engine. It returns device
+tensors and never reads them back, so the host runs ahead of the device; hooks read values only
+on logging steps.
+
+The skip decision is made here and only here (:meth:`TrainStep.decide_skip`): a step is skipped
+on every rank when any rank has inf/NaN gradients, BatchNorm running statistics that became
+inf/NaN in this step's forward, or a label the data loader refused (delivered as ``-1``, see
+:data:`dist_face.data.loader.REFUSED_LABEL`). The reasons are reduced together in one
+collective and stay on the device; the resulting ``skip`` flag is handed to the engine, to
+every head optimizer and to the BatchNorm snapshot.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+from torch.distributed import ReduceOp
 
-from dist_face.dist import comm
+from dist_face.dist import all_reduce, comm
+from dist_face.train.engine import Engine, optimizer_step
 from dist_face.train.guard import BufferSnapshot
-from dist_face.train.precision import LossScaler, autocast
+from dist_face.train.precision import LossScaler
 from dist_face.train.timing import StepTimer
+
+__all__ = ["Batch", "TrainStep", "optimizer_step"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-
-def optimizer_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
-    """Apply ``optimizer`` unless ``found_inf`` is set.
-
-    Fused optimizers (and the head's row-sparse one) read the flag on the device and skip the
-    whole update (momentum, Adam moments and weight decay included). Others need the flag on
-    the host: one synchronisation, only on devices without fused kernels.
-    """
-    if optimizer.defaults.get("fused") or getattr(optimizer, "reads_found_inf", False):
-        optimizer.found_inf = found_inf  # read by the fused kernels, as GradScaler does
-        optimizer.grad_scale = None
-        optimizer.step()
-    elif not bool(found_inf):
-        optimizer.step()
+SKIP_REASONS = ("gradients", "batchnorm", "labels")
+"""Why a step may be skipped, in the order of the step's flag vector."""
 
 
 class TrainStep:
     """Callable running one optimizer step over ``grad_accum`` micro-batches.
 
     Args:
-        backbone: the (possibly DDP-wrapped) backbone: images ``[B, 3, H, W]`` → ``[B, D]``.
+        engine: the backbone's engine (forward, backward, its update, its loss scale).
         loss_fn: the head (and any auxiliary losses): ``(embeddings [B, D] fp32, labels [B])``
             → scalar loss of the global batch, or ``(scalar, {part: unweighted scalar})``
             (:class:`~dist_face.heads.aux_losses.WeightedSum`).
-        optimizers: backbone and head optimizers, stepped together or skipped together.
+        head_optimizers: the class centers' (and auxiliary losses') optimizers, stepped or
+            skipped together with the engine's; each receives the step's ``skip`` flag.
         schedulers: stepped once per optimizer step.
-        scaler: loss scaling and the cross-rank overflow flag.
-        precision: fp32, bf16 or fp16 (autocast of the backbone; the head stays fp32).
-        clip_params: parameters whose gradient norm is clipped (the backbone's).
-        clip_grad_norm: maximum global L2 norm; 0 disables clipping.
         timer: records the time of each phase (forward, head collectives, backward,
             optimizer) without synchronising; None to not time.
     """
@@ -57,50 +52,64 @@ class TrainStep:
     def __init__(
         self,
         *,
-        backbone: nn.Module,
+        engine: Engine,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        optimizers: Sequence[torch.optim.Optimizer],
+        head_optimizers: Sequence[torch.optim.Optimizer],
         schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler],
-        scaler: LossScaler,
-        precision: str,
-        clip_params: Sequence[nn.Parameter],
-        clip_grad_norm: float,
         timer: StepTimer | None = None,
     ) -> None:
-        self.backbone = backbone
+        self.engine = engine
         self.loss_fn = loss_fn
-        self.optimizers = list(optimizers)
+        self.head_optimizers = list(head_optimizers)
         self.schedulers = list(schedulers)
-        self.scaler = scaler
-        self.precision = precision
-        self.clip_params = list(clip_params)
-        self.clip_grad_norm = clip_grad_norm
         self.timer = timer
-        self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
-        self._bn = BufferSnapshot(backbone)  # a skipped step leaves BatchNorm statistics alone
+        self._head_params = [
+            p for opt in self.head_optimizers for g in opt.param_groups for p in g["params"]
+        ]
+        self._bn = BufferSnapshot(engine.module)  # a skipped step leaves BatchNorm alone
+        device = engine.scaler.scale.device
+        self._flags = torch.zeros(len(SKIP_REASONS), device=device)  # reused every step
+        self._total = torch.zeros((), device=device)
+
+    @property
+    def scaler(self) -> LossScaler:
+        """The loss scale and skip counter of the step (the engine's)."""
+        return self.engine.scaler
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The bare backbone the engine trains."""
+        return self.engine.module
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer the step applies: the engine's, then the head's."""
+        return [*self.engine.optimizers, *self.head_optimizers]
 
     def __call__(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
         """Run forward/backward on every micro-batch, then one update.
 
         Returns:
             Device tensors: ``loss`` (mean over micro-batches), ``grad_norm`` (backbone, before
-            clipping), ``skipped`` (1.0 if the update was skipped for inf/NaN), and
-            ``loss/<part>`` (unweighted, mean over micro-batches) when the loss function
-            returns ``(total, parts)`` (a head with auxiliary losses).
+            clipping), ``skipped`` (1.0 if the update was skipped on every rank),
+            ``skipped_labels`` (1.0 if it was skipped because some rank's loader refused a
+            label), and ``loss/<part>`` (unweighted, mean over micro-batches) when the loss
+            function returns ``(total, parts)`` (a head with auxiliary losses).
         """
         timer = self.timer
         comm.time_collectives(timer)
         try:
-            total = torch.zeros((), device=self.scaler.scale.device)
+            total = self._total.zero_()
+            self._flags.zero_()
             parts: dict[str, torch.Tensor] = {}
             self._bn.save()
             for i, (images, labels) in enumerate(batches):
                 last = i == len(batches) - 1
-                with self._no_sync(not last):
+                with self.engine.micro_batch(last):
                     if timer is not None:
                         timer.start("forward")
-                    embeddings = self.embed(images)
-                    loss = self.loss_fn(embeddings.float(), labels)
+                    embeddings = self.engine.forward(images)
+                    loss = self.loss_fn(embeddings.float(), self._screen(labels))
                     if isinstance(loss, tuple):  # (total, {name: unweighted part})
                         loss, named = loss
                         for name, value in named.items():
@@ -109,51 +118,62 @@ class TrainStep:
                     loss = loss / len(batches)
                     if timer is not None:
                         timer.start("backward")
-                    self.backward(loss, last)
+                    self.engine.backward(loss, last)
                 total += loss.detach()
             if timer is not None:
                 timer.start("optimizer")
-            found_inf, grad_norm = self.update()
-            self._bn.restore_if(found_inf)
+            skip, grad_norm = self.update()
             for sched in self.schedulers:
                 sched.step()
             if timer is not None:
                 timer.end_step()
         finally:
             comm.time_collectives(None)
-        return {"loss": total, "grad_norm": grad_norm.detach(), "skipped": found_inf, **parts}
+        return {
+            "loss": total.clone(),
+            "grad_norm": grad_norm.detach(),
+            "skipped": skip,
+            "skipped_labels": self._flags[2].clone(),
+            **parts,
+        }
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone forward under autocast: ``[B, 3, H, W]`` → ``[B, D]``."""
-        with autocast(self.precision, images.device):
-            return self.backbone(images)
+    def _screen(self, labels: torch.Tensor) -> torch.Tensor:
+        """Note a refused (negative) label in the skip flags; give the head a valid one."""
+        flag = self._flags[2:]
+        torch.maximum(flag, labels.lt(0).any().to(flag.dtype), out=flag)
+        return labels.clamp(min=0)
 
-    def backward(self, loss: torch.Tensor, last: bool) -> None:
-        """Back-propagate one micro-batch's ``loss`` (``last``: the step's final micro-batch)."""
-        self.scaler.scale_loss(loss).backward()
+    def decide_skip(self) -> torch.Tensor:
+        """The step's one skip decision, on the device, identical on every rank.
 
-    def update(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check, clip and apply the accumulated gradients; zero them.
+        Unscales the head's and the engine's gradients, checks them and the BatchNorm
+        statistics for inf/NaN, and reduces these reasons with the labels' (MAX over the
+        engine's data-parallel group) in one collective.
 
         Returns:
-            ``(found_inf, grad_norm)``: the all-ranks overflow flag and the backbone's gradient
-            norm before clipping (0 when clipping is off), both 0-dim device tensors.
+            A 0-dim float tensor, 1.0 to skip the step and 0.0 to apply it.
         """
-        found_inf = self.scaler.unscale_and_check(self._params)
-        grad_norm = torch.zeros((), device=found_inf.device)
-        if self.clip_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.clip_params, self.clip_grad_norm, foreach=True
-            )
-        for opt in self.optimizers:
-            optimizer_step(opt, found_inf)
-        self.scaler.update(found_inf)
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        return found_inf, grad_norm
+        flags, scaler = self._flags, self.engine.scaler
+        scaler.unscale([*self.engine.checked_params(), *self._head_params], flags[0])
+        batchnorm = self._bn.nonfinite()
+        if batchnorm is not None:
+            flags[1].copy_(batchnorm)
+        all_reduce(flags, ReduceOp.MAX, scaler.group)
+        return flags.amax()
 
-    def _no_sync(self, skip_reduce: bool) -> contextlib.AbstractContextManager:
-        # accumulate micro-batches locally; DDP all-reduces on the last one only
-        if skip_reduce and isinstance(self.backbone, DistributedDataParallel):
-            return self.backbone.no_sync()
-        return contextlib.nullcontext()
+    def update(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decide, then apply or skip every update together; zero the gradients.
+
+        Returns:
+            ``(skip, grad_norm)``: the all-ranks skip flag and the backbone's gradient norm
+            before clipping (0 when clipping is off), both 0-dim device tensors.
+        """
+        skip, grad_norm = self.engine.step(self.decide_skip())
+        for opt in self.head_optimizers:
+            optimizer_step(opt, skip)
+            opt.zero_grad(set_to_none=True)
+        self._bn.restore_if(skip)
+        scaler = self.engine.scaler
+        scaler.skipped += skip.to(torch.int64)
+        scaler.update(skip)
+        return skip, grad_norm

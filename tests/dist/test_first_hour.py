@@ -160,3 +160,77 @@ def test_the_first_hour_on_an_existing_insightface_rec(tiny_dataset: Path, tmp_p
         "--data.num_workers=0",
     )
     assert (work / "runs" / "rec" / "model.pt").is_file()
+
+
+def _run_failing(cwd: Path, *cmd: str, **env: str) -> subprocess.CompletedProcess:
+    """Like :func:`_run` for a command expected to fail: the finished process."""
+    return subprocess.run(
+        list(cmd),
+        cwd=cwd,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_first_hour_with_grayscale_photos_and_landmarks(tmp_path: Path) -> None:
+    """A classic face database: 92×112 grayscale PGM photos, a folder per person, 5 points each."""
+    from tests.helpers.pgm_faces import make_pgm_faces, write_landmarks
+
+    work = tmp_path / "work"
+    points = make_pgm_faces(work / "faces", people=8, per_person=4)
+    write_landmarks(work / "landmarks.csv", points)
+    torchrun_sh = str(REPO / "launch" / "torchrun.sh")
+
+    # the raw folder given to training: one line that says to pack it
+    done = _run_failing(work, "bash", torchrun_sh, "--data.root=faces", CONFIG="debug_cpu")
+    assert done.returncode == 2 and "pack it first: dist-face-pack" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    # packed as it is: one warning naming the size, what training does, how to align
+    log = _run(work, "dist-face-pack", "faces", "raw", "--quiet")
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "92×112 32" in warnings[0] and "--landmarks" in warnings[0]
+
+    # packed aligned: 112×112 crops, no warning, the report says so
+    log = _run(work, "dist-face-pack", "faces", "packed", "--landmarks", "landmarks.csv", "--quiet")
+    assert "WARNING" not in log
+    report = (work / "packed" / "pack_report.txt").read_text()
+    assert "# aligned to the 112×112 ArcFace template: yes" in report
+    assert "# sizes before packing (width×height): 92×112 32" in report
+    assert json.loads((work / "packed" / "meta.json").read_text())["image_shape"] == [112, 112, 1]
+
+    # two ranks, a few steps
+    _run(
+        work,
+        "bash",
+        torchrun_sh,
+        "--data.root=packed",
+        "--eval.targets=[]",
+        "--name=pgm",
+        "--train.max_steps=3",
+        "--data.batch_size=8",
+        "--data.num_workers=0",
+        CONFIG="debug_cpu",
+        NPROC_PER_NODE="2",
+        RESUME="none",
+    )
+    assert (work / "runs" / "pgm" / "model.pt").is_file()
+
+    # a pair list of the raw photos, every genuine pair first: both get a warning
+    names = sorted(points)
+    genuine = [(names[4 * p], names[4 * p + k], 1) for p in range(8) for k in (1, 2)]
+    impostor = [(names[4 * p], names[4 * ((p + 1) % 8) + 1], 0) for p in range(8)] * 2
+    (work / "pairs.csv").write_text(
+        "".join(f"faces/{a},faces/{b},{same}\n" for a, b, same in genuine + impostor)
+    )
+    log = _run(
+        work, "dist-face-score-pairs", "--run", "runs/pgm", "--pairs", "pairs.csv",
+        "--root", ".", "--out", "scores.csv",
+    )  # fmt: skip
+    assert "32 images of pairs.csv are not 112×112" not in log  # only those the list uses
+    assert "are not 112×112 (92×112" in log and "centre-cropped" in log
+    assert "the pair list is sorted by label (every genuine pair on one side)" in log
+    assert len((work / "scores.csv").read_text().splitlines()) == 1 + 32
+    assert 0.0 <= json.loads((work / "scores.json").read_text())["accuracy"] <= 1.0

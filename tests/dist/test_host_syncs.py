@@ -102,11 +102,13 @@ def _count(rank: int, world: int, tmp: str, rate: float) -> dict:
         runs.append(("arcface", "tiny"))
     for margin, model in runs:
         cfg = load_config("debug_cpu", overrides(tmp, margin, rate, model))
-        trainer, _ = build_trainer(cfg, Topology.from_env(), torch.device("cpu"), InMemorySink())
+        sink = InMemorySink()
+        trainer, _ = build_trainer(cfg, Topology.from_env(), torch.device("cpu"), sink)
         hook = CountIterations()
         trainer.hooks.insert(len(trainer.hooks) - 1, hook)  # before the sink closes
         trainer.fit()
-        out[f"{margin} on {model}"] = {"per_step": hook.per_step, "sites": hook.sites}
+        kept = [v for _, v in sink.series("head/sampled_fraction")]
+        out[f"{margin} on {model}"] = {"per_step": hook.per_step, "sites": hook.sites, "kept": kept}
     return out
 
 
@@ -118,3 +120,6 @@ def test_steady_state_steps_make_no_host_sync(tmp_path, rate: float) -> None:
             assert len(found["per_step"]) == STEPS - 1, margin
             syncs = {k: v for step in found["per_step"] for k, v in step.items()}
             assert not syncs, f"rank {rank} {margin} r={rate}: {found['sites']}"
+            # logged every log step; at r < 1 Partial FC keeps at least r of the rank's classes
+            assert found["kept"] and all(rate <= k <= 1.0 for k in found["kept"]), found["kept"]
+            assert (min(found["kept"]) < 1.0) == (rate < 1.0), found["kept"]

@@ -6,11 +6,13 @@ float64 reference is computed here, in the test process, from the same initial c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 import torch
 
+from dist_face.audit import StepAudit
 from dist_face.dist import all_gather_object
 from dist_face.heads import MARGINS, MarginHead, PartialFC
 from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace
@@ -61,9 +63,12 @@ def _cases(world_size: int) -> list[dict[str, Any]]:
     return cases
 
 
-def _run_case(rank: int, world_size: int, case: dict[str, Any]) -> dict[str, Any]:
+def _run_case(
+    rank: int, world_size: int, case: dict[str, Any], gemm: torch.dtype | None = None
+) -> dict[str, Any]:
     # blocks of 2 classes: every rank's slice spans several blocks, the last one partial
-    head = PartialFC(D, C, _margin(case["margin"]), case["rate"], seed=SEED, chunk_size=2)
+    margin = _margin(case["margin"])
+    head = PartialFC(D, C, margin, case["rate"], seed=SEED, chunk_size=2, gemm_dtype=gemm)
     if head.bias is not None:
         with torch.no_grad():
             head.bias.copy_(torch.linspace(-0.5, 0.5, C)[head.class_start : head.class_end])
@@ -117,9 +122,32 @@ def _reshard_probe(rank: int, world_size: int, shards: list[dict[str, Any]]) -> 
 def _all_cases(rank: int, world_size: int, cases: list[dict[str, Any]], shards) -> dict:
     return {
         "cases": [_run_case(rank, world_size, c) for c in cases],
+        "low": [
+            [_run_case(rank, world_size, cases[i], dt) for i in _low_cases(cases)] for dt in LOW
+        ],
         "memory": _memory_probe(rank, world_size),
         "reshard": _reshard_probe(rank, world_size, shards),
         "no_scale": _run_unscaled(rank, world_size, cases[0]),
+        "bf16": _bf16_probe(rank, world_size),
+    }
+
+
+def _bf16_probe(rank: int, world_size: int) -> dict[str, Any]:
+    """A bf16 run's head on real ranks: GEMM FLOPs by dtype, rows kept at r = 0.05."""
+    head = PartialFC(64, 4000, "arcface", 0.05, seed=SEED, gemm_dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(128, 64, generator=gen, requires_grad=True)
+    y = torch.randint(0, 4000, (128,), generator=gen)
+    audit = StepAudit(device_type="cpu")
+    with audit, audit.in_phase("head"):
+        head(x, y).backward()
+    y_all = torch.cat(all_gather_object(y))
+    positives = len({int(v) for v in y_all if head.class_start <= v < head.class_end})
+    return {
+        "flops": dict(audit.flops["head"]),
+        "kept": len(head.last_sampled),
+        "bound": max(0.05 * head.num_local, positives),
+        "fraction": head.sampled_fraction * head.num_local,
     }
 
 
@@ -158,18 +186,49 @@ def _reference(case: dict[str, Any], sampled: torch.Tensor | None) -> dict[str, 
     }
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+# GEMM input dtype -> (loss, gradients) tolerance relative to the tensor's largest entry, about
+# 1.5x the worst error measured on W = 1-4 (bf16: loss 4.6e-3, gradients 4.1e-2; fp16: 8.1e-4
+# and 3.7e-3 at W = 1); CPU products are rounded to the input dtype, a GPU's are not
+LOW = {torch.bfloat16: (1e-2, 6e-2), torch.float16: (2e-3, 8e-3)}
+
+
+def _low_cases(cases: list[dict[str, Any]]) -> list[int]:
+    """The cases also run with low-precision GEMMs: the margins with their own communication."""
+    full = ("arcface", "curricularface", "uniface")
+    return [i for i, c in enumerate(cases) if c["margin"] in full and c["layout"] != "duplicates"]
+
+
+def _check_low(world_size: int, case: dict[str, Any], outs, dtype: torch.dtype) -> None:
+    """bf16/fp16 GEMMs (float32 accumulation and softmax) against the float64 reference."""
+    tag = f"W={world_size} {case['margin']} {case['layout']} r={case['rate']} {dtype}"
+    sampled = torch.cat([o["sampled"] for o in outs]) if case["rate"] < 1.0 else None
+    ref = _reference(case, sampled)
+    loss_tol, grad_tol = LOW[dtype]
+
+    def close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+        err = float((actual.double() - expected).abs().max() / expected.abs().max())
+        assert err <= tol, f"{tag} {what}: {err:.2e} of the largest entry > {tol}"
+
+    for r, o in enumerate(outs):
+        close(o["loss"], ref["loss"], loss_tol, "loss")
+        rows = slice(r * B, (r + 1) * B)
+        close(o["x_grad"] / world_size, ref["x_grad"][rows], grad_tol, f"x.grad rank {r}")
+    close(torch.cat([o["w_grad"] for o in outs]), ref["w_grad"], grad_tol, "weight.grad")
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, what: str, floor: float = 1.2e-7) -> None:
     """fp32 sharded head vs float64 reference: 1e-5 relative to the tensor's largest entry.
 
     Plus a float32-epsilon floor (1.2e-7): a saturated softmax (a few classes, s = 16) has
-    gradients of 1e-11 whose fp32 value is pure rounding of ``p − 1``.
+    gradients of 1e-11 whose fp32 value is pure rounding of ``p − 1``. At r = 0 only the
+    positives are kept (two or three classes, s = 64 for NormFace): ``floor`` 1e-6 there.
     """
     scale = float(expected.abs().max())
     torch.testing.assert_close(
         actual.double(),
         expected,
         rtol=1e-5,
-        atol=1e-5 * scale + 1.2e-7,
+        atol=1e-5 * scale + floor,
         msg=lambda m: f"{what}: {m}",
     )
 
@@ -185,23 +244,23 @@ def _check_case(world_size: int, case: dict[str, Any], outs: list[dict[str, Any]
             lo, hi = class_range(C, r, world_size)
             positives = {int(v) for v in case["y"] if lo <= v < hi}
             assert positives <= set(o["sampled"].tolist()), tag
-            # fixed size: the budget, raised to the N gathered rows (capped at the slice) so
-            # that every positive fits whatever the labels; never more than the slice holds
-            budget = int(case["rate"] * (hi - lo))
-            assert len(o["sampled"]) == min(hi - lo, max(budget, len(case["y"]))), tag
+            # Partial FC's rule: ⌈r·C_local⌉, raised to the rank's positives
+            budget = math.ceil(case["rate"] * (hi - lo) - 1e-9)
+            assert len(o["sampled"]) == min(hi - lo, max(budget, len(positives))), tag
     ref = _reference(case, sampled)
+    floor = 1e-6 if case["rate"] == 0.0 else 1.2e-7
     for r, o in enumerate(outs):
         _close(o["loss"], ref["loss"], f"{tag} loss rank {r}")
         # DDP averages: the rank's gradient / W is the reference gradient of its rows
         rows = slice(r * B, (r + 1) * B)
-        _close(o["x_grad"] / world_size, ref["x_grad"][rows], f"{tag} x.grad rank {r}")
+        _close(o["x_grad"] / world_size, ref["x_grad"][rows], f"{tag} x.grad rank {r}", floor)
         for n, g in o["margin_grads"].items():
             _close(g, ref["margin_grads"][n], f"{tag} margin.{n}.grad rank {r}")
         for n, v in o["margin_state"].items():  # λ step, t (a cosine: fp32 absolute error)
             expected = ref["margin_state"][n].double()
             torch.testing.assert_close(v.double(), expected, rtol=1e-5, atol=1e-6, msg=tag)
         assert torch.equal(o["loss"], outs[0]["loss"]), f"{tag}: loss differs across ranks"
-    _close(torch.cat([o["w_grad"] for o in outs]), ref["w_grad"], f"{tag} weight.grad")
+    _close(torch.cat([o["w_grad"] for o in outs]), ref["w_grad"], f"{tag} weight.grad", floor)
     if ref["b_grad"] is not None:
         _close(torch.cat([o["b_grad"] for o in outs]), ref["b_grad"], f"{tag} bias.grad")
 
@@ -228,6 +287,14 @@ def test_sharded_head_matches_full_softmax(world_size: int) -> None:
     outs = run_distributed(_all_cases, world_size, cases, _old_shards(old_w), timeout=240)
     for i, case in enumerate(cases):
         _check_case(world_size, case, [o["cases"][i] for o in outs])
+    for d, dtype in enumerate(LOW):
+        for j, i in enumerate(_low_cases(cases)):
+            _check_low(world_size, cases[i], [o["low"][d][j] for o in outs], dtype)
+    # a bf16 run's head: >= 99 % of its GEMM FLOPs in bf16; Partial FC's row count
+    for o in (o["bf16"] for o in outs):
+        assert o["flops"].get("bfloat16", 0) >= 0.99 * sum(o["flops"].values()), o["flops"]
+        assert o["kept"] <= 1.25 * o["bound"], o
+        assert o["fraction"] == pytest.approx(o["kept"])  # head/sampled_fraction · C_local
     # without the DP-average compensation the local gradient is the plain one
     for r, o in enumerate(outs):
         torch.testing.assert_close(o["no_scale"], outs[r]["cases"][0]["x_grad"] / world_size)

@@ -111,8 +111,8 @@ def test_the_debug_recipe_names_the_repository_data_from_any_directory(tmp_path:
     )
     assert done.returncode == 0, done.stderr
     cfg = yaml.safe_load(done.stdout)
-    assert cfg["data"]["root"] == str(REPO / "data" / "quickstart" / "shards")
-    assert cfg["eval"]["targets"] == [str(REPO / "data" / "quickstart" / "val.bin")]
+    assert cfg["data"]["root"] == str(REPO / "data" / "debug_cpu" / "shards")
+    assert cfg["eval"]["targets"] == [str(REPO / "data" / "debug_cpu" / "val.bin")]
     assert cfg["output_root"] == str(tmp_path / "runs")  # what a user runs writes where they are
 
 

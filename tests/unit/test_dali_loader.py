@@ -134,3 +134,12 @@ def test_dali_warns_that_it_cannot_skip_and_needs_the_package(
     monkeypatch.setattr("dist_face.data.loader.dali_available", lambda: False)
     with pytest.raises(ConfigError, match=r"data\.backend: dali needs nvidia-dali"):
         _source(color_shards, 0, 1)
+
+
+def test_both_backends_deliver_the_same_channels_last_layout(color_shards: Path) -> None:
+    layouts = []
+    for backend in ("dali", "torch"):
+        images, labels = next(iter(_source(color_shards, 0, 1, backend).epoch(0)))
+        assert images.is_contiguous(memory_format=torch.channels_last), backend
+        layouts.append((images.shape, images.stride(), labels.dtype))
+    assert layouts[0] == layouts[1]

@@ -40,7 +40,8 @@ def test_bad_images_are_skipped_and_reported_and_labels_stay_contiguous(messy, t
     done = _pack(str(root), str(out), "--shards", "2")
     assert done.returncode == 0, done.stderr
     assert "skipped 2 image(s) that failed the decode check" in done.stdout
-    assert "ignored 2 file(s) without an image extension (.md 1, .txt 1)" in done.stdout
+    assert "ignored 1 file(s) outside the identity folders (.md 1)" in done.stdout
+    assert "ignored 1 file(s) not an image Pillow recognises (by content) (.txt 1)" in done.stdout
     assert "skipped 1 identity folder(s) without images" in done.stdout
     assert "id_000a_empty" in done.stderr  # the warning names the folder
     report = (out / "pack_report.txt").read_text().splitlines()

@@ -9,7 +9,9 @@ import torch
 
 from dist_face.heads import MarginHead, PartialFC
 from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
-from dist_face.heads.row_optim import build_row_optimizer
+from dist_face.heads.row_optim import RowSparseOptimizer, build_row_optimizer
+from dist_face.train.precision import LossScaler
+from dist_face.train.step import TrainStep
 from tests.helpers.allocations import LargestOutput
 
 C, D, N = 40, 6, 5
@@ -125,7 +127,47 @@ def test_grad_scale_is_divided_out() -> None:
         opt.loss_scale = torch.tensor(scale)
         head.attach_optimizer(opt)
         (head(*_batch()) * scale).backward()
+        opt.step()  # under a loss scale the rows wait for the step (the overflow flag)
+    assert not torch.equal(plain.weight, PartialFC(D, C, "arcface").weight)
     torch.testing.assert_close(plain.weight, scaled.weight)
+
+
+def _fp16_step(images: torch.Tensor) -> tuple[PartialFC, RowSparseOptimizer, TrainStep]:
+    """A real training step with a dynamic loss scale of 2^100 (fp16's scaler, on the CPU)."""
+    torch.manual_seed(0)
+    backbone = torch.nn.Linear(12, D)
+    head = PartialFC(D, C, "arcface", sample_rate=0.5)
+    opt = build_row_optimizer(head, "sgd", LR, WD, MU)
+    head.attach_optimizer(opt)
+    scaler = LossScaler("fp16", torch.device("cpu"), init_scale=2.0**100)
+    opt.loss_scale = scaler.scale  # as build_trainer sets it
+    step = TrainStep(
+        backbone=backbone,
+        loss_fn=head,
+        optimizers=[torch.optim.SGD(backbone.parameters(), lr=0.1), opt],
+        schedulers=[],
+        scaler=scaler,
+        precision="fp32",
+        clip_params=list(backbone.parameters()),
+        clip_grad_norm=0.0,
+    )
+    step([(images, torch.randint(0, C, (N,)))])  # momentum is non-zero now
+    return head, opt, step
+
+
+def test_a_step_skipped_for_an_overflow_leaves_centers_and_momentum_unchanged() -> None:
+    """A real overflow: at a loss scale of 2^127 the scaled gradients pass float32's range
+    (at 2^100 they do not); the skipped step leaves the centers and their momentum as they
+    were, the clean one moves both."""
+    for scale, skipped in ((2.0**100, 0.0), (2.0**127, 1.0)):
+        head, opt, step = _fp16_step(torch.randn(N, 12))
+        w0 = head.weight.detach().clone()
+        m0 = opt.state[head.weight]["momentum_buffer"].clone()
+        step.scaler.scale.fill_(scale)
+        out = step([(torch.randn(N, 12), torch.randint(0, C, (N,)))])
+        assert float(out["skipped"]) == skipped
+        assert torch.equal(head.weight.detach(), w0) == bool(skipped)
+        assert torch.equal(opt.state[head.weight]["momentum_buffer"], m0) == bool(skipped)
 
 
 def test_bf16_storage_keeps_float32_math() -> None:
@@ -257,3 +299,22 @@ def test_target_only_margins_differentiate_targets_alone_bitwise_as_whole_blocks
     generic = _trained(copy.deepcopy(margin), True, sparse)
     for a, b in zip(fast, generic, strict=True):
         assert torch.equal(a, b)
+
+
+def test_learning_rate_is_a_device_tensor_the_scheduler_updates_in_place() -> None:
+    """CUDA-graph ready: the update reads the rate from a tensor a scheduler fills in place."""
+    head = PartialFC(D, C, "arcface", chunk_size=8)
+    opt = build_row_optimizer(head, "sgd", LR, 0.0, 0.0)
+    head.attach_optimizer(opt)
+    lr = opt.param_groups[0]["lr"]
+    assert torch.is_tensor(lr) and lr.device == head.weight.device
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1)
+    sched.step()
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1 * LR)
+    w0 = head.weight.detach().clone()
+    head(*_batch(0)).backward()
+    changed = head.weight.detach() - w0
+    opt.param_groups[0]["lr"].fill_(LR)  # the same batch at the full rate moves 10x as far
+    head.weight.data.copy_(w0)
+    head(*_batch(0)).backward()
+    torch.testing.assert_close(head.weight.detach() - w0, 10 * changed, rtol=1e-4, atol=1e-7)

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from dist_face.config import OptimConfig
+from dist_face.data.labels import REFUSED_LABEL
+from dist_face.train.engine import DDPEngine
 from dist_face.train.optim import build_optimizer, init_momentum
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep, optimizer_step
@@ -16,15 +18,12 @@ def _step() -> tuple[TrainStep, nn.Module]:
     backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(8))
     backbone(torch.zeros(2, 3, 6, 6))  # materialise the lazy layer
     opt = torch.optim.SGD(backbone.parameters(), lr=0.1)
+    engine = DDPEngine(backbone, [opt], LossScaler("fp32", torch.device("cpu")), "fp32", 5.0)
     step = TrainStep(
-        backbone=backbone,
+        engine=engine,
         loss_fn=lambda x, y: x.square().mean(),
-        optimizers=[opt],
+        head_optimizers=[],
         schedulers=[],
-        scaler=LossScaler("fp32", torch.device("cpu")),
-        precision="fp32",
-        clip_params=list(backbone.parameters()),
-        clip_grad_norm=5.0,
     )
     return step, backbone[1]
 
@@ -60,3 +59,43 @@ def test_a_skipped_first_step_leaves_sgd_momentum_at_zero() -> None:
         reference.step()
     assert torch.equal(p.detach(), q.detach())
     assert torch.equal(opt.state[p]["momentum_buffer"], reference.state[q]["momentum_buffer"])
+
+
+def _bn_step() -> tuple[TrainStep, nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(1, 4))
+    opt = torch.optim.SGD(backbone.parameters(), lr=0.1)
+    engine = DDPEngine(backbone, [opt], LossScaler("fp32", torch.device("cpu")), "fp32")
+    step = TrainStep(
+        engine=engine, loss_fn=lambda x, y: x.square().mean(), head_optimizers=[], schedulers=[]
+    )
+    return step, backbone, opt
+
+
+def test_a_step_whose_batchnorm_statistics_overflow_is_skipped() -> None:
+    step, backbone, _ = _bn_step()
+    labels = torch.zeros(2, dtype=torch.long)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    # ±1.5e19: the batch variance 2.25e38 normalises to ±1 (finite loss and gradients), but
+    # the unbiased variance that enters running_var, 4.5e38, is inf in fp32
+    images = torch.tensor([1.5e19, -1.5e19]).view(2, 1, 1, 1)
+    out = step([(images, labels)])
+    assert torch.isfinite(out["loss"]) and out["skipped"].item() == 1.0
+    for key, value in backbone.state_dict().items():  # weights and statistics untouched
+        assert torch.equal(value, before[key]), key
+    out = step([(torch.randn(2, 1, 1, 1), labels)])
+    assert out["skipped"].item() == 0.0 and torch.isfinite(backbone[0].running_var).all()
+
+
+def test_a_refused_label_skips_the_step_and_never_reaches_the_loss() -> None:
+    step, backbone, _ = _bn_step()
+    seen: list[torch.Tensor] = []
+    step.loss_fn = lambda x, y: seen.append(y) or x.square().mean()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    out = step([(torch.randn(2, 1, 1, 1), torch.tensor([3, REFUSED_LABEL]))])
+    assert out["skipped"].item() == 1.0 and out["skipped_labels"].item() == 1.0
+    assert seen[0].tolist() == [3, 0]  # the head gets a valid class
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    out = step([(torch.randn(2, 1, 1, 1), torch.tensor([3, 1]))])
+    assert out["skipped"].item() == 0.0 and out["skipped_labels"].item() == 0.0
