@@ -59,24 +59,31 @@ class DivergenceGuard(Hook):
         self.loss_scale, self.advice = loss_scale, advice
         self._counters: torch.Tensor | None = None
         self._bad_logs = 0
+        self._start = 0
+
+    def before_train(self, trainer: Trainer) -> None:
+        """Note the step the run starts (or resumes) at."""
+        self._start = trainer.state.step
 
     def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
         """Update the device counters; check them on log steps."""
         loss, skipped = metrics["loss"].detach().float(), metrics["skipped"].float()
         if self._counters is None:
             # [skip run, longest skip run since the last check, steps since a finite loss,
-            #  last finite loss]
-            self._counters = torch.tensor([0.0, 0.0, 0.0, math.nan], device=loss.device)
+            #  last finite loss, steps skipped since the start]
+            self._counters = torch.tensor([0.0, 0.0, 0.0, math.nan, 0.0], device=loss.device)
         c = self._counters
         finite = torch.isfinite(loss)
         c[0] = (c[0] + 1) * skipped
         c[1] = torch.maximum(c[1], c[0])
         c[2] = (c[2] + 1) * (~finite).float()
         c[3] = torch.where(finite, loss, c[3])
+        c[4] += skipped
         state = trainer.state
         if state.step % self.every and state.step != trainer.total_steps:
             return
-        _, longest, since, last = c.tolist()
+        _, longest, since, last, skipped_all = c.tolist()
+        ran = state.step - self._start
         c[1] = c[0]
         self._bad_logs = 0 if since == 0 else self._bad_logs + 1
         if self.max_skipped and longest >= self.max_skipped:
@@ -92,6 +99,9 @@ class DivergenceGuard(Hook):
         elif since and state.step == trainer.total_steps:
             # however short the run: a model whose last loss is inf/NaN is not a result
             why = f"the loss of the last step was inf/NaN for {int(since)} steps"
+        elif state.step == trainer.total_steps and 2 * skipped_all > ran:
+            # nor is one that most steps never updated (a run too short for max_skipped_steps)
+            why = f"{int(skipped_all)} of its {ran} steps were skipped for inf/NaN values"
         else:
             return
         scale = float(self.loss_scale())

@@ -53,6 +53,16 @@ def test_a_non_finite_last_loss_ends_even_a_short_run_with_the_divergence_error(
     assert _feed(_guard(50, 20), [2.0, nan, 1.0], [0, 0, 0], total=3) == 3  # finite at the end
 
 
+def test_a_short_run_whose_steps_were_mostly_skipped_ends_with_the_divergence_error() -> None:
+    # 2 of 3 steps skipped: far from max_skipped_steps=50, but the model barely trained
+    with pytest.raises(DivergenceError) as err:
+        _feed(_guard(50, 20), [2.0, 1.5, 1.0], [1, 1, 0], total=3)
+    assert str(err.value).startswith(
+        "training diverged at step 3: 2 of its 3 steps were skipped for inf/NaN values"
+    )
+    assert _feed(_guard(50, 20), [2.0, 1.5, 1.0], [1, 0, 0], total=3) == 3  # 1 of 3: trained
+
+
 def test_non_finite_losses_on_consecutive_log_steps_stop_the_run() -> None:
     nan = float("nan")
     losses = [3.0, 2.5, 2.0, 1.9] + [nan] * 12  # log steps 4, 8, 12, 16
