@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ from dist_face.checkpoint.manager import last_refused
 from dist_face.config import HeadConfig
 from dist_face.dist import Topology
 from dist_face.heads import build_head
+from dist_face.train.guard import unsaved_final_state
+from dist_face.train.hooks import CheckpointHook
 from dist_face.train.signals import StopAgreement, StopSignals
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,3 +132,12 @@ def test_a_failed_model_export_fails_the_save_but_keeps_the_checkpoint(tmp_path:
     assert last_refused(tmp_path) == (5, False)
     assert _save(tmp_path, 6, nan=torch.tensor(float("nan"))) is None
     assert last_refused(tmp_path) == (6, True)  # refused for inf/NaN: the run diverged
+    # what a run whose last step is 6 ends with (model.pt: written with the step-4 checkpoint)
+    hook = CheckpointHook(2, save=lambda trainer: None)
+    hook.last_saved = 4
+    trainer = SimpleNamespace(hooks=[hook], state=SimpleNamespace(step=6))
+    assert unsaved_final_state(trainer, tmp_path) == (  # type: ignore[arg-type]
+        "training diverged: the state of step 6, the last step, holds inf/NaN values and was "
+        f"not saved (see the error above); {tmp_path}/model.pt is from step 4, the last "
+        "checkpoint written"
+    )
