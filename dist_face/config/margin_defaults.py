@@ -17,7 +17,11 @@ m = 0.5, s = 64; SphereFace (Liu et al. 2017) m = 4 and its released λ schedule
 (base 1000, γ 2.5e-5, power 35, λ_min 0); CurricularFace m = 0.5, s = 64, EMA 0.01; UniFace's
 official code m = 0.4, s = 64, λ = 1, b̃ initialised to log(10·C·r) (``uniface_bias_init = 0``
 stands for that, since C is known only when the data is opened); insightface's combined margin
-(1.0, 0.3, 0.2), s = 64; NormFace s = 64 as in the other cosine losses here.
+(1.0, 0.3, 0.2), s = 64; NormFace s = 64 as in the other cosine losses here; AdaFace (Kim et
+al. 2022) m = 0.4, h = 0.333, EMA 0.01, s = 64; MagFace (Meng et al. 2021) l_a = 10,
+u_a = 110, l_m = 0.45, u_m = 0.8, λ_g = 35, s = 64; ElasticFace (Boutros et al. 2022) arc
+m = 0.5, cos m = 0.35, σ = 0.05, and the "+" variants' σ from the official config (arc+
+0.0175, cos+ 0.02), s = 64; sub-center ArcFace (Deng et al. 2020) K = 3, m = 0.5, s = 64.
 """
 
 from __future__ import annotations
@@ -60,6 +64,21 @@ MARGIN_DEFAULTS: MappingProxyType[str, dict[str, Any]] = MappingProxyType(
         "sphereface": {"m1": 4.0, **_ANNEAL_SPHERE},
         "curricularface": {"scale": 64.0, "m2": 0.5, "curricular_momentum": 0.01},
         "uniface": {"scale": 64.0, "m3": 0.4, "uniface_lambda": 1.0, "uniface_bias_init": 0.0},
+        "adaface": {"scale": 64.0, "adaface_m": 0.4, "adaface_h": 0.333, "adaface_momentum": 0.01},
+        "magface": {
+            "scale": 64.0,
+            "magface_la": 10.0,
+            "magface_ua": 110.0,
+            "magface_lm": 0.45,
+            "magface_um": 0.8,
+            "magface_lambda": 35.0,
+            "easy_margin": False,
+        },
+        "elasticface_arc": {"scale": 64.0, "m2": 0.5, "elastic_std": 0.05},
+        "elasticface_arc_plus": {"scale": 64.0, "m2": 0.5, "elastic_std": 0.0175},
+        "elasticface_cos": {"scale": 64.0, "m3": 0.35, "elastic_std": 0.05},
+        "elasticface_cos_plus": {"scale": 64.0, "m3": 0.35, "elastic_std": 0.02},
+        "subcenter_arcface": {"scale": 64.0, "m2": 0.5, "sub_centers": 3},
     }
 )
 
@@ -78,6 +97,16 @@ MARGIN_FIELDS: tuple[str, ...] = (
     "curricular_momentum",
     "uniface_lambda",
     "uniface_bias_init",
+    "adaface_m",
+    "adaface_h",
+    "adaface_momentum",
+    "magface_la",
+    "magface_ua",
+    "magface_lm",
+    "magface_um",
+    "magface_lambda",
+    "elastic_std",
+    "sub_centers",
 )
 
 

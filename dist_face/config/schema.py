@@ -63,8 +63,10 @@ class ModelConfig:
 class HeadConfig:
     """Margin loss and class-center sharding.
 
-    Which margin reads which value: arcface, curricularface → m2; cosface, uniface → m3;
-    combined → m1, m2, m3; sphereface, lsoftmax → m1 (an integer); normface, softmax → none.
+    Which margin reads which value: arcface, curricularface, subcenter_arcface,
+    elasticface_arc(_plus) → m2; cosface, uniface, elasticface_cos(_plus) → m3; combined → m1,
+    m2, m3; sphereface, lsoftmax → m1 (an integer); normface, softmax, magface, adaface → none
+    (MagFace and AdaFace have their own fields).
     Margin fields default to ``None`` = the chosen margin's paper default
     (:mod:`dist_face.config.margin_defaults`; the run's ``config.yaml`` shows the resolved
     values). A field the chosen margin does not read is an error on the command line and a
@@ -102,6 +104,26 @@ class HeadConfig:
     """UniFace: weight λ of the negative terms (1.0; paper: 0.7 on large data)."""
     uniface_bias_init: float | None = None
     """UniFace: initial shared bias b̃; 0 = log(10 · C · sample_rate) as in the official code."""
+    adaface_m: float | None = None
+    """AdaFace: margin m, angular at ẑ = −1 and additive at ẑ = 0 and 1 (0.4)."""
+    adaface_h: float | None = None
+    """AdaFace: concentration h of the norm's z-score, ẑ = clip((‖x‖ − μ)/(σ/h), −1, 1) (0.333)."""
+    adaface_momentum: float | None = None
+    """AdaFace: EMA momentum of the batch norm statistics μ, σ (0.01)."""
+    magface_la: float | None = None
+    """MagFace: lower bound l_a of the feature magnitude (10)."""
+    magface_ua: float | None = None
+    """MagFace: upper bound u_a of the feature magnitude (110)."""
+    magface_lm: float | None = None
+    """MagFace: margin l_m at magnitude l_a, radians (0.45)."""
+    magface_um: float | None = None
+    """MagFace: margin u_m at magnitude u_a, radians (0.8)."""
+    magface_lambda: float | None = None
+    """MagFace: weight λ_g of the magnitude regulariser g(a) = a/u_a² + 1/a (35)."""
+    elastic_std: float | None = None
+    """ElasticFace: σ of the per-sample margin N(m, σ) (0.05; arc+ 0.0175, cos+ 0.02)."""
+    sub_centers: int | None = None
+    """Sub-center ArcFace: centers per class K (3); the class cosine is the max over them."""
     interclass_filtering_threshold: float = 0.0
     """Zero non-target cosines above this value (noisy labels; 0 = off, arcface_torch uses 0.4)."""
     check_labels: bool = False
@@ -153,6 +175,17 @@ class HeadConfig:
             "must be in (0, 1]",
         )
         _optional(self.uniface_lambda, lambda v: v > 0, "uniface_lambda", "must be > 0")
+        _optional(self.adaface_m, lambda v: 0 <= v < 1, "adaface_m", "must be in [0, 1)")
+        _optional(self.adaface_h, lambda v: v > 0, "adaface_h", "must be > 0")
+        _optional(
+            self.adaface_momentum, lambda v: 0 < v <= 1, "adaface_momentum", "must be in (0, 1]"
+        )
+        _optional(self.magface_la, lambda v: v > 0, "magface_la", "must be > 0")
+        if self.magface_la is not None and self.magface_ua is not None:
+            require(self.magface_ua > self.magface_la, "magface_ua", "must be > magface_la")
+        _optional(self.magface_lambda, lambda v: v >= 0, "magface_lambda", "must be >= 0")
+        _optional(self.elastic_std, lambda v: v >= 0, "elastic_std", "must be >= 0")
+        _optional(self.sub_centers, lambda v: v >= 1, "sub_centers", "must be >= 1")
         require_choice(self.update, "update", [None, "sparse", "dense"])
         require_choice(self.storage, "storage", ["fp32", "bf16"])
         require(self.chunk_size >= 0, "chunk_size", f"must be >= 0, got {self.chunk_size}")
@@ -256,11 +289,17 @@ class OptimConfig:
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 5e-4
-    """Weight decay (not applied to biases, norm parameters or UniFace's bias)."""
+    """Weight decay (not applied to biases, norm parameters or UniFace's bias, unless
+    ``decay_norm_and_bias``)."""
+    decay_norm_and_bias: bool = False
+    """Weight-decay every parameter of the backbone and of a dense head, biases, BatchNorm and
+    PReLU included, as arcface_torch does (off: those are not decayed)."""
     warmup_epochs: float = 0.0
     """Linear warm-up length in epochs."""
     schedule: str = "poly"
-    """Decay after warm-up: poly or cosine."""
+    """Decay after warm-up: poly or cosine (warm-up from lr/warmup_steps at the first step), or
+    arcface_poly: arcface_torch's PolynomialLRWarmup, warm-up from 0 (lr·t/w at step t), then
+    lr·(1 − (t − w)/(T − w))^poly_power (poly_power 2 is its old PolyScheduler)."""
     poly_power: float = 1.0
     """Power of the polynomial decay (1.0 = linear)."""
     head_lr: float = 0.0
@@ -270,7 +309,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         require_choice(self.name, "name", ["sgd", "adamw"])
-        require_choice(self.schedule, "schedule", ["poly", "cosine"])
+        require_choice(self.schedule, "schedule", ["poly", "cosine", "arcface_poly"])
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")

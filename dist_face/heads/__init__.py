@@ -1,6 +1,14 @@
 """Class-center heads: margins, the sharded classifier and its arithmetic."""
 
-from dist_face.heads import curricular, multiplicative, uniface  # noqa: F401  (registration)
+from dist_face.heads import (  # noqa: F401  (registration)
+    adaface,
+    curricular,
+    elastic,
+    magface,
+    multiplicative,
+    subcenter,
+    uniface,
+)
 from dist_face.heads.build import build_head, build_margin
 from dist_face.heads.margin_head import MarginHead
 from dist_face.heads.margins import MARGINS, Margin, MarginInput

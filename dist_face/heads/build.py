@@ -10,6 +10,7 @@ from torch.distributed import ProcessGroup
 from dist_face.config.base import ConfigError
 from dist_face.config.margin_defaults import resolve_head
 from dist_face.config.schema import HeadConfig
+from dist_face.heads.adaptive_args import ADAPTIVE_ARGS, SEEDED
 from dist_face.heads.kernels import gemm_dtype
 from dist_face.heads.margins import MARGINS, Margin
 from dist_face.heads.partial_fc import PartialFC
@@ -40,6 +41,7 @@ _ARGS: dict[str, Callable[[HeadConfig, int], dict[str, object]]] = {
         "neg_weight": c.uniface_lambda,
         "bias_init": c.uniface_bias_init or uniface_default_bias(n, c.sample_rate),
     },
+    **ADAPTIVE_ARGS,
 }
 
 
@@ -53,8 +55,10 @@ def _annealing(c: HeadConfig) -> dict[str, object]:
     }
 
 
-def build_margin(cfg: HeadConfig, num_classes: int) -> Margin:
+def build_margin(cfg: HeadConfig, num_classes: int, seed: int = 0) -> Margin:
     """The margin named by ``cfg.margin`` with its options from ``cfg``.
+
+    ``seed``: the run's seed, for margins that draw per step (ElasticFace).
 
     Unset options take the margin's paper defaults (:func:`~dist_face.config.margin_defaults.
     resolve_head`).
@@ -66,6 +70,8 @@ def build_margin(cfg: HeadConfig, num_classes: int) -> Margin:
         raise ConfigError(f"head.margin: unknown margin {cfg.margin!r}; known: {MARGINS.names()}")
     cfg = resolve_head(cfg)
     args = _ARGS[cfg.margin](cfg, num_classes) if cfg.margin in _ARGS else {}
+    if cfg.margin in SEEDED:
+        args["seed"] = seed
     return MARGINS.get(cfg.margin)(**args)
 
 
@@ -93,7 +99,7 @@ def build_head(
     return PartialFC(
         embedding_size,
         num_classes,
-        build_margin(cfg, num_classes),
+        build_margin(cfg, num_classes, seed),
         cfg.sample_rate,
         group,
         grad_scale_for_dp_average=grad_scale_for_dp_average,

@@ -44,7 +44,9 @@ class CurricularFace(Margin):
         self.register_buffer("t", torch.zeros((), dtype=torch.float32))
 
     @torch.no_grad()
-    def begin_step(self, target_cos: torch.Tensor | None) -> None:
+    def begin_step(
+        self, target_cos: torch.Tensor | None, x_norm: torch.Tensor | None = None
+    ) -> None:
         """``t ← α·mean(cos θ_y) + (1 − α)·t`` in training mode (before ``t`` is used)."""
         assert target_cos is not None, "curricularface needs every row's target cosine"
         if self.training:

@@ -27,6 +27,11 @@ one block) and advance their per-step state once (``begin_step``). Margin parame
 replicated on every rank (UniFace's ``b̃``) get their gradient summed over blocks, then over
 ranks in one all-reduce: every rank runs the same collectives whatever its block count.
 
+Margins that adapt to the sample hook in narrowly: ``needs_x_norm`` margins get every row's
+``‖x‖`` (differentiable), ``has_row_loss`` margins add a per-row term of it to the loss, and a
+margin with ``sub_centers = K > 1`` sees, per class, the max of the projections on its ``K``
+rows (``weight`` ``[C_local, K, D]``; the gradient reaches the arg-max row only).
+
 Everything but the GEMMs runs in float32 (float64 if the inputs are), whatever the storage
 dtype of the centers (bf16 rows are upcast a block at a time) and whatever autocast is active.
 The three GEMMs per block take their inputs in ``LossSpec.gemm_dtype`` (the run's bf16/fp16)
@@ -119,6 +124,8 @@ class _Block:
     z: torch.Tensor  # [N, Kc] projection (see the margins' table)
     bias: torch.Tensor | None  # [Kc]
     labels: torch.Tensor  # [N] column in this block or -1
+    z_rows: torch.Tensor | None = None  # [N, Kc·K] per sub-center (sub-center margins)
+    pick: torch.Tensor | None = None  # [N, Kc] arg-max sub-center of each class
 
 
 class _Ctx:
@@ -133,6 +140,11 @@ class _Ctx:
         self.cosine = margin.normalize_embedding and margin.normalize_weight
         xf = x.detach().to(self.dtype)
         self.x_norm = torch.linalg.vector_norm(xf, dim=1)
+        # margins that read ‖x‖ get it even when they project unit vectors (AdaFace, MagFace)
+        self.reads_norm = not self.cosine or margin.needs_x_norm
+        self.sub = margin.sub_centers
+        if self.sub > 1 and (margin.needs_target_cos or not self.cosine):
+            raise ValueError("sub-center margins must be cosine margins without target_cos")
         self.x_inv = 1.0 / self.x_norm.clamp_min(_EPS)
         self.xin = xf * self.x_inv[:, None] if margin.normalize_embedding else xf
         self.xin_gemm = self.kernels.gemm_input(self.xin)
@@ -153,6 +165,7 @@ class _Ctx:
         hi = min(lo + self.spec.chunk, self.num_cols)
         rows = self.rows(lo, hi)
         w = self.spec.workspace.gather("rows", self.weight, rows, self.dtype)
+        w = w.reshape(-1, w.shape[-1])  # [Kc·K, D]: a class's K sub-centers are adjacent rows
         w_gemm = self.kernels.gemm_input(w)
         margin = self.spec.margin
         norm = None
@@ -179,7 +192,11 @@ class _Ctx:
             bias = self.spec.workspace.gather("bias", self.bias, rows, self.dtype)
         labels = self.spec.labels
         labels = torch.where((labels >= lo) & (labels < hi), labels - lo, -1)
-        return _Block(rows, w, w_gemm, inv, None if self.cosine else norm, z, bias, labels)
+        blk = _Block(rows, w, w_gemm, inv, None if self.cosine else norm, z, bias, labels)
+        if self.sub > 1:  # the class's cosine: the max over its sub-centers
+            blk.z_rows = z
+            blk.z, blk.pick = z.view(z.shape[0], -1, self.sub).max(dim=2)
+        return blk
 
     def margin_input(self, blk: _Block, z, x_norm, w_norm, bias, target_cos) -> MarginInput:
         if self.cosine and self.spec.filter_threshold > 0:
@@ -210,7 +227,7 @@ def _forward(c: _Ctx) -> torch.Tensor:
     spec = c.spec
     margin = spec.margin
     target_cos = c.target_cos() if margin.needs_target_cos else None
-    margin.begin_step(target_cos)
+    margin.begin_step(target_cos, c.x_norm)
     n = c.xin.shape[0]
     device = c.xin.device
     softmax = margin.objective == "softmax"
@@ -219,7 +236,7 @@ def _forward(c: _Ctx) -> torch.Tensor:
     target = torch.zeros(n, dtype=c.dtype, device=device)
     total = torch.zeros((), dtype=c.dtype, device=device)
     holds = torch.zeros(n, dtype=torch.bool, device=device)  # the target is here
-    norms = (None, None) if c.cosine else (c.x_norm, None)
+    norms = (c.x_norm if c.reads_norm else None, None)
     for lo in c.blocks():
         blk = c.block(lo)
         inp = c.margin_input(blk, blk.z, norms[0], blk.w_norm, blk.bias, target_cos)
@@ -246,6 +263,8 @@ def _forward(c: _Ctx) -> torch.Tensor:
         c.log_z = log_denom + row_max
     else:
         loss = comm.all_reduce(total, ReduceOp.SUM, spec.group) / n
+    if margin.has_row_loss:  # identical on every rank: no communication
+        loss = loss + margin.row_loss(c.x_norm).sum() / n
     c.target_cos = target_cos
     c.finite = torch.isfinite(loss)
     return loss
@@ -294,6 +313,7 @@ class _FusedMarginLoss(torch.autograd.Function):
                 and c.cosine
                 and spec.filter_threshold <= 0
                 and not trained
+                and not c.reads_norm
             )
             for lo in c.blocks():
                 blk = c.block(lo)
@@ -307,6 +327,8 @@ class _FusedMarginLoss(torch.autograd.Function):
                 if got.get("x_norm") is not None:
                     gxn += got["x_norm"]
                 _deliver(c, blk, grad_w, got.get("bias"), gw, gb, enabled, decay is not None)
+            if margin.has_row_loss:
+                gxn += _row_loss_grad(c, g)
             if g_params:  # replicated margin parameters: sum the ranks' partial gradients
                 flat = torch.cat([p.reshape(-1) for p in g_params])
                 comm.all_reduce(flat, ReduceOp.SUM, spec.group)
@@ -349,7 +371,7 @@ def _margin_grad(
     """
     margin = c.spec.margin
     with torch.enable_grad():
-        leaves = _Leaves(blk, None if c.cosine else c.x_norm)
+        leaves = _Leaves(blk, c.x_norm if c.reads_norm else None)
         inp = c.margin_input(blk, leaves.z, leaves.x_norm, leaves.w_norm, leaves.bias, c.target_cos)
         out = margin.logits(inp)
     if margin.objective == "softmax":
@@ -406,12 +428,17 @@ def _deliver(
     ``decay_folded``: ``grad_w`` includes SGD's L2 term (``RowSparseOptimizer.fold_decay``).
     """
     spec = c.spec
+    if c.sub > 1:  # back to the weight's [Kc, K, D] rows
+        grad_w = grad_w.view(-1, *c.weight.shape[1:])
+        w = blk.w.view_as(grad_w)
+    else:
+        w = blk.w
     if spec.optimizer is None:
         _scatter(gw, blk.rows, grad_w)
         _scatter(gb, blk.rows, grad_b)
         return
     grads_rows = [grad_w] if c.bias is None else [grad_w, grad_b]
-    current = [blk.w] if c.bias is None else [blk.w, blk.bias]
+    current = [w] if c.bias is None else [w, blk.bias]
     spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current, decay_folded)
 
 
@@ -434,6 +461,11 @@ def _project_backward(
     """
     k = c.kernels
     out = c.spec.workspace.get("grad", tuple(blk.w.shape), blk.w.dtype, blk.w.device)
+    z = blk.z
+    if blk.pick is not None:  # a class's gradient goes to its arg-max sub-center
+        z = blk.z_rows
+        rows = torch.zeros(z.shape[0], blk.pick.shape[1], c.sub, dtype=gz.dtype, device=gz.device)
+        gz = rows.scatter_(2, blk.pick[..., None], gz[..., None]).view_as(z)
     if blk.inv is not None:  # z = xin · wᵀ / ‖w‖
         gz = gz * blk.inv
     gz_gemm = k.gemm_input(gz)
@@ -441,7 +473,7 @@ def _project_backward(
     grad = k.mm(gz_gemm.T, x_rows, out=out).masked_fill_(~enabled, 0.0)
     if blk.inv is None:  # z = xin · wᵀ
         return grad if decay is None else grad.addcmul_(blk.w, decay)
-    radial = torch.where(enabled, blk.inv * (gz * blk.z.detach()).sum(dim=0), 0.0)
+    radial = torch.where(enabled, blk.inv * (gz * z.detach()).sum(dim=0), 0.0)
     coef = -radial if decay is None else decay - radial
     return grad.addcmul_(blk.w, coef[:, None])
 
@@ -455,8 +487,21 @@ def _embedding_grad(c: _Ctx, gxin: torch.Tensor, gxn: torch.Tensor) -> torch.Ten
     """``∂L/∂x`` ``[N, D]`` from the gradients w.r.t. the projected input and ``‖x‖``."""
     if c.spec.margin.normalize_embedding:  # xin = x/‖x‖: (I − x̂x̂ᵀ)/‖x‖
         dot = (c.xin * gxin).sum(dim=1, keepdim=True)
-        return gxin.sub_(c.xin * dot).mul_(c.x_inv[:, None])
+        gx = gxin.sub_(c.xin * dot).mul_(c.x_inv[:, None])
+        return gx.add_(c.xin * gxn[:, None]) if c.reads_norm else gx  # ∂‖x‖/∂x = x̂
     return gxin.add_(c.xin * (gxn * c.x_inv)[:, None])  # ∂‖x‖/∂x = x/‖x‖
+
+
+def _row_loss_grad(c: _Ctx, g: torch.Tensor) -> torch.Tensor:
+    """``∂/∂‖x‖`` ``[N]`` of the margin's row loss, this rank's share.
+
+    Every rank adds the same row loss, and the all-gather's backward sums the ranks'
+    gradients: each rank contributes ``1/W`` of it.
+    """
+    with torch.enable_grad():
+        leaf = c.x_norm.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(c.spec.margin.row_loss(leaf).sum(), leaf)
+    return grad * (g / comm.get_world_size(c.spec.group))
 
 
 def _scatter(dst: torch.Tensor | None, rows: RowIndex, src: torch.Tensor | None) -> None:
@@ -479,7 +524,8 @@ def fused_margin_loss(
 
     Args:
         x: ``[N, D]`` gathered embeddings (differentiable).
-        weight: ``[C_local, D]`` this rank's centers (any float dtype).
+        weight: ``[C_local, D]`` this rank's centers (any float dtype); ``[C_local, K, D]``
+            for a margin with ``K`` sub-centers per class.
         bias: ``[C_local]`` class bias (softmax margin) or None.
         spec: labels, sampled rows, group, block size, optimizer (:class:`LossSpec`).
         params: the margin's parameters (replicated on every rank).

@@ -46,7 +46,8 @@ class MarginInput:
         z: ``[N, K]`` float32 projections (see the module table).
         labels: ``[N]`` int64, column of row ``i``'s target in this block, ``-1`` if the target
             lives in another rank's block (sampling always keeps positives).
-        x_norm: ``[N]`` float32 ``‖x_i‖`` (None for cosine margins, which never read it).
+        x_norm: ``[N]`` float32 ``‖x_i‖`` (None for cosine margins, unless ``needs_x_norm``;
+            differentiable: its gradient reaches the embeddings).
         w_norm: ``[K]`` float32 ``‖w_j‖`` (None for cosine margins).
         bias: ``[K]`` float32 per-class bias (only for margins with ``class_bias``), else None.
         target_cos: ``[N]`` float32 ``cos θ_{i,y_i}`` of every row, detached, identical on all
@@ -89,6 +90,11 @@ class Margin(nn.Module):
     ``needs_target_cos`` (every row's target cosine, all-reduced) and ``objective``:
     ``"softmax"`` (cross-entropy over all classes, with all-reduced max and denominator) or
     ``"uce"`` (``logits`` returns ``[N]`` per-row loss sums over this block's columns).
+
+    Extension points for margins that adapt to the sample: ``needs_x_norm`` (cosine margins
+    that read ``‖x‖``: AdaFace, MagFace), :meth:`row_loss` (a per-row term added to the loss:
+    MagFace's regulariser) and ``sub_centers`` (``K`` centers per class, the class's cosine
+    being the max over them: sub-center ArcFace).
     """
 
     normalize_embedding: bool = True
@@ -101,8 +107,16 @@ class Margin(nn.Module):
     :meth:`target_logit` (a function of the target's ``z`` alone). The fused loss then
     differentiates the ``[N]`` targets, not the whole ``[N, K]`` block."""
     scale: float = 1.0
+    needs_x_norm: bool = False
+    """Cosine margin that also reads every row's ``‖x‖`` in ``MarginInput.x_norm``."""
+    has_row_loss: bool = False
+    """:meth:`row_loss` adds a per-row term of ``‖x‖`` to the loss."""
+    sub_centers: int = 1
+    """Centers per class (``K``); the class's cosine is the max over its ``K`` sub-centers."""
 
-    def begin_step(self, target_cos: torch.Tensor | None) -> None:
+    def begin_step(
+        self, target_cos: torch.Tensor | None, x_norm: torch.Tensor | None = None
+    ) -> None:
         """Advance per-step state (λ annealing, CurricularFace's ``t``) once per head forward.
 
         A head that evaluates :meth:`logits` block by block, and again in backward, calls this
@@ -110,7 +124,17 @@ class Margin(nn.Module):
 
         Args:
             target_cos: ``[N]`` every row's target cosine (``needs_target_cos`` margins).
+            x_norm: ``[N]`` every row's ``‖x‖``, detached, identical on all ranks (the
+                gathered batch); None when the caller has no embeddings at hand.
         """
+
+    def row_loss(self, x_norm: torch.Tensor) -> torch.Tensor:
+        """``[N]`` extra loss of each row from its ``‖x‖`` (``has_row_loss`` margins).
+
+        The head adds its batch mean to the loss, identically on every rank, and the gradient
+        once (not once per rank).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no row loss")
 
     def logits(self, inp: MarginInput) -> torch.Tensor:  # pragma: no cover - abstract
         """Logits ``[N, K]`` (float32) of this block; a pure function of ``inp`` and the state.
@@ -125,7 +149,7 @@ class Margin(nn.Module):
 
     def forward(self, inp: MarginInput) -> torch.Tensor:
         """One step over one block holding every class: :meth:`begin_step`, then :meth:`logits`."""
-        self.begin_step(inp.target_cos)
+        self.begin_step(inp.target_cos, None if inp.x_norm is None else inp.x_norm.detach())
         return self.logits(inp)
 
 

@@ -65,7 +65,9 @@ class _Annealed(Margin):
         lam = self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power)
         return max(self.lambda_min, lam)
 
-    def begin_step(self, target_cos: torch.Tensor | None) -> None:
+    def begin_step(
+        self, target_cos: torch.Tensor | None, x_norm: torch.Tensor | None = None
+    ) -> None:
         """Advance the schedule by one step in training mode."""
         if self.training:
             self.iteration += 1

@@ -1,7 +1,8 @@
 """The class-center head sharded over ranks (model-parallel FC with optional Partial FC sampling).
 
 Rank ``r`` of ``W`` (in ``group``) holds the centers of the contiguous global classes
-``class_range(C, r, W)`` as ``weight`` ``[num_local, D]``. One step:
+``class_range(C, r, W)`` as ``weight`` ``[num_local, D]`` (``[num_local, K, D]`` for a margin
+with ``K`` sub-centers per class). One step:
 
 1. all-gather the embeddings ``[B, D] → [N = W·B, D]`` (with gradient) and the labels;
 2. optionally sample classes (:class:`~dist_face.heads.sampling.ClassSampler`: all positives
@@ -138,10 +139,11 @@ class PartialFC(nn.Module):
         self.keep_projections_bytes = int(keep_projections_mb * 2**20)
         self.seed = seed
         self.gemm_dtype, self.tf32 = gemm_dtype, tf32
+        k = self.margin.sub_centers  # [num_local, K, D] with K sub-centers per class
         init = init_class_centers(
-            self.class_start, self.class_end, embedding_size, seed, dtype=storage_dtype
+            self.class_start * k, self.class_end * k, embedding_size, seed, dtype=storage_dtype
         )
-        self.weight = nn.Parameter(init)
+        self.weight = nn.Parameter(init if k == 1 else init.view(self.num_local, k, -1))
         bias = nn.Parameter(torch.zeros(self.num_local)) if self.margin.class_bias else None
         self.register_parameter("bias", bias)
         self.sampler = ClassSampler(self.num_local, sample_rate, seed, self.rank)

@@ -3,7 +3,7 @@
 A shard is a plain dict (``torch.save``-able)::
 
     {"class_start": int, "class_end": int, "num_classes": int, "rank": int, "world_size": int,
-     "weight": [end-start, D] float32, "bias": [end-start] or None,
+     "weight": [end-start, D] ([end-start, K, D] with sub-centers), "bias": [end-start] or None,
      "replicated": {name: tensor}}   # margin state identical on all ranks (b̃, λ step, t)
 
 Loading picks the rows ``class_range(C, r, W_new)`` out of the shards of any old world size
@@ -66,12 +66,12 @@ def load_shards(head: PartialFC, shards: list[dict[str, Any]]) -> None:
 
 
 def load_full(head: PartialFC, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-    """Fill ``head`` with its rows of full ``[C, D]`` centers (and ``[C]`` bias).
+    """Fill ``head`` with its rows of full ``[C, D]`` (``[C, K, D]``) centers (and ``[C]`` bias).
 
     Raises:
         ValueError: wrong shape.
     """
-    expected = (head.num_classes, head.embedding_size)
+    expected = (head.num_classes, *head.weight.shape[1:])
     if tuple(weight.shape) != expected:
         raise ValueError(f"full weight: expected {list(expected)}, got {list(weight.shape)}")
     start, end = head.class_start, head.class_end

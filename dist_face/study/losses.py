@@ -23,6 +23,13 @@ _HEADS = (
     "combined",
     "curricularface",
     "uniface",
+    "adaface",
+    "magface",
+    "elasticface_arc",
+    "elasticface_arc_plus",
+    "elasticface_cos",
+    "elasticface_cos_plus",
+    "subcenter_arcface",
 )
 _ALONE = ("contrastive", "triplet", "npair", "circle", "supcon")
 

@@ -163,9 +163,13 @@ def _raw(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 
 
 def _target_gap(net: torch.nn.Module, centers: torch.Tensor, faces: FaceSet) -> float:
-    """Mean of ``cos θ_y − max_{j≠y} cos θ_j`` over ``faces`` (no flip), in cosine units."""
+    """Mean of ``cos θ_y − max_{j≠y} cos θ_j`` over ``faces`` (no flip), in cosine units.
+
+    ``centers`` ``[C, D]``, or ``[C, K, D]`` (sub-centers: a class's cosine is their max).
+    """
     emb = torch.from_numpy(embed_images(net, faces.images, flip=False))
-    cos = emb @ F.normalize(centers.float(), dim=1).T
+    cos = emb @ F.normalize(centers.float().reshape(-1, emb.shape[1]), dim=1).T
+    cos = cos.view(len(emb), centers.shape[0], -1).amax(dim=2)
     y = torch.from_numpy(faces.labels)
     target = cos.gather(1, y[:, None]).squeeze(1)
     others = cos.scatter(1, y[:, None], float("-inf")).amax(dim=1)

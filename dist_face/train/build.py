@@ -208,7 +208,10 @@ def build_optimizers(
         cfg.optim.weight_decay if cfg.optim.head_weight_decay < 0 else cfg.optim.head_weight_decay
     )
     opt_b = build_optimizer(
-        param_groups(model.backbone, cfg.optim.weight_decay), cfg.optim, cfg.optim.lr, device
+        param_groups(model.backbone, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias),
+        cfg.optim,
+        cfg.optim.lr,
+        device,
     )
     opt_h = build_head_optimizer(model.head, cfg, head_lr, head_wd, device)
     # a skipped first step must not leave SGD momentum uninitialised (DeepSpeed builds its own

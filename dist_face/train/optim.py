@@ -4,7 +4,14 @@ The replicated backbone and the sharded class centers get separate optimizers: t
 have different lifetimes on disk (the head's is re-split by class range when the world size
 changes), and the head may use its own learning rate and weight decay. Biases, normalisation
 parameters (every parameter with fewer than two dimensions) and any parameter a module lists in
-``no_weight_decay()`` get no weight decay.
+``no_weight_decay()`` get no weight decay, unless ``optim.decay_norm_and_bias`` asks to decay
+every parameter as arcface_torch does.
+
+arcface_torch's step, exactly: ``--head.margin=arcface --head.straight_through=true
+--optim.decay_norm_and_bias=true --optim.schedule=arcface_poly`` (with its SGD momentum 0.9,
+backbone clipping at norm 5 and one lr and weight decay for both optimizers, which are the
+defaults here); ``tests/unit/test_arcface_torch_step.py`` checks it against a float64
+re-expression of that step.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ from dist_face.config import OptimConfig, RunConfig
 from dist_face.heads.row_optim import build_row_optimizer
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Split ``module``'s trainable parameters into a decayed and a non-decayed group."""
+def param_groups(module: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """Split ``module``'s trainable parameters into a decayed and a non-decayed group.
+
+    ``decay_all``: one decayed group of every parameter (arcface_torch's choice).
+    """
     skip_names = set(getattr(module, "no_weight_decay", lambda: ())())
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or name in skip_names:
+        if not decay_all and (p.ndim < 2 or name in skip_names):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -65,7 +75,8 @@ def build_head_optimizer(
         opt = build_row_optimizer(head, cfg.optim.name, lr, weight_decay, cfg.optim.momentum)
         head.attach_optimizer(opt)
         return opt
-    return build_optimizer(param_groups(head, weight_decay), cfg.optim, lr, device)
+    groups = param_groups(head, weight_decay, cfg.optim.decay_norm_and_bias)
+    return build_optimizer(groups, cfg.optim, lr, device)
 
 
 def init_momentum(optimizer: torch.optim.Optimizer) -> None:
@@ -93,7 +104,11 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, pow
 
     Linear warm-up from ``1/warmup`` to 1 over ``warmup_steps``, then ``(1 - t)^power``
     (``poly``) or ``(1 + cos(πt))/2`` (``cosine``), where ``t`` goes from 0 to 1 over the rest.
+    ``arcface_poly`` is arcface_torch's ``PolynomialLRWarmup``: the warm-up starts from 0
+    (``step/warmup``, so its first step does not move the weights), then ``(1 - t)^power``.
     """
+    if schedule == "arcface_poly" and step < warmup_steps:
+        return step / warmup_steps
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(total_steps - warmup_steps, 1)

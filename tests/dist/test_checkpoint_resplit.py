@@ -108,15 +108,25 @@ def test_keep_last_and_a_full_disk_loses_nothing(tmp_path) -> None:
 
 def _real_rows(head, opt) -> dict[str, torch.Tensor]:
     """Every row-sharded tensor of a PartialFC and its row-sparse optimizer, by name."""
-    out = {"weight": head.weight.detach().clone(), "bias": head.bias.detach().clone()}
+    out = {n: p.detach().clone() for n, p in head.row_parameters().items()}
     for pname, p in head.row_parameters().items():
         for k, v in opt.state[p].items():
             out[f"{pname}/{k}"] = v.clone()
+    for k, v in head.margin.state_dict().items():  # replicated margin state (AdaFace's μ, σ)
+        out[f"margin/{k}"] = v.clone()
     return out
 
 
-def _save_real(rank: int, world: int, run_dir: str, kind: str) -> dict[str, torch.Tensor]:
-    head = PartialFC(D, C, "softmax", 0.5, seed=1)
+# the class bias; K = 3 sub-centers per class ([C_local, 3, D] rows); AdaFace's statistics
+MARGINS = ("softmax", "subcenter_arcface", "adaface")
+
+
+def _save_real(rank: int, world: int, run_dir: str, kind: str) -> dict[str, dict]:
+    return {m: _save_margin(rank, world, f"{run_dir}/{m}", kind, m) for m in MARGINS}
+
+
+def _save_margin(rank: int, world: int, run_dir: str, kind: str, margin: str) -> dict:
+    head = PartialFC(D, C, margin, 0.5, seed=1)
     opt = build_row_optimizer(head, kind, 0.1, 0.01, 0.9)
     head.attach_optimizer(opt)
     gen = torch.Generator().manual_seed(rank)
@@ -136,22 +146,30 @@ def _save_real(rank: int, world: int, run_dir: str, kind: str) -> dict[str, torc
     return _real_rows(head, opt)
 
 
-def _load_real(rank: int, world: int, ckpt: str, saved: int, kind: str) -> dict:
-    head = PartialFC(D, C, "softmax", 0.5, seed=2)  # other initial values: all must be loaded
-    opt = build_row_optimizer(head, kind, 0.1, 0.01, 0.9)
-    crange = (head.class_start, head.class_end)
-    restore_head(Path(ckpt), _topology(rank, world), head, opt, crange, C, saved)
-    return _real_rows(head, opt)
+def _load_real(rank: int, world: int, run_dir: str, saved: int, kind: str) -> dict:
+    out = {}
+    for margin in MARGINS:
+        head = PartialFC(D, C, margin, 0.5, seed=2)  # other initial values: all must be loaded
+        opt = build_row_optimizer(head, kind, 0.1, 0.01, 0.9)
+        crange = (head.class_start, head.class_end)
+        ckpt = latest_checkpoint(Path(run_dir) / margin)
+        restore_head(ckpt, _topology(rank, world), head, opt, crange, C, saved)
+        out[margin] = _real_rows(head, opt)
+    return out
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
 def test_class_bias_and_row_sparse_state_resplit_exactly(tmp_path, kind: str) -> None:
-    """The softmax margin's class bias and the sparse optimizer's rows (momentum, AdamW's
-    moments and per-row step counts) come back on another world size, bit for bit."""
+    """The softmax margin's class bias, sub-center ArcFace's K centers per class, AdaFace's
+    statistics and the sparse optimizer's rows (momentum, AdamW's moments and per-row step
+    counts) come back on another world size, bit for bit."""
     saved = run_distributed(_save_real, 3, str(tmp_path), kind)
-    ckpt = latest_checkpoint(tmp_path)
-    loaded = run_distributed(_load_real, 2, str(ckpt), 3, kind)
-    for key in saved[0]:
-        full = torch.cat([s[key] for s in saved])
-        again = torch.cat([ld[key] for ld in loaded])
-        assert torch.equal(again, full), key
+    loaded = run_distributed(_load_real, 2, str(tmp_path), 3, kind)
+    for margin in MARGINS:
+        for key in saved[0][margin]:
+            if key.startswith("margin/"):  # replicated: every rank holds the same value
+                assert all(torch.equal(ld[margin][key], saved[0][margin][key]) for ld in loaded)
+                continue
+            full = torch.cat([s[margin][key] for s in saved])
+            again = torch.cat([ld[margin][key] for ld in loaded])
+            assert torch.equal(again, full), (margin, key)

@@ -81,7 +81,7 @@ def reference(base: Path) -> Reference:
     for i in range(len(shards)):
         image, label = shards.read_image(i)
         images.add((image, label))
-        samples.add((_digest(np.asarray(_decode(image, SIZE))), label))
+        samples.add((_digest(np.asarray(_decode(image, SIZE, "crop"))), label))
     payloads = {}
     for s, info in enumerate(shards.meta.shards):
         reader = RecordReader(shards.rec_path(s), shards.idx_path(s))

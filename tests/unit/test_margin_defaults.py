@@ -39,6 +39,20 @@ PAPER = {
     "curricularface": {"scale": 64.0, "margin": 0.5, "momentum": 0.01},
     "uniface": {"scale": 64.0, "margin": 0.4, "neg_weight": 1.0},
     "normface": {"scale": 64.0},
+    "adaface": {"scale": 64.0, "margin": 0.4, "h": 0.333, "momentum": 0.01},
+    "magface": {
+        "scale": 64.0,
+        "l_a": 10.0,
+        "u_a": 110.0,
+        "l_m": 0.45,
+        "u_m": 0.8,
+        "lambda_g": 35.0,
+    },
+    "elasticface_arc": {"scale": 64.0, "margin": 0.5, "std": 0.05},
+    "elasticface_cos": {"scale": 64.0, "margin": 0.35, "std": 0.05},
+    "elasticface_arc_plus": {"scale": 64.0, "margin": 0.5, "std": 0.0175},
+    "elasticface_cos_plus": {"scale": 64.0, "margin": 0.35, "std": 0.02},
+    "subcenter_arcface": {"scale": 64.0, "margin": 0.5, "sub_centers": 3},
 }
 
 

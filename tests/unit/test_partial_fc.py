@@ -56,8 +56,9 @@ def test_degenerate_inputs_stay_finite(name: str) -> None:
     head = PartialFC(D, C, name)
     x = torch.randn(6, D)
     x[0] = 0.0  # zero embedding
-    x[1] = head.weight.detach()[3] * 5  # cos θ = 1 exactly with its own center
-    x[2] = -head.weight.detach()[4]  # cos θ = -1 with its own center
+    w = head.weight.detach().view(C, -1, D)[:, 0]  # the first of a class's sub-centers
+    x[1] = w[3] * 5  # cos θ = 1 exactly with its own center
+    x[2] = -w[4]  # cos θ = -1 with its own center
     x = x.requires_grad_(True)
     y = torch.tensor([2, 3, 4, 4, 4, 0])  # duplicates
     loss = head(x, y)

@@ -10,6 +10,7 @@ import torch
 from dist_face.heads import MarginHead, PartialFC
 from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
 from dist_face.heads.row_optim import RowSparseOptimizer, build_row_optimizer
+from dist_face.train.engine import DDPEngine
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep
 from tests.helpers.allocations import LargestOutput
@@ -141,16 +142,8 @@ def _fp16_step(images: torch.Tensor) -> tuple[PartialFC, RowSparseOptimizer, Tra
     head.attach_optimizer(opt)
     scaler = LossScaler("fp16", torch.device("cpu"), init_scale=2.0**100)
     opt.loss_scale = scaler.scale  # as build_trainer sets it
-    step = TrainStep(
-        backbone=backbone,
-        loss_fn=head,
-        optimizers=[torch.optim.SGD(backbone.parameters(), lr=0.1), opt],
-        schedulers=[],
-        scaler=scaler,
-        precision="fp32",
-        clip_params=list(backbone.parameters()),
-        clip_grad_norm=0.0,
-    )
+    engine = DDPEngine(backbone, [torch.optim.SGD(backbone.parameters(), lr=0.1)], scaler, "fp32")
+    step = TrainStep(engine=engine, loss_fn=head, head_optimizers=[opt], schedulers=[])
     step([(images, torch.randint(0, C, (N,)))])  # momentum is non-zero now
     return head, opt, step
 
@@ -163,7 +156,7 @@ def test_a_step_skipped_for_an_overflow_leaves_centers_and_momentum_unchanged() 
         head, opt, step = _fp16_step(torch.randn(N, 12))
         w0 = head.weight.detach().clone()
         m0 = opt.state[head.weight]["momentum_buffer"].clone()
-        step.scaler.scale.fill_(scale)
+        step.engine.scaler.scale.fill_(scale)
         out = step([(torch.randn(N, 12), torch.randint(0, C, (N,)))])
         assert float(out["skipped"]) == skipped
         assert torch.equal(head.weight.detach(), w0) == bool(skipped)
