@@ -8,16 +8,24 @@
 # the directory this script is started in: it never changes directory.
 # Every setting comes from the environment (defaults in brackets):
 #   CONFIG          recipe name or path                               [debug_cpu]
-#   NNODES          number of nodes                                   [1]
+#   NNODES          number of nodes, or MIN:MAX to go on without lost
+#                   nodes and take in returning ones (README)         [1]
 #   NPROC_PER_NODE  processes per node                                [GPUs on this node, else 2]
 #   RDZV_ENDPOINT   host:port of the rendezvous (any node, reachable) [standalone on 1 node]
 #   RDZV_ID         run id shared by all nodes of one job             [dist_face-$CONFIG]
 #   MAX_RESTARTS    elastic restarts of the whole job after a failure  [0]
 #   RESUME          checkpoint to resume from: auto, a path, or none  [auto]
 #   LOG_RANKS       local ranks whose output is shown, e.g. 0         [all]
+#   STOP_GRACE_S    seconds torchrun waits for the ranks to checkpoint and exit after SIGTERM
+#                   or SIGUSR1 before it kills them                   [120]
+#   PREFLIGHT=0     skip the configuration check before the ranks start
+#   CHECK_ONLY=1    run that check only: exit 0, or 2 with one line naming the bad key
 #   DRY_RUN=1       print the torchrun command instead of running it
 # With RESUME=auto a restarted job (MAX_RESTARTS > 0, or a re-submitted one) continues from its
 # latest complete checkpoint instead of starting over.
+# SIGTERM or SIGUSR1 to torchrun (a scheduler's preemption or time-limit warning) reaches every
+# rank: the ranks stop at the same step, write a checkpoint and exit with code 75; RESUME=auto
+# continues from it.
 set -euo pipefail
 case "${1:-}" in -h | --help)  # the comment block above is the usage
   sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
@@ -36,15 +44,19 @@ MAX_RESTARTS="${MAX_RESTARTS:-0}"
 RESUME="${RESUME:-auto}"
 
 cmd=(torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" --max_restarts="$MAX_RESTARTS")
+# forward SIGUSR1 (SLURM's --signal) as well as SIGTERM to the ranks, and give them the time to
+# write their checkpoint before torchrun's SIGKILL
+cmd+=(--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout="${STOP_GRACE_S:-120}")
 if [ "$NNODES" = 1 ] && [ -z "${RDZV_ENDPOINT:-}" ]; then
   cmd+=(--standalone)  # a private rendezvous on a free local port
 else
   cmd+=(--rdzv_backend=c10d --rdzv_endpoint="${RDZV_ENDPOINT:-127.0.0.1:29400}" --rdzv_id="$RDZV_ID")
 fi
 [ -n "${LOG_RANKS:-}" ] && cmd+=(--local-ranks-filter="$LOG_RANKS")
-cmd+=(-m dist_face.train --config "$CONFIG")
-[ "$RESUME" != none ] && cmd+=(--resume "$RESUME")
-cmd+=("$@")
+train=(-m dist_face.train --config "$CONFIG")
+[ "$RESUME" != none ] && train+=(--resume "$RESUME")
+train+=("$@")
+cmd+=("${train[@]}")
 
 if [ -n "${DRY_RUN:-}" ]; then
   printf '%q ' "${cmd[@]}"
@@ -72,4 +84,13 @@ fi
 check=0
 python -m dist_face.cli.launch_check --config "$CONFIG" "$@" || check=$?
 [ "$check" != 2 ] || exit 2
+# The configuration, paths and run directory are checked once, before any rank starts: a bad
+# key is one line and exit 2, not one error per rank followed by torchrun's traceback. It runs
+# as rank 0 of the largest world the job can have (NNODES=1:2 -> 2 nodes), where each rank's
+# share of the data is smallest.
+if [ "${PREFLIGHT:-1}" != 0 ] || [ -n "${CHECK_ONLY:-}" ]; then
+  RANK=0 LOCAL_RANK=0 WORLD_SIZE=$((${NNODES##*:} * NPROC_PER_NODE)) LOCAL_WORLD_SIZE="$NPROC_PER_NODE" \
+    python "${train[@]}" --check-only || exit $?
+  [ -n "${CHECK_ONLY:-}" ] && exit 0
+fi
 exec "${cmd[@]}"

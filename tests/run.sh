@@ -21,6 +21,13 @@ if ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1 \
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       --no-install-recommends prometheus; } >/dev/null 2>&1 || echo "[tests] promtool not installed"
 fi
+# ip (iproute2) makes the network namespaces of tests/dist/test_node_loss.py (two "nodes" on
+# this machine); that test skips without it. Tolerant of failure (offline).
+if ! command -v ip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[tests] installing ip (Debian package iproute2)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends iproute2; } >/dev/null 2>&1 || echo "[tests] iproute2 not installed"
+fi
 echo "[tests] ruff check"
 ruff check .
 echo "[tests] ruff format --check"

@@ -149,8 +149,8 @@ def save_checkpoint(
         keep: complete checkpoints to keep.
         extra_rows: more ``[num_local, ...]`` tensors sharded by ``class_range`` (the centers
             of a center loss), re-split like the head's rows on load (:func:`load_rows`).
-        export: run on rank 0 inside the same success agreement, after the checkpoint files
-            (writing ``model.pt``).
+        export: run on rank 0 once every rank's files are in place (writing ``model.pt``); when
+            it fails the save counts as failed, though the checkpoint stays complete.
         parallel: the run's groups; the success flag and the barriers go over its control
             group, which serves CPU tensors under NCCL too (None: built from the default
             group).
@@ -169,11 +169,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     parallel.barrier()
-    ok = True
+    status = _SAVED
     try:
         rows, other = split_head(head, head_optimizer)
         rows.update(extra_rows or {})
-        require_finite({"rows": rows, **(replicated if topology.is_main else {})})
+        try:
+            require_finite({"rows": rows, **(replicated if topology.is_main else {})})
+        except ValueError:
+            status = _NOT_FINITE
+            raise
         atomic_torch_save(
             {"class_range": list(class_range), "num_classes": num_classes, "rows": rows},
             shard_file(tmp, topology.rank, topology.world_size),
@@ -183,8 +187,6 @@ def save_checkpoint(
         )
         if topology.is_main:
             atomic_torch_save({**replicated, "world_size": topology.world_size}, tmp / "state.pt")
-            if export is not None:
-                export()
     except Exception as exc:  # torch.save reports a full disk as RuntimeError, not OSError
         logger.error(
             "checkpoint %s: rank %d could not write: %s; previous checkpoints are kept",
@@ -192,19 +194,54 @@ def save_checkpoint(
             topology.rank,
             exc,
         )
-        ok = False
-    if not parallel.all_ranks_ok(ok):
+        status = _NOT_FINITE if status == _NOT_FINITE else _NOT_WRITTEN
+    status = parallel.min_over_ranks(status)
+    if status != _SAVED:
+        _refused[Path(run_dir)] = (step, status == _NOT_FINITE)
         if topology.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         parallel.barrier()
         return None
+    exported = True
     if topology.is_main:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         fsync_dir(root)
         prune(run_dir, final, keep)
+        exported = _export(export, final)
+    # model.pt only ever holds the step of a complete checkpoint: written after every rank's
+    # files, and a failed write counts as a failed save (the checkpoint itself stays usable)
+    if export is not None and not parallel.all_ranks_ok(exported):
+        _refused[Path(run_dir)] = (step, False)
+        return None
     parallel.barrier()
     return final
+
+
+def _export(export: Callable[[], object] | None, final: Path) -> bool:
+    """Run ``export`` (rank 0); False, with the error logged, when it failed."""
+    if export is None:
+        return True
+    try:
+        export()
+    except Exception as exc:
+        logger.error("checkpoint %s is complete, but the model export failed: %s", final, exc)
+        return False
+    return True
+
+
+_SAVED, _NOT_FINITE, _NOT_WRITTEN = 2, 1, 0
+"""A rank's outcome of a save; the run's is the least of them (a failed write first)."""
+_refused: dict[Path, tuple[int, bool]] = {}
+
+
+def last_refused(run_dir: Path) -> tuple[int, bool] | None:
+    """``(step, held inf/NaN)`` of this process's latest failed save into ``run_dir``, if any.
+
+    ``held inf/NaN``: no rank failed to write, but one refused state holding inf/NaN values
+    (the model diverged); False: a rank could not write (a full disk, no permission).
+    """
+    return _refused.get(Path(run_dir))
 
 
 def prune(run_dir: Path, current: Path, keep: int) -> None:

@@ -65,9 +65,13 @@ class ParallelContext:
 
     def all_ranks_ok(self, ok: bool) -> bool:
         """True when ``ok`` holds on every rank (a MIN over the control group; host values)."""
-        flag = torch.tensor(1.0 if ok else 0.0)  # CPU: the control group serves it
+        return bool(self.min_over_ranks(int(ok)))
+
+    def min_over_ranks(self, value: int) -> int:
+        """The least of every rank's ``value`` (over the control group; host values)."""
+        flag = torch.tensor(value, dtype=torch.int64)  # CPU: the control group serves it
         comm.all_reduce(flag, ReduceOp.MIN, self.control_group)
-        return bool(flag)
+        return int(flag)
 
     def barrier(self) -> None:
         """Wait for every rank, over the control group (no device work involved)."""

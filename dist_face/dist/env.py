@@ -8,6 +8,7 @@ code receives explicitly. Data is sharded by global ``rank``; the device is chos
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -187,6 +188,9 @@ def init_distributed(
         device_id=device if device.type == "cuda" else None,
     )
     comm.force_collectives(force_process_group)
+    # a Python-API job that never calls destroy_distributed must not leave the process
+    # groups' threads running into interpreter shutdown
+    atexit.register(destroy_distributed)
     logger.info(
         "joined process group: backend=%s rank=%d/%d node=%d/%d device=%s",
         name,

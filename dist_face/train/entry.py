@@ -11,9 +11,10 @@ from dist_face.config import ConfigError, RunConfig, describe, list_recipes, loa
 from dist_face.data.labels import LabelError
 from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
-from dist_face.train.guard import DivergenceError
+from dist_face.train.guard import DivergenceError, saved_so_far, unsaved_final_state
 from dist_face.train.precision import check_precision
 from dist_face.train.preflight import check_run, run_dir, wipe_run_dir
+from dist_face.train.signals import EXIT_PREEMPTED, StopAgreement, StopSignals
 
 if TYPE_CHECKING:
     from dist_face.dist import ParallelContext
@@ -44,6 +45,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="wipe an earlier run's checkpoints, model and metrics in the run directory first",
     )
+    p.add_argument(
+        "--check-only",
+        action="store_true",
+        help="check the configuration, paths and run directory, then exit: 0 when training "
+        "could start, 2 with one line naming the bad key (the launchers run this before "
+        "starting any rank)",
+    )
     describe.add_arguments(p)
     args, rest = p.parse_known_args(argv)
     if args.config is None and args.help_config is None:
@@ -68,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 when the run finished; 2 for a bad configuration (one ``bad configuration: <key>: ...``
-        line on each rank, no traceback); 1 when training diverged (one line naming the step) or
-        the data held a label outside the class range (one line naming it, on every rank).
+        line on each rank, no traceback); 1 when training diverged (one line naming the step),
+        the data held a label outside the class range (one line naming it, on every rank) or
+        the final checkpoint could not be written (one line naming what is on disk);
+        :data:`~dist_face.train.signals.EXIT_PREEMPTED` (75) when SIGTERM or SIGUSR1 stopped it
+        and its checkpoint was written (``--resume=auto`` continues it).
     """
     args, overrides = parse_args(argv)
     if describe.wants_info(args):  # print and exit: nothing is built
@@ -79,15 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides, prepare=True)  # a recipe's own data
         check_precision(cfg.train.precision, select_device(topology))
-        if cfg.dist.engine == "deepspeed":
+        # paths and names, on every rank, before the process group and the build
+        check_run(cfg, topology, select_device(topology))
+        if cfg.dist.engine == "deepspeed":  # imports deepspeed: after the cheap checks
             from dist_face.train.deepspeed_engine import check_deepspeed_version
 
             check_deepspeed_version()
-        # paths and names, on every rank, before the process group and the build
-        check_run(cfg, topology, select_device(topology))
     except ConfigError as exc:
         logger.error("bad configuration: %s", exc)
         return 2
+    if args.check_only:
+        return 0
+    signals = StopSignals()
+    signals.install()  # before the loader forks its workers: they are born with these blocked
     parallel = init_distributed(
         topology,
         cfg.dist.backend,
@@ -95,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         force_process_group=cfg.dist.force_process_group,
     )
     try:
-        return _train(cfg, topology, parallel)
+        return _train(cfg, topology, parallel, signals)
     except ConfigError as exc:  # found while building: ranks disagree
         logger.error("bad configuration: %s", exc)
         return 2
@@ -107,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         destroy_distributed()
+        signals.uninstall()
 
 
-def _train(cfg: RunConfig, topology: Topology, parallel: ParallelContext) -> int:
+def _train(
+    cfg: RunConfig, topology: Topology, parallel: ParallelContext, signals: StopSignals
+) -> int:
     """Build and run the trainer in an initialised process group."""
     from dist_face.metrics.build import serve_metrics
     from dist_face.train.build import build_sinks, build_trainer  # heavy imports after checks
@@ -125,7 +143,27 @@ def _train(cfg: RunConfig, topology: Topology, parallel: ParallelContext) -> int
         exporter = serve_metrics(sink, cfg.metrics, topology)
         trainer, plan = build_trainer(cfg, topology, device, sink=sink, parallel=parallel)
         logger.info("%s", plan.describe(cfg.name))
-        state = trainer.fit()
+        stop = trainer.should_stop = StopAgreement(signals, parallel.control_group)
+        try:
+            state = trainer.fit()
+        except DivergenceError as exc:
+            raise DivergenceError(f"{exc}; {saved_so_far(trainer, plan.run_dir)}") from None
+        # every rank started the same all-reduces (after a failure, a rank may be missing)
+        stop.close()
+        missing = unsaved_final_state(trainer, plan.run_dir)
+        if missing:
+            logger.error("%s", missing)
+            return 1
+        if trainer.stopped:
+            logger.warning(
+                "stopped by %s at step %d with its checkpoint (saving took %.2f s); continue "
+                "with --resume=auto (exit code %d)",
+                stop.name,
+                state.step,
+                trainer.stop_s,
+                EXIT_PREEMPTED,
+            )
+            return EXIT_PREEMPTED
         # only the rank that evaluates holds best values; the others say nothing about them
         best = f"; best {state.best}" if state.best else ""
         logger.info("done at step %d%s", state.step, best)

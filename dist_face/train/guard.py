@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from dist_face.checkpoint.manager import last_refused
+from dist_face.train.hooks import CheckpointHook
 from dist_face.train.loop import Hook, Trainer
 
 
@@ -56,24 +59,31 @@ class DivergenceGuard(Hook):
         self.loss_scale, self.advice = loss_scale, advice
         self._counters: torch.Tensor | None = None
         self._bad_logs = 0
+        self._start = 0
+
+    def before_train(self, trainer: Trainer) -> None:
+        """Note the step the run starts (or resumes) at."""
+        self._start = trainer.state.step
 
     def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
         """Update the device counters; check them on log steps."""
         loss, skipped = metrics["loss"].detach().float(), metrics["skipped"].float()
         if self._counters is None:
             # [skip run, longest skip run since the last check, steps since a finite loss,
-            #  last finite loss]
-            self._counters = torch.tensor([0.0, 0.0, 0.0, math.nan], device=loss.device)
+            #  last finite loss, steps skipped since the start]
+            self._counters = torch.tensor([0.0, 0.0, 0.0, math.nan, 0.0], device=loss.device)
         c = self._counters
         finite = torch.isfinite(loss)
         c[0] = (c[0] + 1) * skipped
         c[1] = torch.maximum(c[1], c[0])
         c[2] = (c[2] + 1) * (~finite).float()
         c[3] = torch.where(finite, loss, c[3])
+        c[4] += skipped
         state = trainer.state
         if state.step % self.every and state.step != trainer.total_steps:
             return
-        _, longest, since, last = c.tolist()
+        _, longest, since, last, skipped_all = c.tolist()
+        ran = state.step - self._start
         c[1] = c[0]
         self._bad_logs = 0 if since == 0 else self._bad_logs + 1
         if self.max_skipped and longest >= self.max_skipped:
@@ -86,6 +96,12 @@ class DivergenceGuard(Hook):
                 f"the loss was inf/NaN on {self._bad_logs} consecutive log steps "
                 f"(train.max_nonfinite_logs={self.max_nonfinite_logs})"
             )
+        elif since and state.step == trainer.total_steps:
+            # however short the run: a model whose last loss is inf/NaN is not a result
+            why = f"the loss of the last step was inf/NaN for {int(since)} steps"
+        elif state.step == trainer.total_steps and 2 * skipped_all > ran:
+            # nor is one that most steps never updated (a run too short for max_skipped_steps)
+            why = f"{int(skipped_all)} of its {ran} steps were skipped for inf/NaN values"
         else:
             return
         scale = float(self.loss_scale())
@@ -97,6 +113,39 @@ class DivergenceGuard(Hook):
             f"training diverged at step {state.step}: {why}; loss scale {scale:g}, "
             f"{finite_part}; lower {self.advice}"
         )
+
+
+def saved_so_far(trainer: Trainer, run_dir: Path) -> str:
+    """Which ``model.pt`` this run left on disk and from which step, in words.
+
+    ``model.pt`` is written with each complete checkpoint and only then (see
+    :func:`dist_face.checkpoint.save_checkpoint`), so its step is the last one saved.
+    """
+    model = Path(run_dir) / "model.pt"
+    hooks = [h for h in trainer.hooks if isinstance(h, CheckpointHook)]
+    step = hooks[0].last_saved if hooks else -1
+    if step >= 0:
+        return f"{model} is from step {step}, the last checkpoint written"
+    if model.exists():
+        return f"this run wrote no checkpoint; {model} is from an earlier run"
+    return f"this run wrote no checkpoint and no {model}"
+
+
+def unsaved_final_state(trainer: Trainer, run_dir: Path) -> str:
+    """Empty when the run's last step is in a checkpoint; else the error to end the run with."""
+    hooks = [h for h in trainer.hooks if isinstance(h, CheckpointHook)]
+    step = trainer.state.step
+    if not hooks or hooks[0].last_saved == step:
+        return ""
+    if last_refused(run_dir) == (step, True):
+        return (
+            f"training diverged: the state of step {step}, the last step, holds inf/NaN values "
+            f"and was not saved (see the error above); {saved_so_far(trainer, run_dir)}"
+        )
+    return (
+        f"the checkpoint of step {step}, the last step, could not be written (see the error "
+        f"above); {saved_so_far(trainer, run_dir)}"
+    )
 
 
 class BufferSnapshot:

@@ -183,6 +183,8 @@ class CheckpointHook(Hook):
         if self.last_saved != trainer.state.step:
             self._save(trainer)
 
+    on_stop = after_train  # a run stopped by a signal keeps its position
+
     def _save(self, trainer: Trainer) -> None:
         start = time.perf_counter()
         path = self.save(trainer)
@@ -295,3 +297,5 @@ class CloseSinkHook(Hook):
     def after_train(self, trainer: Trainer) -> None:
         """Close the sink."""
         self.sink.close()
+
+    on_stop = after_train

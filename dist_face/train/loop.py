@@ -47,6 +47,9 @@ class Hook:
     def after_train(self, trainer: Trainer) -> None:
         """Called once after the last step."""
 
+    def on_stop(self, trainer: Trainer) -> None:
+        """Called once instead of :meth:`after_train` when the run stops early (a signal)."""
+
 
 class Trainer:
     """Runs :class:`TrainStep` over the data until the plan's last step.
@@ -64,6 +67,10 @@ class Trainer:
         steps_left: ``consumed -> optimizer steps`` left in an epoch from that position; by
             default the rest of ``steps_per_epoch``. A run resumed on another world size
             mid-epoch has a different number of steps left (the loader knows how many).
+
+    :attr:`should_stop`, when set, is asked after every step's hooks; True (on every rank at
+    the same step: see :class:`dist_face.train.signals.StopAgreement`) ends the run there,
+    calling each hook's :meth:`Hook.on_stop` instead of :meth:`Hook.after_train`.
     """
 
     def __init__(
@@ -96,13 +103,19 @@ class Trainer:
         """Host seconds spent waiting for batches since the start (read by the log hook)."""
         self.pause_s = 0.0
         """Seconds hooks spent outside training (evaluation, checkpoints): not throughput."""
+        self.should_stop: Callable[[], bool] | None = None
+        """Asked after every step: True stops the run at this step boundary."""
+        self.stopped = False
+        """True when :attr:`should_stop` ended the run before its last step."""
+        self.stop_s = 0.0
+        """Seconds the hooks' :meth:`Hook.on_stop` took (the checkpoint of a stopped run)."""
 
     def fit(self) -> TrainState:
         """Train to ``total_steps`` and return the final state."""
         for hook in self.hooks:
             hook.before_train(self)
         state = self.state
-        while state.step < self.total_steps:
+        while state.step < self.total_steps and not self.stopped:
             batches = iter(self.loader_factory(state.epoch, state.consumed))
             try:
                 self._run_epoch(batches)
@@ -111,6 +124,12 @@ class Trainer:
                 close = getattr(batches, "close", None)
                 if close is not None:
                     close()
+        if self.stopped:
+            start = time.perf_counter()
+            for hook in self.hooks:
+                hook.on_stop(self)
+            self.stop_s = time.perf_counter() - start
+            return state
         for hook in self.hooks:
             hook.after_train(self)
         return state
@@ -128,6 +147,9 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_step(self, metrics)
             if state.step >= self.total_steps:
+                return
+            if self.should_stop is not None and self.should_stop():
+                self.stopped = True
                 return
         state.epoch += 1
         state.consumed = 0

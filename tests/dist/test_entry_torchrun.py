@@ -49,3 +49,30 @@ def test_bad_data_root_is_one_line_on_every_rank(tmp_path: Path) -> None:
     assert not any("dist_face" in line for line in frames), proc.stderr
     assert "exitcode  : 2" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_bad_data_root_through_the_launcher_is_one_line_before_any_rank(tmp_path: Path) -> None:
+    # the launcher checks the configuration once, before torchrun starts a rank
+    proc = subprocess.run(
+        [
+            "bash",
+            str(Path(__file__).resolve().parents[2] / "launch" / "torchrun.sh"),
+            f"--data.root={tmp_path}/missing",
+            f"--output_root={tmp_path}/runs",
+        ],
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "NPROC_PER_NODE": "2",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    (line,) = proc.stderr.splitlines()  # one line, no traceback, no rank started
+    assert line.startswith("[rank0] ")
+    assert line.endswith(f"bad configuration: data.root: {tmp_path}/missing does not exist")
+    assert not (tmp_path / "runs").exists()

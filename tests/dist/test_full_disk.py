@@ -27,9 +27,10 @@ from tests.helpers.distributed import run_distributed
 class FillDisk(Hook):
     """On ``rank``, cap file sizes at ``limit`` bytes after step ``at``; lift it after ``until``."""
 
-    def __init__(self, rank: int, limit: int, at: int, until: int) -> None:
+    def __init__(self, rank: int, limit: int, at: int, until: int, model: Path) -> None:
         self.rank, self.limit, self.at, self.until = rank, limit, at, until
         self.saved: dict[int, dict[str, torch.Tensor]] = {}
+        self.model, self.model_before_lift = model, {}
 
     def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
         step = trainer.state.step
@@ -40,6 +41,8 @@ class FillDisk(Hook):
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, hard))
         if step == self.until:
             resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+            if trainer.topology_rank == 0:  # model.pt as the failed save left it
+                self.model_before_lift = torch.load(self.model, weights_only=True)["state_dict"]
 
 
 class Records(logging.Handler):
@@ -71,10 +74,15 @@ def _train(rank: int, world: int, data: str, out: str, bad_rank: int, limit: int
     logging.getLogger().addHandler(errors)
     trainer, _ = build_trainer(cfg, Topology.from_env(), torch.device("cpu"), sink=InMemorySink())
     trainer.topology_rank = rank
-    fill = FillDisk(bad_rank, limit, at=4, until=7)
+    fill = FillDisk(bad_rank, limit, at=4, until=7, model=Path(out) / "disk" / "model.pt")
     trainer.hooks.insert(0, fill)  # before the checkpoint hook: the limit is on at step 6's save
     trainer.fit()
-    return {"step": trainer.state.step, "errors": errors.lines, "saved": fill.saved}
+    return {
+        "step": trainer.state.step,
+        "errors": errors.lines,
+        "saved": fill.saved,
+        "model_before_lift": fill.model_before_lift,
+    }
 
 
 @pytest.mark.parametrize(
@@ -104,6 +112,10 @@ def test_a_full_disk_skips_the_checkpoint_and_training_goes_on(
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000003", "step_00000009"]
     assert not (run_dir / "checkpoints" / "step_00000006").exists()
     assert [p for p in run_dir.rglob("*") if ".tmp" in p.name] == []
+    # after the failed save of step 6, model.pt still held step 3's weights, as its checkpoint
+    # (rank 0 used to write it for step 6 when only rank 1 failed)
+    for key, value in outs[0]["saved"][3].items():
+        assert torch.equal(outs[0]["model_before_lift"][key], value), key
     # the previous checkpoint is intact and model.pt holds the final weights
     for step in (3, 9):
         state = load_state(run_dir / "checkpoints" / f"step_{step:08d}")

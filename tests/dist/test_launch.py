@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 # what launch/torchrun.sh and launch/slurm.sbatch read; a caller's own values must not leak in
 LAUNCH_VARS = frozenset(
     "CONFIG NNODES NPROC_PER_NODE RDZV_ENDPOINT RDZV_ID RDZV_PORT MAX_RESTARTS RESUME LOG_RANKS"
-    " DRY_RUN DIST_FACE_REPO BASH_ENV".split()
+    " DRY_RUN DIST_FACE_REPO BASH_ENV PREFLIGHT CHECK_ONLY STOP_GRACE_S".split()
 )
 
 
@@ -80,7 +82,9 @@ def test_restarts_rendezvous_on_a_fresh_store(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     env.update(
-        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", MAX_RESTARTS="1"
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        MAX_RESTARTS="1",
+        PREFLIGHT="0",  # no recipe data here: only the torchrun command matters
     )
     out = subprocess.run(
         ["bash", str(REPO / "launch" / "torchrun.sh")],
@@ -149,6 +153,8 @@ def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
     assert [shlex.split(line) for line in torchrun_lines] == 2 * [
         [
             *("torchrun", "--nnodes=2", "--nproc_per_node=8", "--max_restarts=0"),
+            "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",  # SLURM's --signal
+            "--shutdown-timeout=120",  # the ranks' time to checkpoint before SIGKILL
             "--rdzv_backend=c10d",
             "--rdzv_endpoint=gpu-node-07:29400",  # the first host of the allocation
             "--rdzv_id=dist_face-4242",  # from the job id: shared by the nodes of one job only
@@ -204,3 +210,115 @@ def test_two_nodes_over_c10d_match_one_node(small_dataset: Path, tmp_path: Path)
     two, one = _losses(tmp_path / "two_nodes"), _losses(tmp_path / "one_node")
     assert len(two) == len(one) == 4
     assert two == pytest.approx(one, rel=1e-6)
+
+
+def test_slurm_time_limit_warning_reaches_the_step_and_requeues(tmp_path: Path) -> None:
+    """SIGUSR1 to the batch script (``--signal=B:USR1@180``) goes on to the running step; once
+    the step has exited, the job is requeued."""
+    log = tmp_path / "log.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # srun stands in for the step: it records the signal and exits as the ranks do (75)
+    (bin_dir / "srun").write_text(
+        f"#!/bin/bash\ntrap 'echo srun got USR1 >> {log}; exit 75' USR1\n"
+        f"echo srun started >> {log}\nwhile :; do sleep 0.05; done\n"
+    )
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\n[ "$1" = requeue ] && echo "scontrol requeue $2" >> {log}\necho gpu-node-07\n'
+    )
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and "SLURM" not in k}
+    env.update(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        PREFLIGHT="0",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="gpu-node-07",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_SUBMIT_DIR=str(REPO),
+    )
+    job = subprocess.Popen(["bash", str(REPO / "launch" / "slurm.sbatch")], env=env)
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "srun started" in log.read_text()):
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=30) == 75  # the step's own status
+    assert log.read_text().splitlines() == [
+        "srun started",
+        "srun got USR1",
+        "scontrol requeue 4242",
+    ]
+
+
+@pytest.mark.parametrize("script", ["deepspeed.sh", "slurm.sbatch"])
+def test_bad_configuration_stops_the_other_launchers_before_any_rank(
+    script: str, tmp_path: Path
+) -> None:
+    """deepspeed.sh and slurm.sbatch check once before starting anything (torchrun.sh:
+    tests/dist/test_entry_torchrun.py); srun and deepspeed here would fail the test."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("srun", "deepspeed"):
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} started; exit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho gpu-node-07\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and "SLURM" not in k}
+    env.update(
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        PYTHONPATH=str(REPO),
+        NPROC_PER_NODE="2",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="gpu-node-07",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_SUBMIT_DIR=str(REPO),
+    )
+    done = subprocess.run(
+        ["bash", str(REPO / "launch" / script), f"--data.root={tmp_path}/missing"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "started" not in done.stdout
+    (line,) = done.stderr.splitlines()
+    assert line.endswith(f"bad configuration: data.root: {tmp_path}/missing does not exist")
+
+
+def test_torchrun_as_launched_forwards_sigusr1_to_every_rank(tmp_path: Path) -> None:
+    """SLURM's --signal sends SIGUSR1, which torchrun forwards only when told to: the
+    launcher's own torchrun flags, with a rank that waits for the signal."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DRY_RUN="1")
+    dry = subprocess.run(
+        ["bash", str(REPO / "launch" / "torchrun.sh")],
+        env={**env, "NPROC_PER_NODE": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    launcher = shlex.split(dry.stdout)
+    flags = launcher[: launcher.index("-m")]  # torchrun and its flags, as the launcher runs it
+    del env["DRY_RUN"]
+    job = subprocess.Popen(
+        [*flags, "-m", "tests.helpers.wait_for_signal", str(tmp_path)],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"ready-{r}").exists() for r in (0, 1)):
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        job.send_signal(signal.SIGUSR1)
+        job.wait(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert [(tmp_path / f"got-{r}").read_text() for r in (0, 1)] == ["SIGUSR1", "SIGUSR1"]

@@ -1,6 +1,8 @@
 """Elastic restarts for real: ``kill -9`` of a worker under launch/torchrun.sh with
 ``MAX_RESTARTS=1`` and ``RESUME=auto``; the job restarts, resumes from its latest checkpoint
-and ends bitwise equal to a run that was never interrupted.
+and ends bitwise equal to a run that was never interrupted. Preemption for real: SIGTERM to
+torchrun mid-epoch; every rank stops at the same step with a checkpoint, and the job started
+again ends bitwise equal to the uninterrupted run.
 
 ``DIST_FACE_RESTART_TRIALS=5`` repeats the interrupted run 5 times (killed after different
 checkpoints); the default suite runs one trial.
@@ -25,11 +27,13 @@ STEPS = 7  # 1 epoch of 7 steps: 720 samples, 48 per rank and step on 2 ranks (t
 # resume tests cross epoch boundaries; this one is about the restart mechanism)
 _LAUNCH_VARS = (
     "CONFIG NNODES NPROC_PER_NODE RDZV_ENDPOINT RDZV_ID MAX_RESTARTS RESUME LOG_RANKS DRY_RUN"
-    " TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+    " TORCH_DISABLE_SHARE_RDZV_TCP_STORE PREFLIGHT CHECK_ONLY STOP_GRACE_S"
 ).split()
 
 
-def _launch(data: Path, out: Path, name: str, restarts: int) -> subprocess.Popen:
+def _launch(
+    data: Path, out: Path, name: str, restarts: int, log_name: str = "", *extra: str
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
     env.update(
         PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -38,6 +42,7 @@ def _launch(data: Path, out: Path, name: str, restarts: int) -> subprocess.Popen
         NPROC_PER_NODE="2",
         MAX_RESTARTS=str(restarts),
         RESUME="auto",
+        PREFLIGHT="0",  # the launcher's check costs 2-3 s a launch; tested in test_launch.py
     )
     args = [
         f"--data.root={data}/shards",
@@ -52,8 +57,9 @@ def _launch(data: Path, out: Path, name: str, restarts: int) -> subprocess.Popen
         "--checkpoint.every=2",
         "--checkpoint.keep=10",
         "--dist.timeout_s=120",
+        *extra,
     ]
-    log = (out / f"{name}.log").open("w")
+    log = (out / f"{log_name or name}.log").open("w")
     return subprocess.Popen(
         ["bash", str(REPO / "launch" / "torchrun.sh"), *args],
         env=env,
@@ -129,6 +135,41 @@ def test_kill_9_restarts_and_resumes_bitwise(
     assert len(resumed) == 1, log[-3000:]  # exactly one restart, from a mid-run checkpoint
     assert after <= resumed[0] < STEPS, resumed
     got, want = _final_state(tmp_path / "killed"), _final_state(uninterrupted)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
+
+@pytest.mark.timeout(1200)
+def test_sigterm_to_torchrun_checkpoints_and_resumes_bitwise(
+    small_dataset: Path, tmp_path: Path, uninterrupted: Path
+) -> None:
+    # no checkpoint but the one the signal asks for (the last step's aside)
+    job = _launch(small_dataset, tmp_path, "preempted", 1, "", "--checkpoint.every=0")
+    log_file = tmp_path / "preempted.log"
+    deadline = time.monotonic() + 600
+    while "step 2/7" not in log_file.read_text():
+        assert job.poll() is None, log_file.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        time.sleep(0.05)
+    sent = time.monotonic()
+    os.kill(job.pid, signal.SIGTERM)  # torchrun.sh execs torchrun: this is the agent
+    code = _wait(job, 120)
+    took = time.monotonic() - sent
+    log = (tmp_path / "preempted.log").read_text()
+    stops = re.findall(r"\[rank(\d)\].*stopped by SIGTERM at step (\d+) with its checkpoint", log)
+    assert sorted(r for r, _ in stops) == ["0", "1"], log[-3000:]  # every rank, once
+    (step,) = {int(s) for _, s in stops}  # at the same step
+    assert 2 < step < STEPS, log[-3000:]  # mid-epoch, after the signal: not the last step
+    assert code != 0  # not restarted: a signal to the agent ends the job
+    assert took < 60, took
+    assert (tmp_path / "preempted" / "checkpoints" / f"step_{step:08d}" / "state.pt").exists()
+
+    again = _launch(small_dataset, tmp_path, "preempted", restarts=0, log_name="resumed")
+    assert _wait(again, 900) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    log = (tmp_path / "resumed.log").read_text()
+    assert re.search(rf"\[rank0\].*resumed from \S+step_{step:08d}", log), log[-3000:]
+    got, want = _final_state(tmp_path / "preempted"), _final_state(uninterrupted)
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert torch.equal(got[key], value), key

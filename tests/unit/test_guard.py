@@ -10,8 +10,10 @@ import torch
 from dist_face.train.guard import DivergenceError, DivergenceGuard
 
 
-def _feed(guard: DivergenceGuard, losses: list[float], skipped: list[float]) -> int:
-    trainer = SimpleNamespace(state=SimpleNamespace(step=0), total_steps=1000)
+def _feed(
+    guard: DivergenceGuard, losses: list[float], skipped: list[float], total: int = 1000
+) -> int:
+    trainer = SimpleNamespace(state=SimpleNamespace(step=0), total_steps=total)
     for loss, skip in zip(losses, skipped):
         trainer.state.step += 1
         metrics = {"loss": torch.tensor(loss), "skipped": torch.tensor(skip)}
@@ -37,6 +39,28 @@ def test_consecutive_skipped_steps_stop_the_run_at_the_next_log_step() -> None:
     # 4 in a row, then a clean step, then 4 again: never 5 consecutive
     pattern = [0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0]
     assert _feed(_guard(5, 0), [1.0] * 12, pattern) == 12
+
+
+def test_a_non_finite_last_loss_ends_even_a_short_run_with_the_divergence_error() -> None:
+    nan = float("nan")
+    # 3 steps: no threshold can be reached, the last loss decides
+    with pytest.raises(DivergenceError) as err:
+        _feed(_guard(50, 20), [2.0, nan, nan], [0, 0, 0], total=3)
+    assert str(err.value).startswith(
+        "training diverged at step 3: the loss of the last step was inf/NaN for 2 steps"
+    )
+    assert "last finite loss 2 at step 1" in str(err.value)
+    assert _feed(_guard(50, 20), [2.0, nan, 1.0], [0, 0, 0], total=3) == 3  # finite at the end
+
+
+def test_a_short_run_whose_steps_were_mostly_skipped_ends_with_the_divergence_error() -> None:
+    # 2 of 3 steps skipped: far from max_skipped_steps=50, but the model barely trained
+    with pytest.raises(DivergenceError) as err:
+        _feed(_guard(50, 20), [2.0, 1.5, 1.0], [1, 1, 0], total=3)
+    assert str(err.value).startswith(
+        "training diverged at step 3: 2 of its 3 steps were skipped for inf/NaN values"
+    )
+    assert _feed(_guard(50, 20), [2.0, 1.5, 1.0], [1, 0, 0], total=3) == 3  # 1 of 3: trained
 
 
 def test_non_finite_losses_on_consecutive_log_steps_stop_the_run() -> None:

@@ -93,3 +93,29 @@ def test_resume_mid_epoch_and_close_on_error() -> None:
         pytest.fail("the step's error did not propagate")
     assert epochs.opened == [(1, 2)]
     assert (trainer.state.step, trainer.state.consumed) == (5, 4)
+
+
+class Calls(Hook):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.calls.append("after_train")
+
+    def on_stop(self, trainer: Trainer) -> None:
+        self.calls.append(f"on_stop at {trainer.state.step}")
+
+
+@pytest.mark.parametrize("stop_after", [2, 3])  # mid-epoch, and the epoch's last step
+def test_a_stop_ends_the_run_at_that_step_keeping_its_data_position(stop_after: int) -> None:
+    epochs, calls = Epochs(), Calls()
+    trainer = _trainer(epochs, total=9, hooks=[calls])
+    trainer.should_stop = lambda: trainer.state.step == stop_after
+    state = trainer.fit()
+    assert trainer.stopped and state.step == stop_after
+    assert calls.calls == [f"on_stop at {stop_after}"]  # no after_train: the run is not over
+    # the checkpoint taken in on_stop resumes at the next sample, as a periodic one does
+    assert (state.epoch, state.consumed) == (0, 2 * stop_after)
+    assert epochs.closed == [0]
+    resumed = _trainer(Epochs(), total=9, state=state)
+    assert resumed.fit().step == 9

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
+import resource
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from dist_face.checkpoint import list_checkpoints, save_checkpoint
+from dist_face.checkpoint import list_checkpoints, load_state, save_checkpoint
 from dist_face.config import HeadConfig
 from dist_face.dist import Topology
 from dist_face.heads import build_head
@@ -154,6 +157,51 @@ def test_a_diverging_run_exits_1_with_one_line(
     assert errors == [
         "training diverged at step 2: 2 consecutive steps skipped for inf/NaN gradients "
         "(train.max_skipped_steps=2); loss scale 1, no finite loss since the start; lower "
-        "optim.lr (now 0.1) or head.scale (now 1e+39)"
+        "optim.lr (now 0.1) or head.scale (now 1e+39); this run wrote no checkpoint and no "
+        f"{tmp_path}/runs/r/model.pt"
     ]
     assert not (tmp_path / "runs" / "r" / "model.pt").exists()  # no end-of-run save
+
+
+def test_a_huge_learning_rate_in_a_short_run_exits_1_saying_diverged_and_which_model(
+    run_main, small_dataset: Path, tmp_path: Path
+) -> None:
+    # lr 1e6 within 14 steps: most steps are skipped for inf/NaN values (gradients, BatchNorm
+    # statistics), far fewer than max_skipped_steps in a row; the run used to say "done"
+    code, errors = run_main(
+        *_base(small_dataset, tmp_path / "runs"),
+        "--optim.lr=1e6",
+        "--train.max_steps=14",
+        "--train.log_every=7",
+        "--checkpoint.every=2",
+    )
+    assert code == 1
+    match = re.fullmatch(
+        r"training diverged at step 14: .*; (\S+) is from step (\d+), the last checkpoint written",
+        errors[-1],
+    )
+    assert match, errors
+    model, step = Path(match[1]), int(match[2])
+    assert model == tmp_path / "runs" / "r" / "model.pt"
+    saved = load_state(tmp_path / "runs" / "r" / "checkpoints" / f"step_{step:08d}")["backbone"]
+    weights = torch.load(model, weights_only=True)["state_dict"]
+    assert all(torch.equal(weights[k], v) for k, v in saved.items())
+
+
+def test_a_final_checkpoint_that_cannot_be_written_exits_1(
+    run_main, small_dataset: Path, tmp_path: Path
+) -> None:
+    # a real EFBIG on every file over 64 kB: the checkpoint's state.pt cannot be written
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, limits[1]))
+    try:
+        code, errors = run_main(*_base(small_dataset, tmp_path / "runs"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert code == 1
+    assert errors[-1] == (
+        "the checkpoint of step 2, the last step, could not be written (see the error above); "
+        f"this run wrote no checkpoint and no {tmp_path}/runs/r/model.pt"
+    )
