@@ -36,7 +36,7 @@ QUICK = StudyMode(
     held_out_identities=30,
     held_out_images=6,
     seeds=(0, 1, 2),
-    budget=Budget(steps=60, batch=48),
+    budget=Budget(steps=120, batch=48),
     toy_steps=80,
 )
 FULL = StudyMode(
