@@ -140,7 +140,7 @@ class StopAgreement:
             if int(self._flag):
                 self.signal = int(self._flag)
                 return True
-        self._flag = torch.tensor([self.signals.received], dtype=torch.int32)
+        self._flag.fill_(self.signals.received)  # one buffer for the run: no per-step allocation
         self._pending = dist.all_reduce(self._flag, ReduceOp.MAX, group=self.group, async_op=True)
         return False
 
