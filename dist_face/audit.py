@@ -51,7 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from dist_face.config import load_config
+from dist_face.config import ConfigError, load_config
 from dist_face.dist import comm
 from dist_face.heads import build_head
 from dist_face.heads.row_optim import build_row_optimizer
@@ -494,12 +494,19 @@ def _table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line (module doc); ``--table`` prints the README's table row(s) too."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
-    ap.add_argument("--world-size", type=int, required=True)
-    ap.add_argument("--batch-size", type=int, required=True)
+    ap.add_argument("--world-size", type=_positive, required=True)
+    ap.add_argument("--batch-size", type=_positive, required=True)
     ap.add_argument("--precision", choices=("bf16", "fp16", "fp32"), required=True)
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
     ap.add_argument("--json", type=Path)
@@ -507,9 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. --head.chunk_size=4096")
     args, rest = ap.parse_known_args(argv)
     overrides = tuple(args.overrides) + tuple(rest)
-    report = audit_step(
-        args.config, args.world_size, args.batch_size, args.precision, args.gpu, overrides
-    )
+    try:
+        report = audit_step(
+            args.config, args.world_size, args.batch_size, args.precision, args.gpu, overrides
+        )
+    except ConfigError as exc:  # an unknown recipe or a bad override: one line, exit 2
+        ap.error(str(exc))
     text = json.dumps(report, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

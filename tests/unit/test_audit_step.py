@@ -78,3 +78,18 @@ def test_sampled_fraction_follows_partial_fc_rule() -> None:
     report = audit_step("debug_cpu", 8, 8, "fp32", "h200", (*SMALL, "--head.sample_rate=0.1"))
     assert report["sampled_fraction"] == pytest.approx(0.1)
     assert gemm_share(report, "head", "float32") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--config", "nosuch", "--world-size", "8"], "unknown recipe 'nosuch'"),
+        (["--config", "ms1mv3_r50", "--world-size", "0"], "--world-size: must be >= 1, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], says: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--batch-size", "128", "--precision", "bf16"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
