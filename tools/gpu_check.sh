@@ -10,7 +10,8 @@
 # tools/gpu_wheels.txt (made where pip works: bash tools/gpu_wheels.sh DIR); they are
 # installed with pip --no-index into a folder under --out, put first on PYTHONPATH.
 #
-# Stages (budgets: python tools/gpu_check.py --budget STAGE; 7 minutes in all):
+# Stages (budgets: python tools/gpu_check.py --budget STAGE; 7 minutes in all; docs/performance.md,
+# "GPU acceptance check", explains how to read the report):
 #   1. environment: GPU, driver, torch/CUDA/NCCL versions, the wheels;
 #   2. the GPU test tier (pytest tests/gpu): log and JUnit XML in --out;
 #   3. iresnet50 and mbf at batch 128 in bf16 and fp16: the audit's phases timed with CUDA
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
         --skip-tests) SKIP+=(--skip tests); shift ;;
         --skip-bench) SKIP+=(--skip bench); shift ;;
         --dry-run) DRY=1; shift ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
