@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
         --skip-tests) SKIP+=(--skip tests); shift ;;
         --skip-bench) SKIP+=(--skip bench); shift ;;
         --dry-run) DRY=1; shift ;;
-        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
