@@ -22,9 +22,10 @@ from dist_face.checkpoint import (
 from dist_face.config import RunConfig, save_config, to_yaml
 from dist_face.config.resolve import resolve_run
 from dist_face.data.loader import DataSource, build_loader
-from dist_face.dist import ParallelContext, Topology
-from dist_face.heads import build_head
+from dist_face.dist import ParallelContext, Topology, label_group
+from dist_face.heads import PartialFC, build_head
 from dist_face.heads.aux_losses import WeightedSum, build_aux_losses
+from dist_face.heads.label_path import LabelPrefetch
 from dist_face.heads.shard_math import class_range
 from dist_face.metrics import MultiSink, Sink
 from dist_face.metrics.build import build_info
@@ -121,8 +122,16 @@ def build_trainer(
         state=state,
         world_size=topology.world_size,
         steps_left=lambda consumed: data.batches_left(consumed) // cfg.train.grad_accum,
+        label_prefetch=_label_prefetch(model.head, parallel),
     )
     return trainer, plan
+
+
+def _label_prefetch(head: torch.nn.Module, parallel: ParallelContext) -> LabelPrefetch | None:
+    """The head's label path, run one step ahead on its own gloo group (collective)."""
+    if not isinstance(head, PartialFC):
+        return None
+    return LabelPrefetch(head, label_group(parallel.class_group)).attach()
 
 
 def build_data(

@@ -11,6 +11,7 @@ from dist_face.config import ConfigError, RunConfig, describe, list_recipes, loa
 from dist_face.data.labels import LabelError
 from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
+from dist_face.torch_floor import check_torch_version
 from dist_face.train.guard import DivergenceError, saved_so_far, unsaved_final_state
 from dist_face.train.precision import check_precision
 from dist_face.train.preflight import check_run, run_dir, wipe_run_dir
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         return describe.run_info(args, overrides)
     topology = Topology.from_env()
     init_logging(topology.rank)
+    try:
+        check_torch_version()
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
     try:
         cfg = load_config(args.config, overrides, prepare=True)  # a recipe's own data
         check_precision(cfg.train.precision, select_device(topology))
