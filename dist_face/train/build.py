@@ -360,8 +360,9 @@ def _advice(cfg: RunConfig) -> str:
     knobs = [f"optim.lr (now {cfg.optim.lr:g})"]
     if cfg.optim.head_lr:
         knobs.append(f"optim.head_lr (now {cfg.optim.head_lr:g})")
-    if cfg.head.scale is not None:  # margins without a scale (softmax, L-Softmax) resolve to None
-        knobs.append(f"head.scale (now {cfg.head.scale:g})")
+    scale = cfg.head.margin_args.get("scale")  # softmax and L-Softmax have none
+    if scale is not None:
+        knobs.append(f"head.margin_args.scale (now {scale:g})")
     if cfg.train.precision == "fp16":
         knobs.append(f"train.loss_scale_init (now {cfg.train.loss_scale_init:g})")
     return ", ".join(knobs[:-1]) + " or " + knobs[-1]
