@@ -1,4 +1,4 @@
-"""A margin chosen by name gets its paper's values; arguments it does not have are refused or dropped."""
+"""A margin chosen by name gets its paper's values; arguments it lacks are refused or dropped."""
 
 from __future__ import annotations
 

@@ -157,7 +157,8 @@ def test_a_diverging_run_exits_1_with_one_line(
     assert errors == [
         "training diverged at step 2: 2 consecutive steps skipped for inf/NaN gradients "
         "(train.max_skipped_steps=2); loss scale 1, no finite loss since the start; lower "
-        "optim.lr (now 0.1) or head.margin_args.scale (now 1e+39); this run wrote no checkpoint and no "
+        "optim.lr (now 0.1) or head.margin_args.scale (now 1e+39); this run wrote no checkpoint "
+        "and no "
         f"{tmp_path}/runs/r/model.pt"
     ]
     assert not (tmp_path / "runs" / "r" / "model.pt").exists()  # no end-of-run save
