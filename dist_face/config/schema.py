@@ -140,7 +140,8 @@ class DataConfig:
     a folder holding train.rec/train.idx, trained on as it is; or 'synthetic'. A relative path is
     relative to the directory the command was started in."""
     backend: str = "auto"
-    """Loader backend: auto, dali, torch or synthetic."""
+    """Loader backend: auto, or a registered one (dali, torch, synthetic; see
+    ``dist_face.data.backend``)."""
     num_classes: int = 0
     """Number of identities; 0 reads it from the shard set's metadata."""
     batch_size: int = 128
@@ -177,7 +178,9 @@ class DataConfig:
     """Probability of converting to grayscale (arcface_torch: 0.1)."""
 
     def __post_init__(self) -> None:
-        require_choice(self.backend, "backend", ["auto", "dali", "torch", "synthetic"])
+        from dist_face.data.loader import BACKENDS  # lazy: the loader imports torch
+
+        require_choice(self.backend, "backend", ["auto", *BACKENDS.registered()])
         require(self.num_classes >= 0, "num_classes", f"must be >= 0, got {self.num_classes}")
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
