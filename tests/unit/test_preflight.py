@@ -206,3 +206,22 @@ def test_a_final_checkpoint_that_cannot_be_written_exits_1(
         "the checkpoint of step 2, the last step, could not be written (see the error above); "
         f"this run wrote no checkpoint and no {tmp_path}/runs/r/model.pt"
     )
+
+
+def test_start_up_opens_the_dataset_once_and_passes_it_on(
+    color_shards: Path, tmp_path: Path
+) -> None:
+    """The checks' data source carries the opened dataset; the digest reads that one."""
+    from dist_face.config import load_config
+    from dist_face.dist import Topology
+    from dist_face.train.agreement import dataset_digest
+    from dist_face.train.preflight import check_run
+
+    cfg = load_config(
+        "debug_cpu",
+        [f"--data.root={color_shards}", "--eval.targets=[]", f"--output_root={tmp_path}"],
+    )
+    data = check_run(cfg, Topology(), torch.device("cpu"))
+    assert data.dataset is not None and len(data.dataset) == data.num_samples == 60
+    assert dataset_digest(str(color_shards), data.dataset) == dataset_digest(str(color_shards))
+    assert dataset_digest(str(color_shards), data.dataset) != dataset_digest("synthetic")
