@@ -76,7 +76,7 @@ def run_fields(cfg: RunConfig, dataset: dict[str, Any], plan: Any) -> dict[str, 
         plan: the :class:`~dist_face.train.plan.RunPlan`.
 
     Returns:
-        ``{"config.head.scale": "64.0", "data.num_samples": "720", "plan.total_steps": ...}``.
+        ``{"config.head.sample_rate": "1.0", "data.num_samples": "720", "plan.total_steps": ...}``.
     """
     fields = {
         key: value
