@@ -5,7 +5,7 @@ r"""What one training step asks of a GPU and its calibrated projection (see --he
     python tools/audit_step.py --calibration
 """
 
-from dist_face.audit import main
+from dist_face.cli.audit_step import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

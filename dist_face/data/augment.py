@@ -8,10 +8,13 @@ DALI operators (:mod:`dist_face.data.dali_loader`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageFilter
 
-from dist_face.config import DataConfig
+if TYPE_CHECKING:
+    from dist_face.config.schema import DataConfig
 
 
 def augment(img: Image.Image, rng: np.random.Generator, cfg: DataConfig) -> Image.Image:

@@ -40,7 +40,7 @@ import torch
 from torch.distributed import ProcessGroup, ReduceOp
 
 from dist_face.dist import comm
-from dist_face.dist.env import Topology
+from dist_face.dist.topology import Topology
 
 
 @dataclass(frozen=True)

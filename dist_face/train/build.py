@@ -78,17 +78,19 @@ def build_trainer(
     device: torch.device,
     sink: Sink | None = None,
     parallel: ParallelContext | None = None,
+    data: DataSource | None = None,
 ) -> tuple[Trainer, RunPlan]:
     """Build every component of a run, resume if asked, and return the trainer and its plan.
 
     ``parallel`` (from ``init_distributed``) gives the groups every component talks over;
     None builds it from the default group (collective: every rank calls this together).
+    ``data``: the data source the start-up checks built (None: built here).
     """
     if parallel is None:
         parallel = ParallelContext.from_default_group(topology, device)
     # the margin's paper defaults and the head's update, so config.yaml shows what trains
     cfg = resolve_run(cfg)
-    data, plan, resume, saved = build_data(cfg, parallel)
+    data, plan, resume, saved = build_data(cfg, parallel, data)
     model = build_model(cfg, parallel, data.num_classes)
     opt_b, opt_h, scheds = build_optimizers(cfg, model, plan, device)
     timer = StepTimer(device) if cfg.metrics.step_phases else None
@@ -135,14 +137,17 @@ def _label_prefetch(head: torch.nn.Module, parallel: ParallelContext) -> LabelPr
 
 
 def build_data(
-    cfg: RunConfig, parallel: ParallelContext
+    cfg: RunConfig, parallel: ParallelContext, data: DataSource | None = None
 ) -> tuple[DataSource, RunPlan, Path | None, dict | None]:
     """The data, the checkpoint to resume from (path and replicated state) and the run's plan.
 
-    Checks that every rank agrees on the run (collective) and writes ``config.yaml``.
+    Checks that every rank agrees on the run (collective) and writes ``config.yaml``. ``data``
+    is used when it was built for this config and device: the dataset is opened once.
     """
     topology = parallel.topology
-    data = build_loader(cfg.data, topology, parallel.device, seed=cfg.train.seed)
+    fits = data is not None and data.cfg == cfg.data and data.device == parallel.device
+    if data is None or not fits:
+        data = build_loader(cfg.data, topology, parallel.device, seed=cfg.train.seed)
     # the checkpoint's position first: the plan counts the steps left from it
     resume = _resume_path(cfg, Path(cfg.output_root) / cfg.name)
     saved = load_state(resume) if resume is not None else None
@@ -160,7 +165,7 @@ def build_data(
         "num_classes": data.num_classes,
         "batches_per_epoch": data.batches_per_epoch,
         "backend": data.backend,
-        "manifest_sha256": dataset_digest(cfg.data.root),
+        "manifest_sha256": dataset_digest(cfg.data.root, data.dataset),
     }
     # before anything heavy is built
     check_agreement(run_fields(cfg, dataset, plan), parallel.control_group)
@@ -369,8 +374,9 @@ def _advice(cfg: RunConfig) -> str:
     knobs = [f"optim.lr (now {cfg.optim.lr:g})"]
     if cfg.optim.head_lr:
         knobs.append(f"optim.head_lr (now {cfg.optim.head_lr:g})")
-    if cfg.head.scale is not None:  # margins without a scale (softmax, L-Softmax) resolve to None
-        knobs.append(f"head.scale (now {cfg.head.scale:g})")
+    scale = cfg.head.margin_args.get("scale")  # softmax and L-Softmax have none
+    if scale is not None:
+        knobs.append(f"head.margin_args.scale (now {scale:g})")
     if cfg.train.precision == "fp16":
         knobs.append(f"train.loss_scale_init (now {cfg.train.loss_scale_init:g})")
     return ", ".join(knobs[:-1]) + " or " + knobs[-1]

@@ -18,6 +18,7 @@ from dist_face.train.preflight import check_run, run_dir, wipe_run_dir
 from dist_face.train.signals import EXIT_PREEMPTED, StopAgreement, StopSignals
 
 if TYPE_CHECKING:
+    from dist_face.data.loader import DataSource
     from dist_face.dist import ParallelContext
 
 logger = logging.getLogger("dist_face.train")
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides, prepare=True)  # a recipe's own data
         check_precision(cfg.train.precision, select_device(topology))
         # paths and names, on every rank, before the process group and the build
-        check_run(cfg, topology, select_device(topology))
+        data = check_run(cfg, topology, select_device(topology))
         if cfg.dist.engine == "deepspeed":  # imports deepspeed: after the cheap checks
             from dist_face.train.deepspeed_engine import check_deepspeed_version
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         force_process_group=cfg.dist.force_process_group,
     )
     try:
-        return _train(cfg, topology, parallel, signals)
+        return _train(cfg, topology, parallel, signals, data)
     except ConfigError as exc:  # found while building: ranks disagree
         logger.error("bad configuration: %s", exc)
         return 2
@@ -132,9 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(
-    cfg: RunConfig, topology: Topology, parallel: ParallelContext, signals: StopSignals
+    cfg: RunConfig,
+    topology: Topology,
+    parallel: ParallelContext,
+    signals: StopSignals,
+    data: DataSource | None = None,
 ) -> int:
-    """Build and run the trainer in an initialised process group."""
+    """Build and run the trainer in an initialised process group (``data``: the checks')."""
     from dist_face.metrics.build import serve_metrics
     from dist_face.train.build import build_sinks, build_trainer  # heavy imports after checks
 
@@ -147,7 +152,9 @@ def _train(
     try:
         sink = build_sinks(cfg, topology, run_dir(cfg))
         exporter = serve_metrics(sink, cfg.metrics, topology)
-        trainer, plan = build_trainer(cfg, topology, device, sink=sink, parallel=parallel)
+        trainer, plan = build_trainer(
+            cfg, topology, device, sink=sink, parallel=parallel, data=data
+        )
         logger.info("%s", plan.describe(cfg.name))
         stop = trainer.should_stop = StopAgreement(signals, parallel.control_group)
         try:
