@@ -139,7 +139,9 @@ class Drift:
     def refusal(self, checkpoint: str) -> str:
         """One line naming the refused keys, their values and the way to allow them."""
         keys = ", ".join(f"{k} ({_short(a)} -> {_short(b)})" for k, a, b in _items(self.refused))
-        names = ",".join(self.refused)
+        # head.margin covers the margin's arguments: name it alone for them
+        cover = [MARGIN] if MARGIN in self.refused else []
+        names = ",".join(k for k in self.refused if k == MARGIN or not allowed(k, cover))
         return (
             f"resuming {checkpoint} would change what is trained: {keys}; resume with the "
             f"saved values, or allow the change with --resume.allow_changes={names}"
