@@ -5,7 +5,8 @@ the manifest itself).
 ``resume=auto`` passes over the damaged newest checkpoint, says so in one line naming the file
 and the step it resumes from, and ends bitwise equal to the uninterrupted run. An explicit
 ``checkpoint.resume`` that does not verify exits 2 with one line on every rank, and no
-traceback. The full cross of file kinds and damages carries the ``matrix`` marker.
+traceback. After the resume, only the evaluating rank reports a best result. The full cross
+of file kinds and damages carries the ``matrix`` marker.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _args(data: str, out: str, name: str) -> list[str]:
         "--config",
         "debug_cpu",
         f"--data.root={data}/shards",
-        "--eval.targets=[]",
+        f"--eval.targets=[{data}/val.bin]",  # on rank 0: checkpoints hold a best result
+        f"--eval.every={EVERY}",
         f"--output_root={out}",
         f"--name={name}",
         "--data.num_workers=0",
@@ -132,6 +134,10 @@ def _auto(small: Path, reference: Path, tmp_path: Path, kind: str, how: str) -> 
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert torch.equal(got[key], value), key
+    # only the evaluating rank reports a best result, also after a resume
+    done = [[m for _, m in r["lines"] if m.startswith("done at step")] for r in results]
+    assert done[1] == [f"done at step {STEPS}"], done
+    assert len(done[0]) == 1 and "best {'eval/val/accuracy'" in done[0][0], done
     for ckpt in list_checkpoints(run_dir):  # the damaged one was rewritten by the resumed run
         verify_checkpoint(ckpt)
 
