@@ -62,10 +62,8 @@ RULES: dict[str, str] = {
     "train.log_every": APPLIED,
     "train.max_skipped_steps": APPLIED,
     "train.max_nonfinite_logs": APPLIED,
-    "dist": APPLIED,
-    "dist.engine": REFUSED,
-    "dist.zero_stage": REFUSED,
-    "dist.fp16_grad_compression": REFUSED,
+    "dist": APPLIED,  # the layout is the same under DDP and DeepSpeed, any ZeRO stage
+    "dist.fp16_grad_compression": REFUSED,  # rounds the gradients
     "eval": APPLIED,
     "checkpoint": APPLIED,
     "metrics": APPLIED,
