@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dist_face.checkpoint.atomic import fsync_dir
+from dist_face.checkpoint.atomic import atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT = "dist_face.checkpoint"
@@ -137,19 +137,8 @@ def write_manifest(
         "shards": {n: list(shards[n]) for n in sorted(shards)},
     }
     body["self_sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
-    path = Path(directory) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(body, indent=1, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+    text = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+    return atomic_write(Path(directory) / MANIFEST, lambda f: f.write(text))
 
 
 def read_manifest(directory: Path) -> Manifest:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from dist_face.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
+from tests.helpers.damage import DAMAGES, damage
 from tests.helpers.distributed import run_distributed
 
 STEPS, EVERY = 6, 2
@@ -96,25 +97,13 @@ def reference(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out / "ref"
 
 
-def _damage(path: Path, how: str) -> None:
-    data = bytearray(path.read_bytes())
-    if how == "flip":  # 8 bytes in the middle, each with every bit inverted
-        mid = len(data) // 2
-        data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
-    elif how == "truncate":
-        data = data[: len(data) // 3]
-    elif how == "empty":
-        data = bytearray()
-    path.write_bytes(bytes(data))
-
-
 def _damaged_run(reference: Path, tmp_path: Path, kind: str, how: str) -> tuple[Path, Path]:
     """A copy of the reference run stopped after step ``STEPS - EVERY``, its newest damaged."""
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
     shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS:08d}")
     bad = run_dir / "checkpoints" / f"step_{STEPS - EVERY:08d}"
-    _damage(bad / FILES[kind], how)
+    damage(bad / FILES[kind], how)
     return run_dir, bad
 
 
@@ -177,7 +166,7 @@ def test_an_explicit_damaged_checkpoint_exits_2_with_one_line(
 
 @pytest.mark.matrix
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("how", ["flip", "truncate", "empty"])
+@pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize("kind", list(FILES))
 @pytest.mark.parametrize("mode", ["auto", "explicit"])
 def test_every_damage_of_every_file_kind(

@@ -23,6 +23,7 @@ from dist_face.cli.verify import main as verify_main
 from dist_face.config.schema import HeadConfig
 from dist_face.dist import Topology
 from dist_face.heads import build_head
+from tests.helpers.damage import DAMAGES, damage
 from tests.unit.test_preflight import run_main  # noqa: F401 (fixture)
 
 FILES = {
@@ -56,18 +57,6 @@ def _save(run_dir: Path, step: int, num_classes: int = 10, keep: int = 5) -> Pat
     return path
 
 
-def _damage(path: Path, how: str) -> None:
-    data = bytearray(path.read_bytes())
-    if how == "flip":
-        mid = len(data) // 2
-        data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
-    elif how == "truncate":
-        data = data[: len(data) // 3]
-    else:
-        data = bytearray()
-    path.write_bytes(bytes(data))
-
-
 def test_the_manifest_lists_every_file_with_its_size_and_sha256(tmp_path: Path) -> None:
     ckpt = _save(tmp_path, 1)
     body = json.loads((ckpt / "manifest.json").read_text())
@@ -80,13 +69,13 @@ def test_the_manifest_lists_every_file_with_its_size_and_sha256(tmp_path: Path) 
     verify_checkpoint(ckpt)
 
 
-@pytest.mark.parametrize("how", ["flip", "truncate", "empty"])
+@pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize("kind", list(FILES))
 def test_a_damaged_checkpoint_is_named_and_never_the_latest(
     tmp_path: Path, kind: str, how: str
 ) -> None:
     older, newest = _save(tmp_path, 1), _save(tmp_path, 2)
-    _damage(newest / FILES[kind], how)
+    damage(newest / FILES[kind], how)
     with pytest.raises(CheckpointCorrupt) as err:
         verify_checkpoint(newest)
     assert err.value.path.name == FILES[kind]
@@ -99,7 +88,7 @@ def test_a_damaged_checkpoint_is_named_and_never_the_latest(
 
 def test_rotation_keeps_the_newest_verified_checkpoint(tmp_path: Path) -> None:
     _save(tmp_path, 1, keep=2)
-    _damage(_save(tmp_path, 2, keep=2) / FILES["state"], "flip")
+    damage(_save(tmp_path, 2, keep=2) / FILES["state"], "flip")
     just_written = _save(tmp_path, 3, keep=1)  # hashed back from the disk when written
     assert list_checkpoints(tmp_path) == [just_written]
     assert latest_checkpoint(tmp_path) == just_written
@@ -111,7 +100,7 @@ def test_dist_face_verify_checks_a_run_folder(
     good, bad = _save(tmp_path, 1), _save(tmp_path, 2)
     assert verify_main([str(good)]) == 0
     assert f"{good}: ok (step 1, 3 files" in capsys.readouterr().out
-    _damage(bad / FILES["head"], "flip")
+    damage(bad / FILES["head"], "flip")
     assert verify_main([str(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{good}: ok")
@@ -139,7 +128,7 @@ def test_the_check_before_start_verifies_what_the_ranks_will_read(
 ) -> None:
     run_dir = tmp_path / "r"
     older, newest = _save(run_dir, 1, num_classes=60), _save(run_dir, 2, num_classes=60)
-    _damage(newest / FILES["rank"], "truncate")
+    damage(newest / FILES["rank"], "truncate")
     # auto: the newest is passed over, with its file named; the older one will be resumed
     assert run_main(*_checked(small_dataset, tmp_path, "--resume=auto")) == (0, [])
     said = [r.getMessage() for r in caplog.records if "passed over" in r.getMessage()]
@@ -150,7 +139,7 @@ def test_the_check_before_start_verifies_what_the_ranks_will_read(
     assert errors[0].startswith(f"bad configuration: checkpoint.resume: {newest} does not verify")
     assert FILES["rank"] in errors[0]
     # none verifies: refused rather than started over on top of them
-    _damage(older / FILES["head"], "flip")
+    damage(older / FILES["head"], "flip")
     code, errors = run_main(*_checked(small_dataset, tmp_path, "--resume=auto"))
     assert code == 2 and len(errors) == 1, errors
     assert "none of the 2 checkpoints" in errors[0] and "--overwrite" in errors[0]
