@@ -280,7 +280,7 @@ class EvalHook(Hook):
 
     def _score(self, trainer: Trainer) -> None:
         record: dict[str, float] = {}
-        requested = getattr(trainer.should_stop, "requested_here", lambda: 0)
+        requested = getattr(getattr(trainer, "should_stop", None), "requested_here", lambda: 0)
         total = sum(len(images) for images, _ in self._data.values())
         done = 0
 
