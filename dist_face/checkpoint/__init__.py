@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints whose class-center head re-shards onto any world size."""
+"""Crash-safe, verified checkpoints whose class-center head re-shards onto any world size."""
 
 from dist_face.checkpoint.atomic import atomic_torch_save
 from dist_face.checkpoint.manager import (
@@ -10,9 +10,11 @@ from dist_face.checkpoint.manager import (
     restore_rng,
     save_checkpoint,
 )
+from dist_face.checkpoint.manifest import CheckpointCorrupt, read_manifest, verify_checkpoint
 from dist_face.checkpoint.sharded import ShardedCheckpointError, load_rows
 
 __all__ = [
+    "CheckpointCorrupt",
     "CheckpointError",
     "ShardedCheckpointError",
     "atomic_torch_save",
@@ -20,7 +22,9 @@ __all__ = [
     "list_checkpoints",
     "load_rows",
     "load_state",
+    "read_manifest",
     "restore_head",
     "restore_rng",
     "save_checkpoint",
+    "verify_checkpoint",
 ]

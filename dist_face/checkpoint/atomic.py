@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -26,11 +27,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             ``RuntimeError``); the temporary file is removed and any previous file at ``path``
             is left intact.
     """
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """``write(f)`` into a temporary file, fsync it and rename it ``path``; fsync the directory.
+
+    Raises:
+        Whatever ``write`` or the file system raised; the temporary file is removed and any
+        previous file at ``path`` is left intact.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)

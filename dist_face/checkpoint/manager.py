@@ -7,11 +7,16 @@ Layout of one checkpoint, ``<run_dir>/checkpoints/step_<8 digits>/``::
     rank-<r>.pt                each rank: its RNG states and the head's non-sharded state
     head-<r>-of-<W>.pt         each rank: its class range, its class-center rows and the rows of
                                their optimizer state (see sharded.py)
+    manifest.json              rank 0, last: size and SHA-256 of every file above, the head
+                               files' class ranges (see manifest.py)
 
-Every rank writes into ``step_<N>.tmp/`` with fsync; only when all ranks report success does
-rank 0 rename the directory to ``step_<N>`` (an atomic rename). A crash or a full disk mid-save
-therefore leaves the previous checkpoints intact and at most a ``.tmp`` directory, which the
-next save removes. The last ``keep`` complete checkpoints are kept.
+Every rank writes into ``step_<N>.tmp/`` with fsync and hashes its files back from disk; only
+when all ranks report success does rank 0 write the manifest and rename the directory to
+``step_<N>`` (an atomic rename). A crash or a full disk mid-save therefore leaves the previous
+checkpoints intact and at most a ``.tmp`` directory, which the next save removes. The last
+``keep`` complete checkpoints are kept; the one just written, whose digests were taken from
+the disk, is always among them, so rotation never deletes the newest verified checkpoint.
+What is read back on resume is checked against the manifest first (resume.py).
 """
 
 from __future__ import annotations
@@ -28,8 +33,15 @@ import torch
 from torch import nn
 
 from dist_face.checkpoint.atomic import atomic_torch_save, fsync_dir
-from dist_face.checkpoint.sharded import load_rows, shard_file, total_classes
-from dist_face.dist import ParallelContext, Topology
+from dist_face.checkpoint.manifest import (
+    MANIFEST,
+    CheckpointCorrupt,
+    file_digest,
+    read_manifest,
+    write_manifest,
+)
+from dist_face.checkpoint.sharded import load_rows, shard_file, shard_ranges, total_classes
+from dist_face.dist import ParallelContext, Topology, all_gather_object
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -45,19 +57,36 @@ def checkpoint_root(run_dir: Path) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Checkpoint directories of a run, oldest first, verified or not.
+
+    Every ``step_<N>`` directory was renamed into place after all of its files were written;
+    whether they are still intact is :func:`latest_checkpoint`'s question.
+    """
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
     return sorted(
-        p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.pt").exists()
+        p
+        for p in root.iterdir()
+        if _STEP_DIR.match(p.name) and ((p / MANIFEST).exists() or (p / "state.pt").exists())
     )
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, if any."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest checkpoint of a run whose every file matches its manifest, if any.
+
+    Each newer one that does not verify is logged (one line naming the file and why) and
+    passed over. Reads every file of each candidate: for a whole job's resume, where each
+    rank checks only what it reads, see :func:`dist_face.checkpoint.resume.select_checkpoint`.
+    """
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            read_manifest(path).verify()
+        except CheckpointCorrupt as exc:
+            logger.warning("checkpoint %s does not verify, passed over: %s", path.name, exc)
+            continue
+        return path
+    return None
 
 
 def _param_index(optimizer: torch.optim.Optimizer, param: nn.Parameter, name: str) -> int:
@@ -178,15 +207,20 @@ def save_checkpoint(
         except ValueError:
             status = _NOT_FINITE
             raise
-        atomic_torch_save(
-            {"class_range": list(class_range), "num_classes": num_classes, "rows": rows},
-            shard_file(tmp, topology.rank, topology.world_size),
-        )
-        atomic_torch_save(
-            {"rng": rng_state(), "head_other": other}, tmp / f"rank-{topology.rank:05d}.pt"
-        )
+        written = [
+            atomic_torch_save(
+                {"class_range": list(class_range), "num_classes": num_classes, "rows": rows},
+                shard_file(tmp, topology.rank, topology.world_size),
+            ),
+            atomic_torch_save(
+                {"rng": rng_state(), "head_other": other}, tmp / f"rank-{topology.rank:05d}.pt"
+            ),
+        ]
         if topology.is_main:
-            atomic_torch_save({**replicated, "world_size": topology.world_size}, tmp / "state.pt")
+            state = {**replicated, "world_size": topology.world_size}
+            written.append(atomic_torch_save(state, tmp / "state.pt"))
+        # read back from the file system: the manifest describes what is on disk
+        digests = {p.name: file_digest(p) for p in written}
     except Exception as exc:  # torch.save reports a full disk as RuntimeError, not OSError
         logger.error(
             "checkpoint %s: rank %d could not write: %s; previous checkpoints are kept",
@@ -196,6 +230,14 @@ def save_checkpoint(
         )
         status = _NOT_FINITE if status == _NOT_FINITE else _NOT_WRITTEN
     status = parallel.min_over_ranks(status)
+    if status == _SAVED:
+        shards = {shard_file(tmp, topology.rank, topology.world_size).name: tuple(class_range)}
+        gathered = all_gather_object((digests, shards), parallel.control_group)
+        placed = not topology.is_main or _place(
+            tmp, final, step, topology.world_size, num_classes, gathered
+        )
+        if not parallel.all_ranks_ok(placed):
+            status = _NOT_WRITTEN
     if status != _SAVED:
         _refused[Path(run_dir)] = (step, status == _NOT_FINITE)
         if topology.is_main:
@@ -204,9 +246,6 @@ def save_checkpoint(
         return None
     exported = True
     if topology.is_main:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        fsync_dir(root)
         prune(run_dir, final, keep)
         exported = _export(export, final)
     # model.pt only ever holds the step of a complete checkpoint: written after every rank's
@@ -216,6 +255,44 @@ def save_checkpoint(
         return None
     parallel.barrier()
     return final
+
+
+def _place(
+    tmp: Path,
+    final: Path,
+    step: int,
+    world_size: int,
+    num_classes: int,
+    gathered: list[tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]],
+) -> bool:
+    """Rank 0: write the manifest of every rank's files into ``tmp``, then rename it ``final``.
+
+    Returns:
+        False, with the error logged, when the manifest could not be written (``tmp`` is left
+        for the caller to remove and no ``final`` directory appears).
+    """
+    files = {name: d for digests, _ in gathered for name, d in digests.items()}
+    shards = {name: r for _, ranges in gathered for name, r in ranges.items()}
+    try:
+        write_manifest(
+            tmp,
+            step=step,
+            world_size=world_size,
+            num_classes=num_classes,
+            files=files,
+            shards=shards,
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        fsync_dir(final.parent)
+    except Exception as exc:
+        logger.error(
+            "checkpoint %s: could not write its manifest: %s; previous checkpoints are kept",
+            final,
+            exc,
+        )
+        return False
+    return True
 
 
 def _export(export: Callable[[], object] | None, final: Path) -> bool:
@@ -342,7 +419,7 @@ def restore_head(
         "head_other"
     ]
     device = head.weight.device
-    saved_rows = _row_keys(path)
+    saved_rows = _row_keys(path, start, end)
     params = row_parameters(head)
     # row parameters the checkpoint holds as rows (older ones kept a class bias per rank)
     loaded = {n: load_rows(path, n, start, end).to(device) for n in params if n in saved_rows}
@@ -368,19 +445,11 @@ def restore_head(
     head_optimizer.load_state_dict({"state": state, "param_groups": other["param_groups"]})
 
 
-def _row_keys(path: Path) -> list[str]:
-    first = torch.load(
-        shard_file(path, 0, _saved_world(path)), map_location="cpu", weights_only=True, mmap=True
-    )
-    return list(first["rows"])
-
-
-def _saved_world(path: Path) -> int:
-    return int(
-        torch.load(path / "state.pt", map_location="cpu", weights_only=True, mmap=True)[
-            "world_size"
-        ]
-    )
+def _row_keys(path: Path, start: int, end: int) -> list[str]:
+    """Row keys of the checkpoint, from the first head file overlapping ``[start, end)``."""
+    ranges = shard_ranges(path)
+    first = next((p for s, e, p in ranges if s < end and e > start), ranges[0][2])
+    return list(torch.load(first, map_location="cpu", weights_only=True, mmap=True)["rows"])
 
 
 def restore_rng(path: Path, topology: Topology) -> bool:

@@ -4,7 +4,8 @@ Each rank writes the rows it owns, ``[start, end)`` of a ``[C, ...]`` tensor (th
 centers and their optimizer state), into its own file together with the range. Loading for any
 world size reads, for each new rank, only the files whose ranges overlap its new range, and
 concatenates the overlapping rows. Files are memory-mapped, so a rank never holds more than its
-own slice.
+own slice. The ranges come from the checkpoint's manifest when it has one, so a rank opens no
+head file it does not need (and each one it opens was verified against the manifest first).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dist_face.checkpoint.manifest import MANIFEST, CheckpointCorrupt, read_manifest
 from dist_face.heads.shard_math import resplit_rows
 
 _NAME = "head-{rank:05d}-of-{world:05d}.pt"
@@ -54,6 +56,22 @@ def list_shards(directory: Path) -> list[tuple[int, int, Path]]:
     return ranges
 
 
+def shard_ranges(directory: Path) -> list[tuple[int, int, Path]]:
+    """``(start, end, path)`` of every head file: from the manifest, else from the files.
+
+    Raises:
+        ShardedCheckpointError: the manifest is damaged, or (without one) the files are
+            missing or their ranges leave gaps or overlap.
+    """
+    directory = Path(directory)
+    if not (directory / MANIFEST).exists():  # written before manifests
+        return list_shards(directory)
+    try:
+        return read_manifest(directory).shard_ranges()
+    except CheckpointCorrupt as exc:
+        raise ShardedCheckpointError(str(exc)) from None
+
+
 def load_rows(directory: Path, key: str, start: int, end: int) -> torch.Tensor:
     """Rows ``[start, end)`` of the sharded tensor ``key``, assembled from overlapping files.
 
@@ -70,7 +88,7 @@ def load_rows(directory: Path, key: str, start: int, end: int) -> torch.Tensor:
             raise ShardedCheckpointError(f"{path}: no sharded tensor {key!r}")
         return state["rows"][key]
 
-    pieces = [(s, e, lambda p=p: rows(p)) for s, e, p in list_shards(directory)]
+    pieces = [(s, e, lambda p=p: rows(p)) for s, e, p in shard_ranges(directory)]
     try:
         return resplit_rows(pieces, start, end)
     except ValueError as exc:
@@ -79,4 +97,4 @@ def load_rows(directory: Path, key: str, start: int, end: int) -> torch.Tensor:
 
 def total_classes(directory: Path) -> int:
     """Number of classes covered by the head files (the end of the last range)."""
-    return list_shards(directory)[-1][1]
+    return shard_ranges(directory)[-1][1]

@@ -1,13 +1,20 @@
-"""``dist-face-verify``: scan every record; report each bad one and exit non-zero."""
+"""``dist-face-verify``: scan every record, or check checkpoints against their manifests.
+
+Given a shard set or a ``.rec``, every record is scanned; given a checkpoint, a run's
+``checkpoints`` directory or a run directory, every checkpoint file is checked against its
+manifest (:mod:`dist_face.cli.verify_checkpoint`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 from dist_face.cli.common import closed_pipe_is_quiet, progress_off
+from dist_face.cli.verify_checkpoint import is_checkpoint_path, verify_checkpoints
 from dist_face.data.verify import rec_bytes, verify_path
 
 
@@ -18,9 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Full scan of a shard set (or one .rec with its .idx): framing of every "
         "record, .idx and manifest entries, checksums, every image decodes (Pillow), every "
         "label in range. Prints one line per problem (file, key, offset, reason); exit code "
-        "1 if there is any problem, 2 if PATH cannot be opened.",
+        "1 if there is any problem, 2 if PATH cannot be opened. Given a checkpoint, a "
+        "checkpoints directory or a run directory, checks every checkpoint file against its "
+        "manifest (size and SHA-256) and prints one line per checkpoint.",
     )
-    p.add_argument("path", help="shard set directory or .rec file")
+    p.add_argument("path", help="shard set directory, .rec file, checkpoint or run directory")
     p.add_argument("--num-classes", type=int, help="label range for a single .rec")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images")
     p.add_argument("--workers", type=int, default=1, help="shards scanned in parallel")
@@ -33,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the scan; returns 0 when everything is good, 1 when a problem was found."""
     args = build_parser().parse_args(argv)
+    if is_checkpoint_path(Path(args.path)):
+        return verify_checkpoints(Path(args.path))
     # bytes scanned, on stderr; shown on a terminal only, unless --quiet
     bar = tqdm(
         total=rec_bytes(args.path),

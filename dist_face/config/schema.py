@@ -357,6 +357,10 @@ class CheckpointConfig:
     """Start fresh in a run directory that holds an earlier run, wiping that run's checkpoints,
     model, metrics and reports first (``--overwrite``). Without it such a run is refused unless
     it resumes."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Config keys (or prefixes) a resume may change although they change what is trained
+    (``--resume.allow_changes=head.margin``; ``head.margin`` covers the margin's arguments);
+    without them such a resume is refused (``dist_face.checkpoint.drift``)."""
 
     def __post_init__(self) -> None:
         require(self.every >= 0, "every", f"must be >= 0, got {self.every}")

@@ -1,4 +1,8 @@
-"""Building backbones by name, from keyword options or from the run config."""
+"""Building backbones by name from keyword options, and the options a run config sets.
+
+Building a run's backbone, which may start from a checkpoint, is :mod:`dist_face.models.build`:
+this module imports no checkpoint code, so the checkpoint module can import it.
+"""
 
 from __future__ import annotations
 
@@ -69,24 +73,3 @@ def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.mask_ratio is not None:
         kwargs["mask_ratio"] = cfg.mask_ratio
     return kwargs
-
-
-def build_backbone(cfg: ModelConfig) -> nn.Module:
-    """Build the backbone of a run, starting from ``cfg.init_backbone`` when it is set.
-
-    Args:
-        cfg: the ``model`` section of the run config.
-
-    Returns:
-        The backbone (see :func:`create`), with the checkpoint's weights when
-        ``cfg.init_backbone`` names one.
-
-    Raises:
-        ValueError: the checkpoint holds another backbone, or its tensors do not fit.
-    """
-    kwargs = model_kwargs(cfg)
-    if cfg.init_backbone:
-        from dist_face.models.checkpoint import load_backbone
-
-        return load_backbone(cfg.init_backbone, cfg.name, **kwargs)
-    return create(cfg.name, **kwargs)

@@ -10,16 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from dist_face.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    load_state,
-    restore_head,
-    restore_rng,
-    save_checkpoint,
-)
-from dist_face.config import RunConfig, save_config, to_yaml
+from dist_face.checkpoint import save_checkpoint
+from dist_face.checkpoint.drift import compare
+from dist_face.checkpoint.resume import pack_state, position, restore, select_checkpoint
+from dist_face.config import ConfigError, RunConfig, save_config, to_yaml
 from dist_face.config.resolve import resolve_run
 from dist_face.data.loader import DataSource, build_loader
 from dist_face.dist import ParallelContext, Topology, label_group
@@ -90,7 +86,7 @@ def build_trainer(
         parallel = ParallelContext.from_default_group(topology, device)
     # the margin's paper defaults and the head's update, so config.yaml shows what trains
     cfg = resolve_run(cfg)
-    data, plan, resume, saved = build_data(cfg, parallel, data)
+    data, plan, resume, dataset = build_data(cfg, parallel, data)
     model = build_model(cfg, parallel, data.num_classes)
     opt_b, opt_h, scheds = build_optimizers(cfg, model, plan, device)
     timer = StepTimer(device) if cfg.metrics.step_phases else None
@@ -107,11 +103,23 @@ def build_trainer(
     state = TrainState()
     crange = class_range(data.num_classes, topology.rank, topology.world_size)
     if resume is not None:
-        state = _resume(resume, saved, topology, cfg, plan, engine, model.head, opt_h, scheds)
-        load_aux_state(model.aux, resume, crange)
+        pos = restore(
+            resume.path,
+            resume.state,
+            topology,
+            seed=cfg.train.seed,
+            num_classes=plan.num_classes,
+            engine=engine,
+            head=model.head,
+            head_optimizer=opt_h,
+            schedulers=scheds,
+            rebase=resume.rebase,
+        )
+        state = TrainState(step=pos.step, epoch=pos.epoch, consumed=pos.consumed, best=pos.best)
+        load_aux_state(model.aux, resume.path, crange)
     if sink is None:
         sink = build_sinks(cfg, topology, plan.run_dir)
-    save = _saver(cfg, parallel, plan, engine, model, opt_h, scheds, crange)
+    save = _saver(cfg, parallel, plan, engine, model, opt_h, scheds, crange, dataset)
     hooks = build_hooks(cfg, parallel, plan, data, model, engine, scheds, sink, save, timer)
     trainer = Trainer(
         step_fn=step_fn,
@@ -136,22 +144,43 @@ def _label_prefetch(head: torch.nn.Module, parallel: ParallelContext) -> LabelPr
     return LabelPrefetch(head, label_group(parallel.class_group)).attach()
 
 
+@dataclass(frozen=True)
+class ResumeFrom:
+    """A verified checkpoint to resume from and its replicated state.
+
+    ``rebase``: the learning-rate schedule changed; its base rates come from the resuming
+    config.
+    """
+
+    path: Path
+    state: dict
+    rebase: bool
+
+
 def build_data(
     cfg: RunConfig, parallel: ParallelContext, data: DataSource | None = None
-) -> tuple[DataSource, RunPlan, Path | None, dict | None]:
-    """The data, the checkpoint to resume from (path and replicated state) and the run's plan.
+) -> tuple[DataSource, RunPlan, ResumeFrom | None, dict]:
+    """The data, the run's plan, the checkpoint to resume from, and the data set's identity.
 
-    Checks that every rank agrees on the run (collective) and writes ``config.yaml``. ``data``
-    is used when it was built for this config and device: the dataset is opened once.
+    Checks that every rank agrees on the run (collective), that a resume changes nothing it
+    must not (:mod:`dist_face.checkpoint.drift`; :class:`ConfigError` naming the keys) and
+    writes ``config.yaml``, which then holds what the run uses. ``data`` is used when it was
+    built for this config and device: the dataset is opened once.
     """
     topology = parallel.topology
     fits = data is not None and data.cfg == cfg.data and data.device == parallel.device
     if data is None or not fits:
         data = build_loader(cfg.data, topology, parallel.device, seed=cfg.train.seed)
-    # the checkpoint's position first: the plan counts the steps left from it
-    resume = _resume_path(cfg, Path(cfg.output_root) / cfg.name)
-    saved = load_state(resume) if resume is not None else None
-    start = _start(saved) if saved is not None else Start()
+    # the checkpoint's position first: the plan counts the steps left from it; every rank
+    # checks the files it will read, and they agree on one that verifies everywhere
+    chosen = select_checkpoint(
+        cfg.checkpoint.resume, Path(cfg.output_root) / cfg.name, parallel, data.num_classes
+    )
+    path, saved = chosen if chosen is not None else (None, None)
+    start = Start()
+    if saved is not None:
+        pos = position(saved, topology)
+        start = Start(pos.step, pos.epoch, pos.consumed, pos.world_size)
     plan = RunPlan.create(
         cfg,
         topology,
@@ -169,9 +198,23 @@ def build_data(
     }
     # before anything heavy is built
     check_agreement(run_fields(cfg, dataset, plan), parallel.control_group)
+    resume = None
+    if path is not None:
+        drift = compare(
+            saved["config"],
+            yaml.safe_load(to_yaml(cfg)),
+            cfg.checkpoint.allow_changes,
+            saved.get("dataset"),
+            dataset,
+        )
+        if drift.refused:  # the same on every rank: each stops with the same line
+            raise ConfigError(drift.refusal(str(path)))
+        if drift.changes() and topology.is_main:
+            logger.warning("resuming %s with changes: %s", path.name, drift.changes())
+        resume = ResumeFrom(path, saved, rebase=bool(drift.schedule))
     if topology.is_main:
         save_config(cfg, plan.run_dir / "config.yaml")
-    return data, plan, resume, saved
+    return data, plan, resume, dataset
 
 
 @dataclass
@@ -275,23 +318,23 @@ def _saver(
     opt_h: torch.optim.Optimizer,
     scheds: list,
     crange: tuple[int, int],
+    dataset: dict,
 ) -> Callable[[Trainer], Path | None]:
     """The checkpoint writer: ``save(trainer)`` writes the run's state collectively."""
     topology = parallel.topology
 
     def save(trainer: Trainer) -> Path | None:
-        weights, optim_backbone = engine.state()  # collective under ZeRO
-        replicated = {
-            "step": trainer.state.step,
-            "epoch": trainer.state.epoch,
-            "consumed": trainer.state.consumed,
-            "best": trainer.state.best,
-            "config": to_yaml(cfg),
-            "backbone": weights,
-            "optim_backbone": optim_backbone,
-            "schedulers": [s.state_dict() for s in scheds],
-            "scaler": engine.scaler.state_dict(),
-        }
+        replicated = pack_state(  # collective under ZeRO
+            step=trainer.state.step,
+            epoch=trainer.state.epoch,
+            consumed=trainer.state.consumed,
+            best=trainer.state.best,
+            config_yaml=to_yaml(cfg),
+            dataset=dataset,
+            engine=engine,
+            schedulers=scheds,
+        )
+        weights = replicated["backbone"]
 
         def export() -> None:  # the backbone alone, for evaluation, export and fine-tuning
             path = plan.run_dir / "model.pt"
@@ -391,74 +434,3 @@ def build_sinks(cfg: RunConfig, topology: Topology, run_dir: Path) -> MultiSink:
         cfg.name, topology.world_size, backbone=cfg.model.name, margin=cfg.head.margin
     )
     return metric_sinks(cfg.metrics, topology, run_dir, job=cfg.name, info=info)
-
-
-def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
-    if not cfg.checkpoint.resume:
-        return None
-    if cfg.checkpoint.resume == "auto":
-        return latest_checkpoint(run_dir)
-    path = Path(cfg.checkpoint.resume)
-    if not (path / "state.pt").exists():
-        raise CheckpointError(f"checkpoint.resume={path}: not a complete checkpoint directory")
-    return path
-
-
-def _start(state: dict) -> Start:
-    """The position a checkpoint's replicated state resumes at."""
-    saved_world = int(state["world_size"])
-    return Start(
-        step=int(state["step"]),
-        epoch=int(state["epoch"]),
-        consumed=_consumed(state, saved_world),
-        world_size=saved_world,
-    )
-
-
-def _resume(path, state, topology, cfg, plan, engine, head, opt_h, scheds) -> TrainState:
-    saved_world = int(state["world_size"])
-    engine.load_state(state["backbone"], state["optim_backbone"])
-    for sched, sd in zip(scheds, state["schedulers"]):
-        sched.load_state_dict(sd)
-    engine.scaler.load_state_dict(state["scaler"])
-    crange = class_range(plan.num_classes, topology.rank, topology.world_size)
-    restore_head(path, topology, head, opt_h, crange, plan.num_classes, saved_world)
-    consumed = _consumed(state, saved_world)
-    if saved_world == topology.world_size:
-        restore_rng(path, topology)
-    else:
-        # the per-rank RNG streams and the head's sampling generators belong to the old
-        # ranks: each new rank starts its own from (seed, its rank, the step) instead
-        torch.manual_seed(cfg.train.seed + 1000 * (topology.rank + 1) + int(state["step"]))
-        reseed = getattr(head, "reseed_sampler", None)
-        if reseed is not None:
-            reseed(int(state["step"]))
-        logger.warning(
-            "resuming a %d-rank checkpoint on %d ranks: class centers re-split by class "
-            "range; the data continues at sample %d of epoch %d, dealt over %d ranks",
-            saved_world,
-            topology.world_size,
-            consumed,
-            state["epoch"],
-            topology.world_size,
-        )
-    logger.info(
-        "resumed from %s at step %d (epoch %d, %d samples of it consumed)",
-        path,
-        state["step"],
-        state["epoch"],
-        consumed,
-    )
-    return TrainState(
-        step=int(state["step"]),
-        epoch=int(state["epoch"]),
-        consumed=consumed,
-        best=dict(state["best"]),
-    )
-
-
-def _consumed(state: dict, saved_world: int) -> int:
-    """Global samples consumed in the saved epoch (checkpoints before it held a per-rank count)."""
-    if "consumed" in state:
-        return int(state["consumed"])
-    return int(state["offset"]) * saved_world

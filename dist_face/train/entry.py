@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     args, rest = p.parse_known_args(argv)
     if args.config is None and args.help_config is None:
         p.error("the following arguments are required: --config")
-    overrides = list(rest)
+    # --resume.allow_changes=a,b names what a resume may change: checkpoint.allow_changes
+    overrides = [_allow_changes(o) for o in rest]
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
         p.error(f"unrecognised arguments {bad}; overrides look like --section.field=value")
@@ -71,6 +72,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     if args.overwrite:
         overrides.append("--checkpoint.overwrite=true")
     return args, overrides
+
+
+def _allow_changes(override: str) -> str:
+    """``--resume.allow_changes=a,b`` -> ``--checkpoint.allow_changes=[a,b]``; others unchanged."""
+    flag, _, value = override.partition("=")
+    if flag != "--resume.allow_changes":
+        return override
+    keys = value.strip("[]").replace(" ", "")
+    return f"--checkpoint.allow_changes=[{keys}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides, prepare=True)  # a recipe's own data
         check_precision(cfg.train.precision, select_device(topology))
         # paths and names, on every rank, before the process group and the build
-        data = check_run(cfg, topology, select_device(topology))
+        data = check_run(cfg, topology, select_device(topology), verify=args.check_only)
         if cfg.dist.engine == "deepspeed":  # imports deepspeed: after the cheap checks
             from dist_face.train.deepspeed_engine import check_deepspeed_version
 

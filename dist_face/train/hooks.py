@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -253,20 +254,54 @@ class EvalHook(Hook):
             self.evaluate(trainer)
 
     def evaluate(self, trainer: Trainer) -> None:
-        """Score every target now (rank 0) and synchronise the ranks."""
+        """Score every target now (rank 0) and synchronise the ranks.
+
+        A stop signal received by the evaluating rank interrupts the evaluation at the next
+        batch boundary: nothing of it is logged and the run goes on to stop, with its
+        checkpoint, at the next step boundaries' agreement. So the time a stop waits for
+        evaluation is one batch's, not the whole evaluation's.
+        """
         start = time.perf_counter()
         if self.topology.is_main and self._data:
-            record: dict[str, float] = {}
-            for name, (images, issame) in self._data.items():
-                result = evaluate_model(self.model, images, issame, self.batch_size, self.device)
-                self.last[name] = result
-                record.update(result.as_dict(prefix=f"eval/{name}/"))
-                key = f"eval/{name}/accuracy"
-                trainer.state.best[key] = max(trainer.state.best.get(key, 0.0), result.accuracy)
-            self.sink.log(record, trainer.state.step)
-            self._write_report(trainer, record)
+            logger.info("evaluating step %d on %s", trainer.state.step, ", ".join(self._data))
+            try:
+                self._score(trainer)
+            except _Interrupted as stop:
+                logger.warning(
+                    "evaluation of step %d interrupted by %s after %d of %d images; it is "
+                    "not reported",
+                    trainer.state.step,
+                    signal.Signals(stop.signum).name,
+                    stop.done,
+                    stop.total,
+                )
         barrier(self.group)
         trainer.pause_s += time.perf_counter() - start
+
+    def _score(self, trainer: Trainer) -> None:
+        record: dict[str, float] = {}
+        requested = getattr(getattr(trainer, "should_stop", None), "requested_here", lambda: 0)
+        total = sum(len(images) for images, _ in self._data.values())
+        done = 0
+
+        def batch_done(n: int) -> None:  # between batches: give way to a stop signal
+            nonlocal done
+            done += n
+            if requested():
+                raise _Interrupted(requested(), done, total)
+
+        results = {}
+        for name, (images, issame) in self._data.items():
+            results[name] = evaluate_model(
+                self.model, images, issame, self.batch_size, self.device, progress=batch_done
+            )
+        for name, result in results.items():  # all targets or none: a report is never partial
+            self.last[name] = result
+            record.update(result.as_dict(prefix=f"eval/{name}/"))
+            key = f"eval/{name}/accuracy"
+            trainer.state.best[key] = max(trainer.state.best.get(key, 0.0), result.accuracy)
+        self.sink.log(record, trainer.state.step)
+        self._write_report(trainer, record)
 
     def _write_report(self, trainer: Trainer, record: dict[str, Any]) -> None:
         report = {"step": trainer.state.step, "latest": record, "best": trainer.state.best}
@@ -274,6 +309,14 @@ class EvalHook(Hook):
         tmp = self.run_dir / "eval.json.tmp"
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         tmp.replace(self.run_dir / "eval.json")
+
+
+class _Interrupted(Exception):
+    """A stop signal arrived during evaluation (after ``done`` of ``total`` images)."""
+
+    def __init__(self, signum: int, done: int, total: int) -> None:
+        super().__init__(signum, done, total)
+        self.signum, self.done, self.total = signum, done, total
 
 
 def evaluation_group(timeout_s: float) -> ProcessGroup | None:

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dist_face.checkpoint import CheckpointError, ShardedCheckpointError, latest_checkpoint
+from dist_face.checkpoint import CheckpointCorrupt, latest_checkpoint, read_manifest
 from dist_face.checkpoint.manager import checkpoint_root, list_checkpoints
-from dist_face.checkpoint.sharded import total_classes
 from dist_face.config import ConfigError, RunConfig
 from dist_face.config.paths import check_inputs
 from dist_face.config.resolve import check_extras, check_names
@@ -41,8 +40,10 @@ def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_root) / cfg.name
 
 
-def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> DataSource:
-    """Check paths, names and the run directory of ``cfg``; cheap, allocates nothing on device.
+def check_run(
+    cfg: RunConfig, topology: Topology, device: torch.device, verify: bool = False
+) -> DataSource:
+    """Check paths, names and the run directory of ``cfg``; allocates nothing on device.
 
     Returns the rank's data source it built to check the data (nothing read beyond the
     metadata and manifest; no worker started), for the trainer to use instead of opening the
@@ -52,6 +53,10 @@ def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> DataS
         cfg: the resolved config.
         topology: this rank's position (the batch must fit each rank's share of the data).
         device: the device this rank will train on (decides the ``auto`` data backend).
+        verify: also check every file of the checkpoint the run would resume from against
+            its manifest (``--check-only``, the launchers' check before the ranks start: it
+            reads what all ranks will read). Without it only the manifest is read; the ranks
+            verify their own files when they resume.
 
     Raises:
         ConfigError: the first problem found, naming its config key.
@@ -74,33 +79,40 @@ def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> DataS
     for target in cfg.eval.targets:
         if not Path(target).is_file():
             raise ConfigError(f"eval.targets: {target} is not a file")
-    _check_resume(cfg, num_classes)
+    _check_resume(cfg, num_classes, verify)
     _check_run_dir(cfg)
     return data
 
 
-def _check_resume(cfg: RunConfig, num_classes: int) -> None:
+def _check_resume(cfg: RunConfig, num_classes: int, verify: bool) -> None:
     resume = cfg.checkpoint.resume
     if not resume:
         return
     if resume == "auto":
-        path = latest_checkpoint(run_dir(cfg))
+        if not verify:
+            return  # the ranks pick the newest checkpoint that verifies on all of them
+        path = latest_checkpoint(run_dir(cfg))  # logs each newer one it passes over
         if path is None:
+            found = list_checkpoints(run_dir(cfg))
+            if found:
+                raise ConfigError(
+                    f"checkpoint.resume: auto: none of the {len(found)} checkpoints in "
+                    f"{checkpoint_root(run_dir(cfg))} verifies; move them aside or start over "
+                    "with --overwrite"
+                )
             return  # nothing to resume yet: a fresh start
     else:
         path = Path(resume)
-        if not (path / "state.pt").is_file():
-            raise ConfigError(
-                f"checkpoint.resume: {path} is not a complete checkpoint directory (no state.pt)"
-            )
     try:
-        saved = total_classes(path)
-    except (CheckpointError, ShardedCheckpointError, OSError) as exc:
-        raise ConfigError(f"checkpoint.resume: {path}: {exc}") from None
-    if saved != num_classes:
+        manifest = read_manifest(path)
+        if verify:
+            manifest.verify()
+    except CheckpointCorrupt as exc:
+        raise ConfigError(f"checkpoint.resume: {path} does not verify: {exc}") from None
+    if manifest.num_classes != num_classes:
         raise ConfigError(
-            f"checkpoint.resume: {path} holds {saved} class centers, the training set "
-            f"{cfg.data.root} has {num_classes} classes"
+            f"checkpoint.resume: {path} holds {manifest.num_classes} class centers, the "
+            f"training set {cfg.data.root} has {num_classes} classes"
         )
 
 

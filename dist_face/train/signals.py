@@ -144,6 +144,14 @@ class StopAgreement:
         self._pending = dist.all_reduce(self._flag, ReduceOp.MAX, group=self.group, async_op=True)
         return False
 
+    def requested_here(self) -> int:
+        """The stop signal this rank received (0: none), without asking the other ranks.
+
+        Work that runs between step boundaries (evaluation) reads it to give way early; the
+        run itself stops at the next boundaries' agreement.
+        """
+        return self.signals.received
+
     def close(self) -> None:
         """Wait for the all-reduce in flight (before the process group goes)."""
         if self._pending is not None:

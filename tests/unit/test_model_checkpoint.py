@@ -99,3 +99,16 @@ def test_build_backbone_starts_from_init_backbone(tmp_path: Path) -> None:
     _same_outputs(model, built)
     with pytest.raises(ValueError, match=r"fc.weight: shape"):
         M.build_backbone(ModelConfig(name="tiny", embedding_size=64, init_backbone=str(path)))
+
+
+def test_the_factory_does_not_import_the_checkpoint_module() -> None:
+    """``models.checkpoint`` imports ``models.factory``; the reverse would be a cycle."""
+    import ast
+    import inspect
+
+    from dist_face.models import factory
+
+    tree = ast.parse(inspect.getsource(factory))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("dist_face.models.checkpoint")}

@@ -176,19 +176,3 @@ def test_build_head_from_config() -> None:
         build_head(HeadConfig(margin="arcfce"), D, C)
     with pytest.raises(ConfigError, match=r"head\.margin_args\.m: must be int, got 1\.5"):
         apply_overrides(RunConfig(), ["--head.margin=sphereface", "--head.margin_args.m=1.5"])
-
-
-def test_the_heads_helpers_do_not_import_the_head() -> None:
-    """shard_io and label_path read the head through protocols: no import cycle with it."""
-    import ast
-    from pathlib import Path
-
-    import dist_face.heads as heads
-
-    root = Path(heads.__file__).parent
-    for name in ("shard_io.py", "label_path.py"):
-        tree = ast.parse((root / name).read_text())
-        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
-            a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
-        }
-        assert "dist_face.heads.partial_fc" not in imported, name
