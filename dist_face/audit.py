@@ -409,11 +409,12 @@ def audit_step(
         )
         head = head.to(device)
         head._checked_batch = batch_size  # steady state: the batch size is known
+        row_opt = None
         if cfg.head_update == "sparse":
             row_opt = build_row_optimizer(
                 head, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum
             )
-            head.attach_optimizer(row_opt)
+            head.hand_rows_to(row_opt.sink)
         params = [torch.empty_like(p, dtype=torch.float32) for p in backbone.parameters()]
         opt_cls = torch.optim.SGD if cfg.optim.name == "sgd" else torch.optim.AdamW
         kwargs = {"momentum": cfg.optim.momentum} if cfg.optim.name == "sgd" else {}
@@ -432,6 +433,8 @@ def audit_step(
                 e = emb.detach().float().requires_grad_(True)
                 loss = head(e, screen_refused(labels, flag))
                 loss.backward()
+                if row_opt is not None:  # the kept rows, applied after the skip decision
+                    row_opt.step()
             with audit.in_phase("backbone"):
                 emb.backward(e.grad.to(emb.dtype))
         # float32 gradients, as autocast leaves them (not counted: no such cast in a run)
