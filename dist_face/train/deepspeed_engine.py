@@ -190,7 +190,10 @@ class DeepSpeedEngine:
         ``skip``: the head, BatchNorm and the rest of the step skip with the backbone.
         """
         self._withhold.arm(skip)
-        self.engine.step()
+        try:
+            self.engine.step()
+        finally:
+            self._withhold.disarm()
         skip = self._withhold.verdict
         if not self.engine.was_step_applied():  # fp16 overflow in the backbone: skip the head
             skip = self._ones
@@ -238,8 +241,13 @@ class _Withhold:
         self._skip = skip
         self.verdict = skip
 
+    def disarm(self) -> None:
+        """After ``engine.step()``: direct calls (state set-up on load) update unconditionally."""
+        self._skip = None
+
     def _step(self, *args: Any, **kwargs: Any) -> Any:
-        assert self._skip is not None, "arm() first"
+        if self._skip is None:  # not inside the engine's step: no decision to wait for
+            return self._update(*args, **kwargs)
         grads = [p.grad for g in self.inner.param_groups for p in g["params"] if p.grad is not None]
         flag = self._skip.detach().float().clone().reshape(())
         if grads:
