@@ -8,7 +8,8 @@ streams (Partial FC's class sampler, ElasticFace's draw seed). A skipped step mu
 them as they were: :class:`BufferSnapshot` copies device buffers before the forward and puts
 them back on the device where the skip flag is set (no host synchronisation);
 :class:`HostRewind` does the same for the host state, reading the flag on the host only when
-there is host state to rewind.
+there is host state to rewind (a head that samples, or ElasticFace): free on a CPU, on a GPU
+one wait for the step's end per step.
 
 This module imports no hook and no loop: the step depends on it, and the hooks on the step.
 """
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from dist_face.heads.elastic import ElasticFace
-from dist_face.heads.sampling import ClassSampler
+from dist_face.heads.sampling import ClassSampler, host_work
 
 
 def batchnorm_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -94,11 +95,12 @@ class HostRewind:
 
     def __init__(self, loss_fn: object) -> None:
         modules = list(loss_fn.modules()) if isinstance(loss_fn, nn.Module) else []
-        self._samplers = [  # a head's sampler is a plain attribute, not a module
-            s for m in modules for s in vars(m).values() if isinstance(s, ClassSampler)
+        self._samplers = [  # a head's sampler is a plain attribute, not a module; r = 1 draws none
+            s for m in modules for s in vars(m).values() if isinstance(s, ClassSampler) and s.active
         ]
         self._elastic = [m for m in modules if isinstance(m, ElasticFace)]
         self._saved: list[Callable[[], None]] = []
+        self._flag: torch.Tensor | None = None  # the skip flag on the host, reused
 
     @property
     def active(self) -> bool:
@@ -111,10 +113,27 @@ class HostRewind:
         self._saved += [_restorer(m) for m in self._elastic]
 
     def restore_if(self, skipped: torch.Tensor) -> None:
-        """Put the noted state back if ``skipped`` (read on the host; only when :attr:`active`)."""
-        if self.active and bool(skipped):
-            for restore in self._saved:
-                restore()
+        """Put the noted state back if ``skipped`` (0-dim, nonzero = skipped) is set.
+
+        Only when :attr:`active`: the flag is then copied to the host and read there. On a
+        CPU that costs nothing; on a GPU the host waits for the step's end (the copy goes to
+        pinned memory behind an event), once per step: the price of rewinding host state
+        that the device decides about. Without sampling or ElasticFace nothing is read.
+        """
+        if not self.active:
+            return
+        if self._flag is None:
+            pinned = skipped.device.type == "cuda"
+            self._flag = torch.zeros((), dtype=skipped.dtype, pin_memory=pinned)
+        self._flag.copy_(skipped, non_blocking=True)
+        if skipped.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+            done.synchronize()
+        with host_work(self._flag):
+            if bool(self._flag):
+                for restore in self._saved:
+                    restore()
 
 
 def _restorer(obj: ClassSampler | ElasticFace) -> Callable[[], None]:
