@@ -10,6 +10,8 @@ from torch import nn
 from dist_face.config import OptimConfig
 from dist_face.data.labels import REFUSED_LABEL
 from dist_face.heads import PartialFC
+from dist_face.heads.aux_losses import WeightedSum
+from dist_face.heads.center_loss import CenterLoss
 from dist_face.heads.row_optim import build_row_optimizer
 from dist_face.train.engine import DDPEngine
 from dist_face.train.optim import build_optimizer, init_momentum
@@ -115,3 +117,31 @@ def test_a_refused_label_skips_the_step_and_never_reaches_the_loss() -> None:
     assert torch.equal(head.weight, centers) and torch.equal(head.sampler.state(), sampler)
     out = step([(torch.randn(2, 1, 1, 1), torch.tensor([3, 1]))])
     assert out["skipped"].item() == 0.0 and out["skipped_labels"].item() == 0.0
+
+
+def test_a_skipped_step_leaves_the_center_loss_centers_and_the_draws_alone() -> None:
+    """Buffers the forward moves (the center loss's α rule, ElasticFace's draw counter) and
+    the host streams (sampler, draw seed) are put back; a clean step then moves them."""
+    step, _, _ = _bn_step()
+    head = PartialFC(4, 4, "elasticface_arc", 0.5, seed=1)
+    opt_h = build_row_optimizer(head, "sgd", 0.1, 5e-4, 0.9)
+    head.hand_rows_to(opt_h.sink)
+    loss = WeightedSum(head, {"center": CenterLoss(4, 4)}, [0.01])
+    step = TrainStep(engine=step.engine, loss_fn=loss, head_optimizers=[opt_h], schedulers=[])
+    step([(torch.randn(2, 1, 1, 1), torch.tensor([3, 1]))])  # the centers are not zero now
+
+    def state() -> list[torch.Tensor]:
+        return [
+            *(t.clone() for t in loss.state_dict().values() if torch.is_tensor(t)),
+            head.sampler.state(),
+            torch.tensor(head.margin._step),
+        ]
+
+    before = state()
+    out = step([(torch.randn(2, 1, 1, 1), torch.tensor([2, REFUSED_LABEL]))])
+    assert out["skipped"].item() == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, state(), strict=True))
+    out = step([(torch.randn(2, 1, 1, 1), torch.tensor([2, 0]))])
+    assert out["skipped"].item() == 0.0
+    moved = [not torch.equal(a, b) for a, b in zip(before, state(), strict=True)]
+    assert all(moved[-3:]) and any(moved[:-3])  # center loss, stream, draw; the head's
