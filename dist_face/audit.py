@@ -431,6 +431,7 @@ def count_step(
     head: torch.nn.Module | None = None,
     num_classes: int = 0,
     seed: int = 0,
+    row_opt: torch.optim.Optimizer | None = None,
 ) -> Counted:
     """Count one steady-state step: data, backbone, head, optimizer (module doc).
 
@@ -445,6 +446,8 @@ def count_step(
             input, as an ImageNet classifier's logits).
         num_classes: C, for the labels.
         seed: labels and the sample.
+        row_opt: the head's row-sparse optimizer, whose sink receives the kept rows'
+            gradients in the head's backward; it applies them after the skip decision.
     """
     device = torch.device("meta")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -476,6 +479,8 @@ def count_step(
                     target = labels.to(device)
                     loss = torch.nn.functional.cross_entropy(e, target)
                 loss.backward()
+                if row_opt is not None:  # the kept rows, applied after the skip decision
+                    row_opt.step()
             with audit.in_phase("backbone"):
                 emb.backward(e.grad.to(emb.dtype))
         # float32 gradients, as autocast leaves them (not counted: no such cast in a run)
@@ -564,15 +569,16 @@ def audit_step(
         )
         head = head.to("meta")
         head._checked_batch = batch_size  # steady state: the batch size is known
+        row_opt = None
         if cfg.head_update == "sparse":
             row_opt = build_row_optimizer(
                 head, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum
             )
-            head.attach_optimizer(row_opt)
+            head.hand_rows_to(row_opt.sink)
     optim = (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
     size = cfg.data.image_size if hasattr(cfg.data, "image_size") else 112
     counted = count_step(
-        backbone, batch_size, size, precision, world_size, optim, head, num_classes, seed
+        backbone, batch_size, size, precision, world_size, optim, head, num_classes, seed, row_opt
     )
     return report(counted, config, world_size, batch_size, precision, GPUS[gpu])
 

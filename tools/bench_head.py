@@ -77,7 +77,7 @@ def _fused(c: int, r: float, update: str, storage: torch.dtype, chunk: int, keep
     )
     if update == "sparse":
         opt = build_row_optimizer(head, "sgd", LR, WD, MOMENTUM)
-        head.attach_optimizer(opt)
+        head.hand_rows_to(opt.sink)
     else:
         opt = torch.optim.SGD([head.weight], lr=LR, momentum=MOMENTUM, weight_decay=WD, fused=True)
 

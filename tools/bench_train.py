@@ -4,7 +4,8 @@ Runs the real trainer components (backbone, DDP when W > 1, sharded head, fused 
 twice in the same process: once on the synthetic source (no I/O) and once on record shards
 (read + decode + flip), and reports samples/s of each and their ratio. A third pass times the
 phases of a step (data wait, backbone forward, head forward incl. collectives, backward,
-optimizer) with a device synchronisation after each, which the trainer itself never does.
+optimizer) of the real step with its own phase timer, and the data wait with a device
+synchronisation around it, which the trainer itself never does.
 
     python tools/bench_train.py --shards data/quickstart/shards
     torchrun --standalone --nproc_per_node=2 tools/bench_train.py --shards data/quickstart/shards
@@ -30,6 +31,7 @@ import torch
 from dist_face.config import load_config
 from dist_face.dist import Topology, barrier, destroy_distributed, init_distributed
 from dist_face.train.build import build_trainer
+from dist_face.train.timing import StepTimer
 
 
 def _sync(device: torch.device) -> None:
@@ -54,37 +56,29 @@ def _throughput(cfg, topology, device, steps: int) -> float:
 
 
 def _phases(cfg, topology, device, steps: int) -> dict[str, float]:
+    """Share of each phase in the real step (its own :class:`StepTimer`), and the data wait.
+
+    ``head_comm`` (the head's collectives) lies within ``forward`` and ``backward``; the
+    shares of the other phases add up to 1.
+    """
     trainer, _ = build_trainer(cfg, topology, device, sink=_Null())
     step = trainer.step_fn
+    step.timer = StepTimer(device)
     batches = iter(trainer.loader_factory(0, 0))
-    totals = dict.fromkeys(("data", "forward", "head", "backward", "optimizer"), 0.0)
+    data = 0.0
     for i in range(steps + 2):
-        marks = [time.perf_counter()]
-        images, labels = next(batches)
+        start = time.perf_counter()
+        batch = next(batches)
         _sync(device)
-        marks.append(time.perf_counter())
-        emb = step.engine.forward(images)
-        _sync(device)
-        marks.append(time.perf_counter())
-        loss = step.loss_fn(emb.float(), labels)
-        _sync(device)
-        marks.append(time.perf_counter())
-        step.engine.backward(loss, True)
-        _sync(device)
-        marks.append(time.perf_counter())
-        found = step.scaler.unscale_and_check(
-            [p for opt in step.optimizers for g in opt.param_groups for p in g["params"]]
-        )
-        for opt in step.optimizers:
-            opt.found_inf, opt.grad_scale = found, None
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        _sync(device)
-        marks.append(time.perf_counter())
         if i >= 2:
-            for name, a, b in zip(totals, marks, marks[1:]):
-                totals[name] += b - a
-    whole = sum(totals.values())
+            data += time.perf_counter() - start
+        step([batch])
+        _sync(device)
+        if i == 1:
+            step.timer.read()  # drop the warm-up steps
+    times = {k.removeprefix("time/").removesuffix("_s"): v for k, v in step.timer.read().items()}
+    totals = {"data": data / steps, **times}
+    whole = sum(v for k, v in totals.items() if k != "head_comm")
     return {k: v / whole for k, v in totals.items()}
 
 

@@ -193,12 +193,12 @@ def _phases(model: str, precision: str, steps: int = 20) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = True
     backbone = build_backbone(cfg.model).to(dev).to(memory_format=torch.channels_last)
     head = build_head(cfg.head, cfg.model.embedding_size, CLASSES, precision=precision).to(dev)
+    row_opt = None
     if cfg.head_update == "sparse":
-        head.attach_optimizer(
-            build_row_optimizer(
-                head, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum
-            )
+        row_opt = build_row_optimizer(
+            head, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum
         )
+        head.hand_rows_to(row_opt.sink)
     opt = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9, fused=True)
     images = torch.randint(0, 256, (BATCH, 3, 112, 112), dtype=torch.uint8, device=dev)
     labels = torch.randint(0, CLASSES, (BATCH,)).pin_memory()
@@ -215,6 +215,8 @@ def _phases(model: str, precision: str, steps: int = 20) -> dict[str, Any]:
         ev[2].record()
         e = emb.detach().float().requires_grad_(True)
         head(e, labels).backward()
+        if row_opt is not None:  # the kept rows, applied after the step's skip decision
+            row_opt.step()
         ev[3].record()
         emb.backward(e.grad.to(emb.dtype))
         ev[4].record()

@@ -84,12 +84,12 @@ class HeadConfig:
     first batch is checked on the host with the offending row named). Off by default: shard
     sets are range-checked when opened (debugging aid)."""
     update: str | None = None
-    """How the class centers learn: ``sparse`` updates only the rows used this step, inside
-    backward (no ``[C, D]`` gradient; rows not sampled keep their weight and optimizer state,
-    as in the original Partial FC); ``dense`` steps every row every step with a plain torch
-    optimizer (weight decay and momentum move unsampled rows too). Same result at
-    sample_rate 1. Unset: ``sparse``, or ``dense`` when train.grad_accum > 1 (``sparse``
-    cannot accumulate micro-batches)."""
+    """How the class centers learn: ``sparse`` updates only the rows used this step, from the
+    kept rows' gradients the head hands over in backward (no ``[C, D]`` gradient; rows not
+    sampled keep their weight and optimizer state, as in the original Partial FC); ``dense``
+    steps every row every step with a plain torch optimizer (weight decay and momentum move
+    unsampled rows too). Same result at sample_rate 1. Unset: ``sparse``, or ``dense`` when
+    train.grad_accum > 1 (``sparse`` cannot accumulate micro-batches)."""
     chunk_size: int = 0
     """Classes per block of the fused loss; 0 = about 1M logits per block (``[N, chunk]``)."""
     keep_projections_mb: float = 512
@@ -510,6 +510,7 @@ class RunConfig:
         require(
             self.head.update != "sparse" or self.train.grad_accum == 1,
             "head.update",
-            f"sparse updates the class centers inside each backward, so it cannot accumulate "
-            f"train.grad_accum={self.train.grad_accum} micro-batches; use head.update=dense",
+            f"sparse updates the class centers from each backward's kept rows, so it cannot "
+            f"accumulate train.grad_accum={self.train.grad_accum} micro-batches; "
+            "use head.update=dense",
         )

@@ -18,9 +18,10 @@ kept from forward to backward):
   whose non-target logits are ``s · z``, on the ``N`` target logits only), and through the
   projection by hand:
   ``∂L/∂w_j = ‖w_j‖⁻¹ (Gᵀx̂)_j − w_j ‖w_j‖⁻² Σ_i G_ij z_ij``. The block's center gradient
-  goes straight to a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` (rows updated
-  while in cache, no ``[C_local, D]`` gradient), or, with no optimizer attached, into a dense
-  ``weight.grad`` (the classic semantics).
+  is handed to a :class:`~dist_face.heads.row_grads.RowGradSink` (the kept rows only, no
+  ``[C_local, D]`` gradient; the step applies them after its skip decision), or, with no
+  sink, written into a dense ``weight.grad`` (the classic semantics). The loss never updates
+  a parameter itself.
 
 Margins see exactly what they saw unfused (:class:`~dist_face.heads.margins.MarginInput` of
 one block) and advance their per-step state once (``begin_step``). Margin parameters
@@ -55,7 +56,7 @@ from dist_face.heads.margins import (
     filter_interclass,
     scaled_with_targets,
 )
-from dist_face.heads.row_optim import RowIndex, RowSparseOptimizer
+from dist_face.heads.row_grads import RowGradSink, RowIndex
 from dist_face.heads.workspace import Workspace
 
 _EPS = 1e-12  # as F.normalize
@@ -92,7 +93,7 @@ class LossSpec:
         group: process group the classes are split over (None: one device).
         chunk: columns per block.
         filter_threshold: inter-class filtering threshold (cosine margins; 0 = off).
-        optimizer: receives each block's row gradients in backward (None: dense gradient).
+        sink: receives each block's row gradients in backward (None: dense gradient).
         workspace: scratch buffers for one block's rows and gradient.
         keep_bytes: forward keeps every block's ``[N, chunk]`` projections for backward
             when all of them (``N·K`` floats) take at most this many bytes; else backward
@@ -108,7 +109,7 @@ class LossSpec:
     group: ProcessGroup | None
     chunk: int
     filter_threshold: float = 0.0
-    optimizer: RowSparseOptimizer | None = None
+    sink: RowGradSink | None = None
     workspace: Workspace = field(default_factory=Workspace)
     keep_bytes: int = 0
     gemm_dtype: torch.dtype | None = None
@@ -183,8 +184,8 @@ class _Ctx:
         margin = self.spec.margin
         norm = inv = None
         if margin.normalize_weight or not self.cosine:
-            # the rows do not change between forward and backward (a block is updated only in
-            # its own backward step): one pass over them saved
+            # the rows do not change between forward and backward (they are updated after
+            # the step's skip decision): one pass over them saved
             if lo not in self._norms:
                 norm = torch.linalg.vector_norm(w, dim=1)
                 inv = norm.clamp_min(_EPS).reciprocal() if margin.normalize_weight else None
@@ -350,7 +351,7 @@ class _FusedMarginLoss(torch.autograd.Function):
             n = c.xin.shape[0]
             g = grad_out.to(c.dtype) / n
             enabled = c.finite & _isfinite(grad_out)
-            dense = spec.optimizer is None
+            dense = spec.sink is None
             gw = torch.zeros_like(c.weight) if dense and ctx.needs_input_grad[1] else None
             gb = None
             if c.bias is not None and dense and ctx.needs_input_grad[2]:
@@ -358,8 +359,6 @@ class _FusedMarginLoss(torch.autograd.Function):
             trained = [p for p in params if p.requires_grad]
             g_params = [torch.zeros_like(p, dtype=c.dtype) for p in trained]
             gxin = None  # ∂L/∂xin [N, D], written by the first block (zeros if none)
-            # SGD's L2 term joins the gradient in the pass that already reads the rows
-            decay = None if dense else spec.optimizer.fold_decay(enabled)
             gxn = None  # ∂L/∂‖x‖ [N], for margins that read it
             for lo in c.blocks():
                 blk = c.block(lo)
@@ -367,12 +366,12 @@ class _FusedMarginLoss(torch.autograd.Function):
                     gz, got = _target_only_grad(c, lo, blk, g), {}
                 else:
                     gz, got = _margin_grad(c, blk, g, trained, g_params)
-                gxin, grad_w = _project_backward(c, blk, gz, gxin, enabled, decay)
+                gxin, grad_w = _project_backward(c, blk, gz, gxin, enabled)
                 if got.get("w_norm") is not None:  # ∂‖w‖/∂w = w/‖w‖
                     grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
                 if got.get("x_norm") is not None:
                     gxn = got["x_norm"] if gxn is None else gxn + got["x_norm"]
-                _deliver(c, blk, grad_w, got.get("bias"), gw, gb, enabled, decay is not None)
+                _deliver(c, blk, grad_w, got.get("bias"), gw, gb, enabled)
             if spec.margin.has_row_loss:
                 row = _row_loss_grad(c, g)
                 gxn = row if gxn is None else gxn + row
@@ -469,25 +468,22 @@ def _deliver(
     gw: torch.Tensor | None,
     gb: torch.Tensor | None,
     enabled: torch.Tensor,
-    decay_folded: bool,
 ) -> None:
-    """Hand one block's row gradients to the optimizer, or into the dense ``gw``/``gb``.
+    """Hand one block's row gradients to the sink, or write them into the dense ``gw``/``gb``.
 
-    ``decay_folded``: ``grad_w`` includes SGD's L2 term (``RowSparseOptimizer.fold_decay``).
+    ``enabled`` (0-dim bool) False: the loss or its incoming gradient was inf/NaN; the sink
+    then makes the step skip.
     """
     spec = c.spec
     if c.sub > 1:  # back to the weight's [Kc, K, D] rows
         grad_w = grad_w.view(-1, *c.weight.shape[1:])
-        w = blk.w.view_as(grad_w)
-    else:
-        w = blk.w
-    if spec.optimizer is None:
+    if spec.sink is None:
         _scatter(gw, blk.rows, grad_w)
         _scatter(gb, blk.rows, grad_b)
         return
-    grads_rows = [grad_w] if c.bias is None else [grad_w, grad_b]
-    current = [w] if c.bias is None else [w, blk.bias]
-    spec.optimizer.update_rows(blk.rows, grads_rows, enabled, current, decay_folded)
+    if grad_b is not None:
+        grad_b = grad_b.float()
+    spec.sink.put(blk.rows, [grad_w] if c.bias is None else [grad_w, grad_b], enabled)
 
 
 def _project_backward(
@@ -496,19 +492,21 @@ def _project_backward(
     gz: torch.Tensor,
     gxin: torch.Tensor | None,
     enabled: torch.Tensor,
-    decay: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``∂L/∂xin`` ``[N, D]`` and the block's ``∂L/∂w`` ``[Kc, D]``.
 
-    ``∂L/∂xin`` is added into ``gxin``, or made by the first block (``gxin`` None). The
-    rows' gradient is zeroed as a whole when not ``enabled``, last, so that a suppressed step
-    hands the optimizer zeros, not NaN (masking the ``[Kc, D]`` result, not the ``[N, Kc]``
-    ``gz``: one pass over the block fewer, and both GEMMs share one low-precision copy of
-    ``gz``, the rows' one reads forward's copy of ``xin``). ``decay`` (0-dim) adds
-    ``decay · w`` (SGD's L2 term) in the same pass.
+    ``∂L/∂xin`` is added into ``gxin``, or made by the first block (``gxin`` None). Without a
+    sink (the dense gradient) the rows' gradient is zeroed as a whole when not ``enabled``,
+    last, so that a suppressed step leaves zeros, not NaN (masking the ``[Kc, D]`` result, not
+    the ``[N, Kc]`` ``gz``: one pass over the block fewer, and both GEMMs share one
+    low-precision copy of ``gz``, the rows' one reads forward's copy of ``xin``). With a sink
+    the rows' gradient is a fresh tensor the sink keeps as it is: the sink notes ``enabled``
+    and the update zeroes the gradient of a step it skips.
     """
     k = c.kernels
-    out = c.spec.workspace.get("grad", tuple(blk.w.shape), blk.w.dtype, blk.w.device)
+    out = None
+    if c.spec.sink is None:
+        out = c.spec.workspace.get("grad", tuple(blk.w.shape), blk.w.dtype, blk.w.device)
     z = blk.z
     if blk.pick is not None:  # a class's gradient goes to its arg-max sub-center
         z = blk.z_rows
@@ -522,16 +520,12 @@ def _project_backward(
     else:
         k.add_mm_(gxin, gz_gemm, blk.w_gemm)
     grad = k.mm(gz_gemm.T, c.xin_gemm, out=out)
-    if blk.inv is None:  # z = xin · wᵀ
-        if decay is not None:
-            grad.addcmul_(blk.w, decay)
-    else:  # − radial · w (+ decay · w)
+    if blk.inv is not None:  # − radial · w
         radial = blk.inv * (gz * z.detach()).sum(dim=0)
-        if decay is None:
-            grad.addcmul_(blk.w, radial[:, None], value=-1.0)
-        else:
-            grad.addcmul_(blk.w, (decay - radial)[:, None])
-    return gxin, grad.masked_fill_(~enabled, 0.0)  # last: NaN anywhere above becomes 0
+        grad.addcmul_(blk.w, radial[:, None], value=-1.0)
+    if c.spec.sink is None:  # last: NaN anywhere above becomes 0
+        grad.masked_fill_(~enabled, 0.0)
+    return gxin, grad
 
 
 def _exp_shifted(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -587,7 +581,7 @@ def fused_margin_loss(
         weight: ``[C_local, D]`` this rank's centers (any float dtype); ``[C_local, K, D]``
             for a margin with ``K`` sub-centers per class.
         bias: ``[C_local]`` class bias (softmax margin) or None.
-        spec: labels, sampled rows, group, block size, optimizer (:class:`LossSpec`).
+        spec: labels, sampled rows, group, block size, row-gradient sink (:class:`LossSpec`).
         params: the margin's parameters (replicated on every rank).
 
     Returns:

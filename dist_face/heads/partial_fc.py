@@ -19,9 +19,11 @@ with ``K`` sub-centers per class). One step:
 Memory: besides the centers (and their optimizer state), a rank holds ``[N, chunk]`` blocks
 and ``[N, D]`` tensors, plus the forward's projections while they fit in
 ``keep_projections_mb`` (512 MiB by default; 0 keeps none); never one ``[N, K]`` tensor,
-never a normalised copy of the centers, and, when a
-:class:`~dist_face.heads.row_optim.RowSparseOptimizer` is attached (:meth:`attach_optimizer`),
-never a ``[num_local, D]`` gradient: the kept rows are updated in backward, block by block.
+never a normalised copy of the centers, and, when its row gradients go to a
+:class:`~dist_face.heads.row_grads.RowGradSink` (:meth:`hand_rows_to`), never a
+``[num_local, D]`` gradient: backward hands the kept rows' gradients over, block by block, and
+the step's :class:`~dist_face.heads.row_optim.RowSparseOptimizer` applies them after its skip
+decision. The head never updates its own parameters.
 
 A steady-state forward and backward never wait for the device: every size depends on shapes
 or on host labels only, target columns are gathered with masks instead of ``nonzero``, and the
@@ -32,10 +34,10 @@ size, gets the full check with the message).
 Gradient contract (what ``backward`` leaves behind):
 
 * ``loss`` is the mean over the global batch, identical on all ranks.
-* Without an attached optimizer, ``weight.grad`` on rank r is ``∂loss/∂W[class_range(r)]``:
-  the exact gradient for this slice, zero for rows not sampled this step. It must not be
-  averaged by DDP (do not wrap the head). With one, ``weight.grad`` stays None: the optimizer
-  has already applied the step to the kept rows.
+* Without a sink, ``weight.grad`` on rank r is ``∂loss/∂W[class_range(r)]``: the exact
+  gradient for this slice, zero for rows not sampled this step. It must not be averaged by DDP
+  (do not wrap the head). With one, ``weight.grad`` stays None: the sink holds the kept rows'
+  gradients (:class:`~dist_face.heads.row_grads.RowGradSink`).
 * ``embeddings.grad`` on rank r is ``W · ∂loss/∂x_r`` when ``grad_scale_for_dp_average`` (the
   default): DDP then *averages* the backbone gradient over ranks, and the average of
   ``W · ∂loss/∂x_r · ∂x_r/∂θ`` is exactly the single-device gradient of the global batch. With a
@@ -65,7 +67,7 @@ from dist_face.heads.fused_loss import (
 )
 from dist_face.heads.label_path import LabelPrefetch, host_label_path
 from dist_face.heads.margins import MARGINS, Margin
-from dist_face.heads.row_optim import RowSparseOptimizer
+from dist_face.heads.row_grads import RowGradSink
 from dist_face.heads.sampling import ClassSampler, init_class_centers
 from dist_face.heads.shard_math import class_range
 from dist_face.heads.staging import Staging
@@ -149,7 +151,7 @@ class PartialFC(nn.Module):
         bias = nn.Parameter(torch.zeros(self.num_local)) if self.margin.class_bias else None
         self.register_parameter("bias", bias)
         self.sampler = ClassSampler(self.num_local, sample_rate, seed, self.rank)
-        self.optimizer: RowSparseOptimizer | None = None
+        self.row_grads: RowGradSink | None = None
         self._workspace = Workspace()  # block buffers reused across steps
         self._checked_batch = -1
         self._staging = Staging()  # pinned buffers for the host-computed sample
@@ -165,9 +167,13 @@ class PartialFC(nn.Module):
         """Class budget per step on this rank, ``⌈r · num_local⌉``."""
         return self.sampler.budget
 
-    def attach_optimizer(self, optimizer: RowSparseOptimizer | None) -> None:
-        """Update the kept rows in backward with ``optimizer`` (None: dense ``weight.grad``)."""
-        self.optimizer = optimizer
+    def hand_rows_to(self, sink: RowGradSink | None) -> None:
+        """Hand the kept rows' gradients to ``sink`` in backward (None: dense ``weight.grad``).
+
+        The sink is a :class:`~dist_face.heads.row_optim.RowSparseOptimizer`'s
+        (``optimizer.sink``): the step applies it after deciding whether to skip.
+        """
+        self.row_grads = sink
 
     @property
     def sampling(self) -> bool:
@@ -233,7 +239,7 @@ class PartialFC(nn.Module):
             self.group,
             chunk,
             self.interclass_filtering_threshold,
-            self.optimizer if self.training else None,
+            self.row_grads if self.training else None,
             self._workspace,
             self.keep_projections_bytes,
             self.gemm_dtype,

@@ -2,9 +2,10 @@
 
 With Partial FC a step touches ``K = r · C_local`` of a rank's ``C_local`` centers. A dense
 optimizer still walks all ``C_local`` rows (weight decay, momentum) and needs a dense
-``[C_local, D]`` gradient; at r = 0.1 that walk is most of the step. Here the head hands each
-block of rows its gradient during backward (:mod:`dist_face.heads.fused_loss`) and the rows
-are updated at once, while they are still in cache; no ``[C_local, D]`` gradient exists.
+``[C_local, D]`` gradient; at r = 0.1 that walk is most of the step. Here the head's backward
+hands each block of kept rows its gradient to a :class:`~dist_face.heads.row_grads.RowGradSink`
+(:mod:`dist_face.heads.fused_loss`), and :meth:`RowSparseOptimizer.step` applies them block by
+block after the step's skip decision; no ``[C_local, D]`` gradient exists.
 
 Semantics (those of the original MXNet Partial FC and PLSC's sparse momentum): a row that was
 not sampled this step keeps its weight *and* its optimizer state; weight decay and momentum
@@ -12,15 +13,11 @@ apply to sampled rows only. With ``sample_rate = 1`` every row is used every ste
 update equals torch's SGD/AdamW. AdamW's bias correction uses a per-row step count (the number
 of times the row was updated), so a rarely sampled row is not over-corrected.
 
-The update never waits for the device: a step whose head loss is not finite is suppressed on
-the device (weights and state unchanged) through ``enabled``, a 0-dim bool tensor. Under fp16
-the backward's gradient carries the loss scale; ``loss_scale`` (a device tensor or a float,
-set by the trainer) divides it out. Under a loss scale (fp16) the update waits for the
-trainer's overflow flag: backward keeps each block's unscaled ``[R, D]`` row gradient (a
-compact copy, ``4·D`` bytes per kept class until the step) and :meth:`RowSparseOptimizer.step`
-applies them unless ``found_inf`` is set, so a step skipped for an overflow anywhere (the
-backbone's gradients included) leaves the centers and their optimizer state unchanged. Without
-one (fp32, bf16) the rows are updated in backward, while in cache.
+The update never waits for the device: :meth:`RowSparseOptimizer.step` reads the step's skip
+flag (``found_inf``, a 0-dim device tensor, as torch's fused optimizers do), and a skipped step
+leaves the centers, their momentum, Adam moments and step counts unchanged. The gradients in
+the sink are unscaled (fp16) and checked for inf/NaN by the step, with every other gradient,
+before this update.
 
 Margin parameters (UniFace's shared bias) are not rows: they get a normal gradient and are
 updated by :meth:`RowSparseOptimizer.step` with the same formulas, honouring ``found_inf``.
@@ -34,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_face.heads.row_grads import RowGradSink, RowIndex
 from dist_face.heads.workspace import Workspace
 
-RowIndex = slice | torch.Tensor
-"""Which rows of a ``[C_local, ...]`` tensor: a contiguous ``slice`` or sorted int64 ids."""
+__all__ = ["RowIndex", "RowSparseOptimizer", "build_row_optimizer"]
 
 
 def _write(t: torch.Tensor, rows: RowIndex, value: torch.Tensor) -> None:
@@ -54,7 +51,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     Param groups: the first holds the row parameters (``weight`` ``[C_local, D]`` and, for the
     softmax margin, ``bias`` ``[C_local]``, which gets no weight decay), updated through
-    :meth:`update_rows`; the last holds every other parameter of the head (margin parameters),
+    :attr:`sink`'s blocks; the last holds every other parameter of the head (margin parameters),
     updated densely by :meth:`step`. A learning-rate scheduler scales every group as usual.
 
     Args:
@@ -95,10 +92,10 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             device = group["params"][0].device
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
         self.kind = kind
-        self.loss_scale: torch.Tensor | float | None = None
-        """Divides the gradients handed to :meth:`update_rows` (the fp16 loss scale)."""
+        self.sink = RowGradSink()
+        """Where the head's backward puts the kept rows' gradients (``head.hand_rows_to``)."""
         self.found_inf: torch.Tensor | None = None
-        self._deferred: list[tuple[RowIndex, list[torch.Tensor | None], torch.Tensor, bool]] = []
+        self._always: torch.Tensor | None = None
         self._workspace = Workspace()  # gathered optimizer rows, reused across blocks
         self._consts: dict[tuple[float, str], torch.Tensor] = {}
         self._on: tuple[torch.Tensor, torch.Tensor] | None = None  # (flag, flag as 0/1 float)
@@ -106,7 +103,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 self._init_state(p)
             device = group["params"][0].device
-            for value in (group["momentum"], *group["betas"], 1.0):  # made once, here
+            for value in (group["momentum"], *group["betas"], 1.0, 0.0):  # made once, here
                 self._const(value, device)
 
     def _const(self, value: float, device: torch.device) -> torch.Tensor:
@@ -120,7 +117,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         return self._consts[key]
 
     def _float_flag(self, enabled: torch.Tensor) -> torch.Tensor:
-        """``enabled`` as a float32 0/1, converted once per flag (every block hands the same)."""
+        """``enabled`` as a float32 0/1, converted once per flag (every block gets the same)."""
         if self._on is None or self._on[0] is not enabled:
             self._on = (enabled, enabled.to(torch.float32))
         return self._on[1]
@@ -139,134 +136,45 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     @property
     def row_groups(self) -> list[dict[str, Any]]:
-        """The groups updated row by row, in the order of ``update_rows``' gradients."""
+        """The groups updated row by row, in the order of each sink block's gradients."""
         return [g for g in self.param_groups if g["rows"]]
-
-    def fold_decay(self, enabled: torch.Tensor) -> torch.Tensor | None:
-        """SGD's L2 coefficient of the weight rows, for the caller to add to their gradient.
-
-        Adding ``wd · w`` where the head already reads the rows saves a pass over them; the
-        caller then hands :meth:`update_rows` that gradient with ``decay_folded=True``.
-        None for AdamW (decoupled decay, applied here).
-
-        Args:
-            enabled: 0-dim bool; the coefficient is 0 when False.
-        """
-        if self.kind != "sgd":
-            return None
-        decay = self._float_flag(enabled) * self.row_groups[0]["weight_decay"]
-        # the gradient arrives multiplied by the loss scale, and so must the term added to it
-        return decay if self.loss_scale is None else decay * self.loss_scale
-
-    @torch.no_grad()
-    def update_rows(
-        self,
-        rows: RowIndex,
-        grads: list[torch.Tensor | None],
-        enabled: torch.Tensor,
-        current: list[torch.Tensor | None] | None = None,
-        decay_folded: bool = False,
-    ) -> None:
-        """Apply one update to ``rows`` of every row parameter.
-
-        Args:
-            rows: the rows (a slice, or sorted unique int64 ids on the parameters' device).
-            grads: per row group, the gradient of those rows (``[R, ...]``, float32; None:
-                the group is left alone), scaled by ``loss_scale``. Consumed (updated in
-                place). Must be finite where ``enabled`` is False (the head passes zeros).
-            enabled: 0-dim bool device tensor; False leaves weights and state unchanged.
-            current: per row group, the caller's float32 copy (or view) of those rows, if it
-                holds one: updated in place and written back, which saves reading the rows
-                again.
-            decay_folded: the first group's gradient already includes SGD's L2 term, added
-                by the caller with the coefficient from :meth:`fold_decay`; else it is
-                added here.
-        """
-        current = current or [None] * len(grads)
-        if self.defers:
-            self._defer(rows, grads, enabled, decay_folded)
-            return
-        for i, (group, grad) in enumerate(zip(self.row_groups, grads, strict=True)):
-            if grad is None:
-                continue
-            if self.loss_scale is not None:
-                grad = grad.div_(self.loss_scale)
-            p = group["params"][0]
-            decayed = decay_folded and i == 0
-            self._apply(p, rows, grad, group, enabled, decayed=decayed, rows_now=current[i])
-
-    @property
-    def defers(self) -> bool:
-        """Whether row updates wait for :meth:`step`: under a dynamic loss scale (fp16).
-
-        The trainer's fp16 scale is a device tensor, DeepSpeed's fp16 scale a float; DeepSpeed
-        without fp16 hands a constant 1.0, and those steps are never skipped for an overflow.
-        """
-        scale = self.loss_scale
-        return torch.is_tensor(scale) or (scale is not None and scale != 1.0)
-
-    def _defer(
-        self,
-        rows: RowIndex,
-        grads: list[torch.Tensor | None],
-        enabled: torch.Tensor,
-        decay_folded: bool,
-    ) -> None:
-        """Keep a compact copy of one block's row gradients until the overflow flag is known.
-
-        The copies are ``[R, D]`` per block (the gradient of the kept rows only, unscaled):
-        at r = 1 they add ``4·D`` bytes per class until :meth:`step`. A block whose own
-        gradient overflowed is suppressed like a non-finite loss.
-        """
-        kept = []
-        for grad in grads:
-            if grad is None:
-                kept.append(None)
-                continue
-            if self.loss_scale is not None:
-                grad = grad / self.loss_scale  # a copy: the head reuses its buffer
-            else:
-                grad = grad.clone()
-            enabled = enabled & torch.isfinite(grad).all()
-            kept.append(torch.where(enabled, grad, 0.0))
-        self._deferred.append((rows, kept, enabled, decay_folded))
-
-    def _apply_deferred(self, skip: torch.Tensor | None) -> None:
-        """Apply the row updates kept by :meth:`_defer`, none of them when ``skip`` is set."""
-        for rows, grads, enabled, decay_folded in self._deferred:
-            if skip is not None:
-                enabled = enabled & (skip == 0)
-            for i, (group, grad) in enumerate(zip(self.row_groups, grads, strict=True)):
-                if grad is not None:
-                    p = group["params"][0]
-                    decayed = decay_folded and i == 0
-                    self._apply(p, rows, grad, group, enabled, decayed=decayed)
-        self._deferred.clear()
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
-        """Update the non-row parameters from their ``.grad``, unless ``found_inf`` is set.
+        """Apply the sink's row gradients and the non-row parameters' ``.grad``.
 
-        The row parameters were updated in backward (:meth:`update_rows`), or, under a loss
-        scale, are updated here from the gradients kept since, unless ``found_inf`` is set:
-        a step skipped for an overflow leaves the centers and their state unchanged.
+        Nothing moves when ``found_inf`` (the step's skip flag, set by
+        :func:`~dist_face.train.engine.optimizer_step`) is nonzero; the sink is emptied either
+        way. Without a flag (direct use) the update is applied unless the head's loss was
+        inf/NaN.
         """
-        self._apply_deferred(self.found_inf)
-        enabled = None
-        if self.found_inf is not None:
-            enabled = self.found_inf == 0
+        # the step's flag already holds the head's own verdict (its decision reads the sink);
+        # used directly, a block whose loss was inf/NaN still stops the update
+        enabled = self.sink.finite() if self.found_inf is None else self.found_inf == 0
+        for rows, grads in self.sink.blocks:
+            for group, grad in zip(self.row_groups, grads, strict=True):
+                if grad is None:
+                    continue
+                p = group["params"][0]
+                self._apply(p, rows, grad, group, self._flag(enabled, p.device))
+        self.sink.clear()
         for group in self.param_groups:
             if group["rows"]:
                 continue
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if enabled is None:  # no trainer flag: always apply (created on the device)
-                    flag = torch.ones((), dtype=torch.bool, device=p.device)
-                else:
-                    flag = enabled.to(p.device)
                 view = p.view(1, -1) if p.ndim == 0 else p
+                flag = self._flag(enabled, p.device)
                 self._apply(view, slice(None), p.grad.view_as(view).float(), group, flag, p)
+
+    def _flag(self, enabled: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """The 0-dim bool "apply" flag on ``device`` (True, made once, without a step flag)."""
+        if enabled is None:
+            if self._always is None or self._always.device != device:
+                self._always = torch.ones((), dtype=torch.bool, device=device)
+            return self._always
+        return enabled.to(device)
 
     def _gather(self, state: dict[str, torch.Tensor], key: str, rows: RowIndex) -> torch.Tensor:
         """Float32 rows of an optimizer tensor: a view where possible, else a reused buffer."""
@@ -280,8 +188,6 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         group: dict[str, Any],
         enabled: torch.Tensor,
         owner: torch.Tensor | None = None,
-        decayed: bool = False,
-        rows_now: torch.Tensor | None = None,
     ) -> None:
         """The SGD/AdamW formulas on ``rows`` of ``p`` in float32, written back in p's dtype."""
         state = self.state[owner if owner is not None else p]
@@ -291,16 +197,13 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         on = self._float_flag(enabled)
         one = self._const(1.0, enabled.device)
         # a view when the rows are contiguous float32: updated in place
-        w = (
-            rows_now
-            if rows_now is not None
-            else self._workspace.gather("param", p, rows, torch.float32)
-        )
-        # a suppressed step must leave everything as it was: every coefficient becomes the
-        # identity (the caller hands a finite gradient then, zeros from the head)
+        w = self._workspace.gather("param", p, rows, torch.float32)
+        # a skipped step must leave everything as it was: with the gradient zeroed (whatever
+        # it held, NaN included) every coefficient becomes the identity
+        grad = torch.where(enabled, grad, self._const(0.0, enabled.device), out=grad)
         if self.kind == "sgd":
             buf = self._gather(state, "momentum_buffer", rows)
-            if wd and not decayed:  # g + wd·w (grad is this block's own tensor)
+            if wd:  # g + wd·w (grad is the sink's own tensor)
                 grad = grad.addcmul_(w, on * wd)
             # buf ← g + μ·buf in one pass (in place through out=)
             keep = torch.where(enabled, self._const(group["momentum"], enabled.device), one)

@@ -91,8 +91,6 @@ def build_trainer(
     opt_b, opt_h, scheds = build_optimizers(cfg, model, plan, device)
     timer = StepTimer(device) if cfg.metrics.step_phases else None
     engine = build_engine(cfg, parallel, model.backbone, opt_b, opt_h)
-    if engine.scaler.dynamic and hasattr(opt_h, "loss_scale"):  # fp16: updates in backward
-        opt_h.loss_scale = engine.scaler.scale
     step_fn = TrainStep(
         engine=engine,
         loss_fn=model.loss_fn,
@@ -293,9 +291,7 @@ def build_engine(
     if cfg.dist.engine == "deepspeed":
         from dist_face.train import deepspeed_engine as ds  # deepspeed only when asked for
 
-        return ds.DeepSpeedEngine(
-            ds.initialize(backbone, opt_b, cfg, topology.world_size), head_optimizers=[opt_h]
-        )
+        return ds.DeepSpeedEngine(ds.initialize(backbone, opt_b, cfg, topology.world_size))
     model = wrap_backbone(
         backbone, cfg.dist, topology, device, cfg.train.grad_accum, parallel.data_group
     )

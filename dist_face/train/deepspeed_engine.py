@@ -6,6 +6,13 @@ optimizer step. The sharded class centers are rank-local and never enter the eng
 gradients are not reduced, and they keep their own optimizer, stepped or skipped together with
 the backbone's.
 
+A skipped step is honoured by the backbone too: DeepSpeed skips its update only for its own
+fp16 overflow, so the adapter withholds the wrapped torch optimizer's update (:class:`_Withhold`)
+when the step's skip flag is set or the backbone's (reduced, unscaled) gradients hold inf/NaN.
+Every rank then leaves its weights, its optimizer state and the ZeRO partitions as they were:
+the fp32 masters are not stepped, so the low-precision copies DeepSpeed writes back from them
+are the same bits.
+
 Checkpoints hold the backbone in the engine-independent layout the DDP path writes: full fp32
 weights by name and a ``torch.optim`` state dict. ZeRO partitions are gathered on save and
 re-partitioned on load, so a run resumes on any number of ranks, on either engine.
@@ -19,13 +26,14 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed import ReduceOp
 
 from dist_face.config import ConfigError, RunConfig
+from dist_face.dist import all_reduce
 from dist_face.train.precision import LossScaler, check_precision
 
 logger = logging.getLogger(__name__)
@@ -140,16 +148,14 @@ class DeepSpeedEngine:
 
     Args:
         engine: from :func:`initialize`.
-        head_optimizers: the class centers' optimizers; those that update in backward
-            (``loss_scale`` attribute) get the engine's loss scale before each backward.
     """
 
-    def __init__(self, engine: Any, head_optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
+    def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.module = engine.module
         self.optimizers = [engine.optimizer]  # the backbone's schedulers act on this one
-        self.head_optimizers = list(head_optimizers)
         device = next(engine.module.parameters()).device
+        self._withhold = _Withhold(getattr(engine.optimizer, "optimizer", engine.optimizer))
         self.dtype = next(engine.module.parameters()).dtype
         # unit scale: the engine scales the loss; backward() copies its scale for the head
         self.scaler = LossScaler("fp32", device)
@@ -166,12 +172,9 @@ class DeepSpeedEngine:
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """The engine scales the loss (fp16), back-propagates and reduces the backbone's share."""
-        scale = loss_scale(self.engine)
-        for opt in self.head_optimizers:  # a head updated in backward divides the scale out
-            if hasattr(opt, "loss_scale"):
-                opt.loss_scale = scale
-        # head gradients carry the engine's loss scale (fp16) like the backbone's
-        self.scaler.scale.fill_(scale)
+        # head gradients carry the engine's loss scale (fp16) like the backbone's: the step
+        # divides it out of them with this scaler's scale
+        self.scaler.scale.fill_(loss_scale(self.engine))
         self.engine.backward(loss, scale_wrt_gas=False)  # the step divides by micro-batches
         if not last:
             self.engine.step()  # not at the accumulation boundary: counts the micro-batch only
@@ -181,12 +184,17 @@ class DeepSpeedEngine:
         return []
 
     def step(self, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step the engine; its own overflow verdict (fp16) joins ``skip``.
+        """Step the engine; its update is withheld on ``skip`` or non-finite gradients.
 
-        The engine applies its update by its own check only: a step skipped for the head's
-        gradients, BatchNorm or labels still moves the backbone under DeepSpeed.
+        The engine's own overflow verdict (fp16) and the backbone's gradient check join
+        ``skip``: the head, BatchNorm and the rest of the step skip with the backbone.
         """
-        self.engine.step()
+        self._withhold.arm(skip)
+        try:
+            self.engine.step()
+        finally:
+            self._withhold.disarm()
+        skip = self._withhold.verdict
         if not self.engine.was_step_applied():  # fp16 overflow in the backbone: skip the head
             skip = self._ones
         norm = self.engine.get_global_grad_norm()  # a float, or a device tensor
@@ -203,6 +211,53 @@ class DeepSpeedEngine:
     def load_state(self, weights: dict[str, torch.Tensor], optim_state: dict[str, Any]) -> None:
         """See :func:`load_backbone_state`."""
         load_backbone_state(self.engine, weights, optim_state)
+
+
+class _Withhold:
+    """Wraps the torch optimizer inside a DeepSpeed engine: its update waits for the verdict.
+
+    DeepSpeed (ZeRO 0-2, fp32/bf16/fp16) calls the wrapped optimizer's ``step`` once per
+    accumulation boundary on every rank, after reducing, unscaling and clipping the gradients
+    into the fp32 masters (or skipping the call on its own fp16 overflow, on every rank). There
+    the masters' gradients are checked for inf/NaN, the result is joined with the step's skip
+    flag over all ranks (the ZeRO partitions differ per rank) and the update runs only when
+    neither is set. A withheld update leaves the masters, the optimizer state and, since
+    DeepSpeed copies the masters back into the module's parameters, the weights unchanged.
+
+    Args:
+        inner: the torch optimizer DeepSpeed wraps (the engine's own under ZeRO 0 fp32).
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.inner = inner
+        self._update = inner.step  # the scheduler's wrapper of it, when one is attached
+        self._skip: torch.Tensor | None = None
+        self.verdict = torch.zeros(())
+        """The last step's all-ranks flag (0-dim float, 1.0 = skipped)."""
+        inner.step = self._step  # an instance attribute: the class's step is untouched
+
+    def arm(self, skip: torch.Tensor) -> None:
+        """The step's decision for the coming ``engine.step()``."""
+        self._skip = skip
+        self.verdict = skip
+
+    def disarm(self) -> None:
+        """After ``engine.step()``: direct calls (state set-up on load) update unconditionally."""
+        self._skip = None
+
+    def _step(self, *args: Any, **kwargs: Any) -> Any:
+        if self._skip is None:  # not inside the engine's step: no decision to wait for
+            return self._update(*args, **kwargs)
+        grads = [p.grad for g in self.inner.param_groups for p in g["params"] if p.grad is not None]
+        flag = self._skip.detach().float().clone().reshape(())
+        if grads:
+            bad = torch.stack([~torch.isfinite(g).all() for g in grads]).any()
+            flag = torch.maximum(flag, bad.to(flag.device, flag.dtype))
+        all_reduce(flag, ReduceOp.MAX, None)
+        self.verdict = flag
+        if bool(flag):  # DeepSpeed reads its state on the host here as well
+            return None
+        return self._update(*args, **kwargs)
 
 
 def loss_scale(engine: Any) -> float:

@@ -1,4 +1,4 @@
-"""Stop a diverging run, and keep skipped steps from touching BatchNorm statistics.
+"""Stop a diverging run, and say what a stopped run left on disk.
 
 A step with inf/NaN gradients is skipped on every rank (see :mod:`dist_face.train.precision`),
 but a run whose every step is skipped makes no progress and used to finish with exit code 0.
@@ -7,10 +7,6 @@ the last finite loss; it reads the counters on log steps only (where the log hoo
 for the device), so the step stays free of host synchronisation. Past a threshold it raises
 :class:`DivergenceError` on every rank: the loss and the skip flag are the same on all ranks, so
 all of them stop at the same step without another collective.
-
-The forward pass of a skipped step has already moved the BatchNorm running statistics, towards
-inf when activations overflowed; :class:`BufferSnapshot` puts them back without leaving the
-device.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from dist_face.checkpoint.manager import last_refused
 from dist_face.train.hooks import CheckpointHook
@@ -146,47 +141,3 @@ def unsaved_final_state(trainer: Trainer, run_dir: Path) -> str:
         f"the checkpoint of step {step}, the last step, could not be written (see the error "
         f"above); {saved_so_far(trainer, run_dir)}"
     )
-
-
-class BufferSnapshot:
-    """Copies of a model's BatchNorm buffers, restored on the device when a step is skipped.
-
-    Buffers of one dtype are saved into one flat tensor, so a snapshot and a restore cost a
-    few kernels whatever the number of layers.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        """Track the running statistics and batch counters of every BatchNorm in ``model``."""
-        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                for buf in module.buffers():
-                    groups.setdefault((buf.dtype, buf.device), []).append(buf)
-        self._groups = [
-            (bufs, torch.empty(sum(b.numel() for b in bufs), dtype=dtype, device=device))
-            for (dtype, device), bufs in groups.items()
-        ]
-        self._now = [torch.empty_like(saved) for _, saved in self._groups]  # reused every step
-
-    def nonfinite(self) -> torch.Tensor | None:
-        """0-dim device bool: a floating-point buffer holds inf/NaN (None: no BatchNorm)."""
-        flags = []
-        for (bufs, saved), now in zip(self._groups, self._now):
-            if saved.is_floating_point():
-                torch.cat([b.reshape(-1) for b in bufs], out=now)
-                flags.append(~torch.isfinite(now).all())
-        return torch.stack(flags).any() if flags else None
-
-    def save(self) -> None:
-        """Copy the buffers' current values."""
-        for bufs, saved in self._groups:
-            torch.cat([b.reshape(-1) for b in bufs], out=saved)
-
-    def restore_if(self, skipped: torch.Tensor) -> None:
-        """Put the saved values back where ``skipped`` (0-dim, nonzero = skipped) is set."""
-        for (bufs, saved), now in zip(self._groups, self._now):
-            torch.cat([b.reshape(-1) for b in bufs], out=now)
-            torch.where(skipped.bool(), saved, now, out=now)
-            torch._foreach_copy_(
-                bufs, [p.view_as(b) for p, b in zip(now.split([b.numel() for b in bufs]), bufs)]
-            )

@@ -67,13 +67,13 @@ def build_head_optimizer(
 ) -> torch.optim.Optimizer:
     """The class centers' optimizer, as ``head.update`` says.
 
-    ``sparse``: a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` attached to the head,
-    which updates the rows used by each step inside backward. ``dense``: torch's SGD/AdamW
-    over every head parameter (:func:`build_optimizer`).
+    ``sparse``: a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` whose sink receives
+    the head's kept-row gradients in backward; the step applies them after its skip decision.
+    ``dense``: torch's SGD/AdamW over every head parameter (:func:`build_optimizer`).
     """
     if cfg.head_update == "sparse":
         opt = build_row_optimizer(head, cfg.optim.name, lr, weight_decay, cfg.optim.momentum)
-        head.attach_optimizer(opt)
+        head.hand_rows_to(opt.sink)
         return opt
     groups = param_groups(head, weight_decay, cfg.optim.decay_norm_and_bias)
     return build_optimizer(groups, cfg.optim, lr, device)

@@ -1,10 +1,12 @@
 """Mixed precision: autocast, the dynamic loss scale and overflow detection, all on device.
 
 fp16 needs a dynamic loss scale; bf16 and fp32 run with a scale of 1. In every precision the
-unscaled gradients are checked for inf/NaN. The overflow flag is all-reduced (MAX) over the
-ranks, because the class-center gradients differ per rank: a rank that skipped while another
-stepped would let the replicated backbone diverge. The flag stays on the device; fused
-optimizers read it and skip, and the scale is updated with torch's device-side AMP kernel.
+unscaled gradients are checked for inf/NaN. The step
+(:meth:`~dist_face.train.step.TrainStep.decide_skip`, the only skip path) all-reduces the
+overflow flag (MAX) over the ranks, because the class-center gradients differ per rank: a rank
+that skipped while another stepped would let the replicated backbone diverge. The flag stays
+on the device; fused optimizers read it and skip, and the scale is updated with torch's
+device-side AMP kernel.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import contextlib
 from collections.abc import Iterable
 
 import torch
-from torch.distributed import ProcessGroup, ReduceOp
+from torch.distributed import ProcessGroup
 
 from dist_face.config import ConfigError
-from dist_face.dist import all_reduce
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -74,28 +75,16 @@ class LossScaler:
         """``loss · scale`` (identity for bf16/fp32)."""
         return loss * self.scale if self.dynamic else loss
 
-    def unscale_and_check(self, params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
-        """Divide gradients by the scale in place and return the all-ranks overflow flag.
+    def unscale(self, grads: Iterable[torch.Tensor], found_inf: torch.Tensor) -> None:
+        """Divide ``grads`` by the scale in place; set ``found_inf`` to 1.0 on inf/NaN.
 
-        Returns:
-            A 0-dim float tensor on the device: 1.0 if any rank found inf/NaN, else 0.0.
-        """
-        found_inf = torch.zeros((), device=self.scale.device)
-        self.unscale(params, found_inf)
-        all_reduce(found_inf, ReduceOp.MAX, self.group)
-        self.skipped += found_inf.to(torch.int64)
-        return found_inf
-
-    def unscale(self, params: Iterable[torch.nn.Parameter], found_inf: torch.Tensor) -> None:
-        """Divide gradients by the scale in place; set ``found_inf`` to 1.0 on inf/NaN.
-
-        ``found_inf`` (0-dim) is this rank's flag only: the caller reduces it over the ranks.
+        ``found_inf`` (0-dim) is this rank's flag only: the step
+        (:meth:`~dist_face.train.step.TrainStep.decide_skip`) reduces it over the ranks.
         """
         inv_scale = self.scale.double().reciprocal().float()
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for p in params:
-            if p.grad is not None:
-                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for g in grads:
+            by_dtype.setdefault(g.dtype, []).append(g)
         for grads in by_dtype.values():
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
 

@@ -10,7 +10,14 @@ on every rank when any rank has inf/NaN gradients, BatchNorm running statistics 
 inf/NaN in this step's forward, or a label the data loader refused (delivered as ``-1``, see
 :data:`dist_face.data.loader.REFUSED_LABEL`). The reasons are reduced together in one
 collective and stay on the device; the resulting ``skip`` flag is handed to the engine, to
-every head optimizer and to the BatchNorm snapshot.
+every head optimizer and to the snapshots of what the forward moved.
+
+Nothing is updated before that decision. The head's backward hands the kept rows' gradients to
+its optimizer's :class:`~dist_face.heads.row_grads.RowGradSink` (sparse update) or leaves a
+dense ``.grad`` (dense update); :meth:`TrainStep.decide_skip` unscales and checks them with the
+backbone's, and :meth:`TrainStep.update` applies them, or nothing. State the forward moves
+outside any optimizer (BatchNorm statistics, the head's per-step buffers, the sampling and
+draw streams) is put back when the step is skipped (:mod:`dist_face.train.snapshot`).
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import torch
 from torch.distributed import ReduceOp
 
 from dist_face.dist import all_reduce, comm
+from dist_face.heads.row_optim import RowSparseOptimizer
 from dist_face.heads.sampling import host_work
 from dist_face.train.engine import Engine, optimizer_step
-from dist_face.train.guard import BufferSnapshot
 from dist_face.train.precision import LossScaler
+from dist_face.train.snapshot import BufferSnapshot, HostRewind
 from dist_face.train.timing import StepTimer
 
 __all__ = ["Batch", "TrainStep", "optimizer_step"]
@@ -91,7 +99,14 @@ class TrainStep:
         self._head_params = [
             p for opt in self.head_optimizers for g in opt.param_groups for p in g["params"]
         ]
-        self._bn = BufferSnapshot(engine.module)  # a skipped step leaves BatchNorm alone
+        # the row gradients the head hands over in backward, applied only after the decision
+        self._sinks = [o.sink for o in self.head_optimizers if isinstance(o, RowSparseOptimizer)]
+        self._bn = BufferSnapshot.of_batchnorm(engine.module)  # a skipped step leaves them alone
+        # the head's and auxiliary losses' per-step buffers (AdaFace's norm statistics,
+        # ElasticFace's draw counter, the center loss's centers) and host streams
+        loss_buffers = list(loss_fn.buffers()) if isinstance(loss_fn, torch.nn.Module) else []
+        self._loss_state = BufferSnapshot(loss_buffers)
+        self._host = HostRewind(loss_fn)
         device = engine.scaler.scale.device
         self._flags = torch.zeros(len(SKIP_REASONS), device=device)  # reused every step
         self._total = torch.zeros((), device=device)
@@ -128,6 +143,8 @@ class TrainStep:
             self._flags.zero_()
             parts: dict[str, torch.Tensor] = {}
             self._bn.save()
+            self._loss_state.save()
+            self._host.save()
             for i, (images, labels) in enumerate(batches):
                 last = i == len(batches) - 1
                 with self.engine.micro_batch(last):
@@ -136,7 +153,13 @@ class TrainStep:
                     embeddings = self.engine.forward(images)
                     # the loader's host labels as they are: the head samples from them on the
                     # host; the auxiliary losses get a non-blocking device copy
-                    labels = screen_refused(labels, self._flags[2:])
+                    screened = screen_refused(labels, self._flags[2:])
+                    if screened is not labels and labels.device.type == "cpu":
+                        # known on the host before the forward: the step is skipped, so the
+                        # head's backward need not hold its row gradients
+                        for sink in self._sinks:
+                            sink.refuse()
+                    labels = screened
                     loss = self.loss_fn(embeddings.float(), labels)
                     if isinstance(loss, tuple):  # (total, {name: unweighted part})
                         loss, named = loss
@@ -168,15 +191,23 @@ class TrainStep:
     def decide_skip(self) -> torch.Tensor:
         """The step's one skip decision, on the device, identical on every rank.
 
-        Unscales the head's and the engine's gradients, checks them and the BatchNorm
-        statistics for inf/NaN, and reduces these reasons with the labels' (MAX over the
-        engine's data-parallel group) in one collective.
+        Unscales the head's (dense ``.grad`` and the row gradients its sinks hold) and the
+        engine's gradients, checks them, the head's loss and the BatchNorm statistics for
+        inf/NaN, and reduces these reasons with the labels' (MAX over the engine's data-parallel
+        group) in one collective.
 
         Returns:
             A 0-dim float tensor, 1.0 to skip the step and 0.0 to apply it.
         """
         flags, scaler = self._flags, self.engine.scaler
-        scaler.unscale([*self.engine.checked_params(), *self._head_params], flags[0])
+        params = [*self.engine.checked_params(), *self._head_params]
+        grads = [p.grad for p in params if p.grad is not None]
+        for sink in self._sinks:
+            grads += sink.tensors()
+            head_nonfinite = sink.nonfinite()
+            if head_nonfinite is not None:  # the head's loss or incoming gradient was inf/NaN
+                torch.maximum(flags[0], head_nonfinite.to(flags.dtype), out=flags[0])
+        scaler.unscale(grads, flags[0])
         batchnorm = self._bn.nonfinite()
         if batchnorm is not None:
             flags[1].copy_(batchnorm)
@@ -194,7 +225,11 @@ class TrainStep:
         for opt in self.head_optimizers:
             optimizer_step(opt, skip)
             opt.zero_grad(set_to_none=True)
+        for sink in self._sinks:
+            sink.clear()  # applied (or dropped) by the optimizer; also after a refused step
         self._bn.restore_if(skip)
+        self._loss_state.restore_if(skip)
+        self._host.restore_if(skip)
         scaler = self.engine.scaler
         scaler.skipped += skip.to(torch.int64)
         scaler.update(skip)

@@ -3,7 +3,8 @@
 Against float64 references written from the papers' formulas (tests/helpers/margin_refs.py):
 two steps per case, so the per-step state (AdaFace's μ and σ, ElasticFace's draw) and the
 updated centers are checked too; with and without Partial FC sampling, in both update modes
-(dense ``weight.grad`` stepped here; the row-sparse optimizer updating inside backward), and
+(dense ``weight.grad`` stepped here; the row-sparse optimizer applying the rows its sink
+received in backward), and
 with bf16 center storage. One launch per world size runs every case; the shards each run
 exports are re-split onto one device here (AdaFace's statistics and the sub-centers travel).
 """
@@ -62,13 +63,17 @@ def _run_case(rank: int, case: dict[str, Any]) -> dict[str, Any]:
     head = PartialFC(
         D, C, MARGINS[case["margin"]](), case["rate"], seed=SEED, chunk_size=2, storage_dtype=dtype
     )
+    opt = None
     if case["update"] == "sparse":
-        head.attach_optimizer(RowSparseOptimizer([(head.weight, 0.0)], [], "sgd", LR, 0.0))
+        opt = RowSparseOptimizer([(head.weight, 0.0)], [], "sgd", LR, 0.0)
+        head.hand_rows_to(opt.sink)
     steps = []
     for x_all, y_all in zip(case["xs"], case["ys"], strict=True):
         x = x_all[rank * B : (rank + 1) * B].float().requires_grad_(True)
         loss = head(x, y_all[rank * B : (rank + 1) * B])
         loss.backward()
+        if opt is not None:
+            opt.step()
         out = {"loss": loss.detach(), "x_grad": x.grad, "sampled": head.last_sampled}
         if head.weight.grad is not None:
             out["w_grad"] = head.weight.grad.clone()

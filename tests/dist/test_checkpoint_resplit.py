@@ -128,10 +128,11 @@ def _save_real(rank: int, world: int, run_dir: str, kind: str) -> dict[str, dict
 def _save_margin(rank: int, world: int, run_dir: str, kind: str, margin: str) -> dict:
     head = PartialFC(D, C, margin, 0.5, seed=1)
     opt = build_row_optimizer(head, kind, 0.1, 0.01, 0.9)
-    head.attach_optimizer(opt)
+    head.hand_rows_to(opt.sink)
     gen = torch.Generator().manual_seed(rank)
     for _ in range(3):  # rows sampled a different number of times (AdamW counts differ)
         head(torch.randn(2, D, generator=gen), torch.randint(0, C, (2,), generator=gen)).backward()
+        opt.step()
     save_checkpoint(
         Path(run_dir),
         3,

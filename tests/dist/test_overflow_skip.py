@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed import ReduceOp
 
+from dist_face.dist import all_reduce
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import optimizer_step
 from tests.helpers.distributed import run_distributed
@@ -16,7 +18,10 @@ def _step(rank: int, world_size: int) -> tuple[float, list[float], int]:
     scaler = LossScaler("bf16", torch.device("cpu"))
     for bad_rank in (1, -1):  # first step: rank 1 overflows; second: nobody does
         p.grad = torch.tensor([float("inf"), 1.0]) if rank == bad_rank else torch.ones(2)
-        found = scaler.unscale_and_check([p])
+        found = torch.zeros(())
+        scaler.unscale([p.grad], found)  # the step's decision: this rank's flag, then MAX
+        all_reduce(found, ReduceOp.MAX, None)
+        scaler.skipped += found.to(torch.int64)
         optimizer_step(opt, found)
     return found.item(), p.detach().tolist(), int(scaler.skipped)
 

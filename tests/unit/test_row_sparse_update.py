@@ -12,7 +12,7 @@ from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
 from dist_face.heads.row_optim import RowSparseOptimizer, build_row_optimizer
 from dist_face.train.engine import DDPEngine
 from dist_face.train.precision import LossScaler
-from dist_face.train.step import TrainStep
+from dist_face.train.step import TrainStep, optimizer_step
 from tests.helpers.allocations import LargestOutput
 
 C, D, N = 40, 6, 5
@@ -40,13 +40,15 @@ def _reference_grad(head: PartialFC, w0: torch.Tensor, x: torch.Tensor, y: torch
 def test_sgd_step_matches_hand_computed_update_on_touched_rows(rate: float) -> None:
     head = PartialFC(D, C, "arcface", rate, seed=3, chunk_size=7)
     opt = build_row_optimizer(head, "sgd", LR, WD, MU)
-    head.attach_optimizer(opt)
+    head.hand_rows_to(opt.sink)
     momentum = opt.state[head.weight]["momentum_buffer"]
     momentum.normal_(generator=torch.Generator().manual_seed(9))  # a step in mid-run
     w0, m0 = head.weight.detach().clone(), momentum.clone()
     x, y = _batch()
     head(x, y).backward()
-    assert head.weight.grad is None  # the update happened in backward, no dense gradient
+    assert head.weight.grad is None  # the kept rows' gradients are in the sink, no dense one
+    assert torch.equal(head.weight.detach(), w0)  # nothing moves before the step
+    opt.step()
     keep, grad = _reference_grad(head, w0, x, y)
     m1 = MU * m0.double() + grad + WD * w0.double()
     w1 = w0.double() - LR * m1
@@ -69,7 +71,7 @@ def test_all_rows_used_equals_torch_dense_optimizer(kind: str, margin: str) -> N
     """At r = 1 the sparse update is torch's SGD/AdamW, for three steps in a row."""
     sparse, dense = PartialFC(D, C, margin, chunk_size=9), PartialFC(D, C, margin)
     opt_s = build_row_optimizer(sparse, kind, LR / 10, WD, MU)
-    sparse.attach_optimizer(opt_s)
+    sparse.hand_rows_to(opt_s.sink)
     groups = [{"params": [dense.weight], "weight_decay": WD}]
     others = [p for n, p in dense.named_parameters() if n != "weight"]
     if others:
@@ -96,9 +98,10 @@ def test_all_rows_used_equals_torch_dense_optimizer(kind: str, margin: str) -> N
 def test_adamw_bias_correction_counts_each_rows_own_updates() -> None:
     head = PartialFC(D, C, "cosface", 0.2, seed=1)
     opt = build_row_optimizer(head, "adamw", 1e-2, 0.0, MU)
-    head.attach_optimizer(opt)
+    head.hand_rows_to(opt.sink)
     for step in range(4):
         head(*_batch(step)).backward()
+        opt.step()
     steps = opt.state[head.weight]["step"]
     assert steps.shape == (C,) and 0 < int(steps.max()) <= 4
     assert int(steps.min()) < int(steps.max())  # rows sampled a different number of times
@@ -107,14 +110,16 @@ def test_adamw_bias_correction_counts_each_rows_own_updates() -> None:
 def test_non_finite_loss_leaves_centers_and_state_unchanged() -> None:
     head = PartialFC(D, C, "arcface", chunk_size=8)
     opt = build_row_optimizer(head, "sgd", LR, WD, MU)
-    head.attach_optimizer(opt)
+    head.hand_rows_to(opt.sink)
     head(*_batch(0)).backward()  # a normal step first: momentum is non-zero
+    opt.step()
     w0 = head.weight.detach().clone()
     m0 = opt.state[head.weight]["momentum_buffer"].clone()
     x, y = _batch(1)
     x[2, 0] = float("nan")
     loss = head(x, y)
     loss.backward()
+    opt.step()
     assert not torch.isfinite(loss)
     assert torch.equal(head.weight.detach(), w0)
     assert torch.equal(opt.state[head.weight]["momentum_buffer"], m0)
@@ -125,10 +130,11 @@ def test_grad_scale_is_divided_out() -> None:
     plain, scaled = PartialFC(D, C, "arcface"), PartialFC(D, C, "arcface")
     for head, scale in ((plain, 1.0), (scaled, 1024.0)):
         opt = build_row_optimizer(head, "sgd", LR, WD, MU)
-        opt.loss_scale = torch.tensor(scale)
-        head.attach_optimizer(opt)
+        head.hand_rows_to(opt.sink)
         (head(*_batch()) * scale).backward()
-        opt.step()  # under a loss scale the rows wait for the step (the overflow flag)
+        found = torch.zeros(())
+        LossScaler("fp16", torch.device("cpu"), init_scale=scale).unscale(opt.sink.tensors(), found)
+        optimizer_step(opt, found)  # as the step's decision does
     assert not torch.equal(plain.weight, PartialFC(D, C, "arcface").weight)
     torch.testing.assert_close(plain.weight, scaled.weight)
 
@@ -139,9 +145,8 @@ def _fp16_step(images: torch.Tensor) -> tuple[PartialFC, RowSparseOptimizer, Tra
     backbone = torch.nn.Linear(12, D)
     head = PartialFC(D, C, "arcface", sample_rate=0.5)
     opt = build_row_optimizer(head, "sgd", LR, WD, MU)
-    head.attach_optimizer(opt)
+    head.hand_rows_to(opt.sink)
     scaler = LossScaler("fp16", torch.device("cpu"), init_scale=2.0**100)
-    opt.loss_scale = scaler.scale  # as build_trainer sets it
     engine = DDPEngine(backbone, [torch.optim.SGD(backbone.parameters(), lr=0.1)], scaler, "fp32")
     step = TrainStep(engine=engine, loss_fn=head, head_optimizers=[opt], schedulers=[])
     step([(images, torch.randint(0, C, (N,)))])  # momentum is non-zero now
@@ -168,13 +173,14 @@ def test_bf16_storage_keeps_float32_math() -> None:
     bf16 = PartialFC(D, C, "arcface", storage_dtype=torch.bfloat16)
     assert bf16.weight.dtype == torch.bfloat16
     opt = build_row_optimizer(bf16, "sgd", LR, WD, MU)
-    bf16.attach_optimizer(opt)
+    bf16.hand_rows_to(opt.sink)
     assert opt.state[bf16.weight]["momentum_buffer"].dtype == torch.bfloat16
     x, y = _batch()
     loss32, loss16 = fp32(x, y), bf16(x, y)
     assert loss16.dtype == torch.float32
     torch.testing.assert_close(loss16, loss32, rtol=2e-2, atol=2e-2)  # rounded centers only
     loss16.backward()
+    opt.step()
     assert torch.isfinite(bf16.weight.float()).all()
 
 
@@ -183,13 +189,15 @@ def test_no_tensor_scales_with_all_classes(rate: float) -> None:
     """With the sparse update, nothing the size of ``[N, K]`` or ``[C, D]`` is allocated."""
     classes, chunk = 4096, 64
     head = PartialFC(D, classes, "arcface", rate, chunk_size=chunk)
-    head.attach_optimizer(build_row_optimizer(head, "sgd", LR, WD, MU))
+    opt = build_row_optimizer(head, "sgd", LR, WD, MU)
+    head.hand_rows_to(opt.sink)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N, D, generator=gen, requires_grad=True)
     y = torch.randint(0, classes, (N,), generator=gen)
     head(x, y)  # warm-up: allocations of the first step (label check) are not the steady state
     with LargestOutput() as probe:
         head(x, y).backward()
+        opt.step()
     # blocks [N, chunk], rows [chunk, D]; sampling draws one score per class ([C + 1])
     limit = max(N * chunk, chunk * D, classes + 1)
     assert probe.largest[0] <= limit, probe.largest
@@ -209,7 +217,7 @@ def _step(margin: str, keep_mb: float, sparse: bool) -> tuple[torch.Tensor, ...]
     )
     opt = build_row_optimizer(head, "sgd", LR, WD, MU) if sparse else None
     if opt is not None:
-        head.attach_optimizer(opt)
+        head.hand_rows_to(opt.sink)
     out = []
     for seed in (0, 1):
         x, y = _batch(seed)
@@ -217,6 +225,8 @@ def _step(margin: str, keep_mb: float, sparse: bool) -> tuple[torch.Tensor, ...]
         loss = head(x, y)
         kept = len(loss.grad_fn.fused.kept)  # blocks held by the autograd node's context
         loss.backward()
+        if opt is not None:
+            opt.step()
         out += [loss.detach(), x.grad, torch.tensor(kept)]
     grads = [p.grad for p in head.parameters() if p.grad is not None]
     return (*out, *grads, *[p.detach() for p in head.parameters()])
@@ -253,8 +263,9 @@ def _trained(margin: torch.nn.Module, through_blocks: bool, sparse: bool) -> lis
     head = PartialFC(D, C, margin, 0.6, seed=4, chunk_size=7)
     if through_blocks:  # the generic path: autograd over every [N, chunk] block
         head.margin.target_only = False
-    if sparse:
-        head.attach_optimizer(build_row_optimizer(head, "sgd", LR, WD, MU))
+    opt = build_row_optimizer(head, "sgd", LR, WD, MU) if sparse else None
+    if opt is not None:
+        head.hand_rows_to(opt.sink)
     calls, targets = [], []
     logits, target_logit = head.margin.logits, head.margin.target_logit
     head.margin.logits = lambda inp: calls.append(1) or logits(inp)
@@ -265,6 +276,8 @@ def _trained(margin: torch.nn.Module, through_blocks: bool, sparse: bool) -> lis
         x.requires_grad_(True)
         loss = head(x, y)
         loss.backward()
+        if opt is not None:
+            opt.step()
         out += [loss.detach(), x.grad]
     # K = 24 kept classes in blocks of 7: 4 blocks in forward and in backward when generic;
     # target-only: the [N] target logits once per block in forward, their graph kept for
@@ -302,7 +315,7 @@ def test_learning_rate_is_a_device_tensor_the_scheduler_updates_in_place() -> No
     """CUDA-graph ready: the update reads the rate from a tensor a scheduler fills in place."""
     head = PartialFC(D, C, "arcface", chunk_size=8)
     opt = build_row_optimizer(head, "sgd", LR, 0.0, 0.0)
-    head.attach_optimizer(opt)
+    head.hand_rows_to(opt.sink)
     lr = opt.param_groups[0]["lr"]
     assert torch.is_tensor(lr) and lr.device == head.weight.device
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1)
@@ -310,8 +323,10 @@ def test_learning_rate_is_a_device_tensor_the_scheduler_updates_in_place() -> No
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1 * LR)
     w0 = head.weight.detach().clone()
     head(*_batch(0)).backward()
+    opt.step()
     changed = head.weight.detach() - w0
     opt.param_groups[0]["lr"].fill_(LR)  # the same batch at the full rate moves 10x as far
     head.weight.data.copy_(w0)
     head(*_batch(0)).backward()
+    opt.step()
     torch.testing.assert_close(head.weight.detach() - w0, 10 * changed, rtol=1e-4, atol=1e-7)
