@@ -137,7 +137,7 @@ class LabelPrefetch:
 
     def __init__(self, head: LabelledHead, group: ProcessGroup | None) -> None:
         self.head, self.group = head, group
-        self._pending: list[Future[HostLabels]] = []
+        self._pending: list[tuple[torch.Tensor, Future[HostLabels]]] = []
         self._jobs: queue.SimpleQueue[tuple[torch.Tensor, Future[HostLabels]] | None]
         self._jobs = queue.SimpleQueue()
         # a daemon: a peer that vanished must not keep this process alive at exit
@@ -161,8 +161,9 @@ class LabelPrefetch:
         if labels.device.type != "cpu":
             return
         future: Future[HostLabels] = Future()
-        self._pending.append(future)
-        self._jobs.put((labels.clamp(min=0), future))
+        labels = labels.clamp(min=0)
+        self._pending.append((labels, future))
+        self._jobs.put((labels, future))
 
     def take(self, labels: torch.Tensor) -> HostLabels | None:
         """The prepared labels of the oldest submitted micro-batch, or None when none waits.
@@ -173,7 +174,7 @@ class LabelPrefetch:
         """
         if not self._pending:
             return None
-        out = self._pending.pop(0).result()
+        out = self._pending.pop(0)[1].result()
         self.head.sampler.used()
         with host_work(labels):
             if not torch.equal(out.mine, labels.to(torch.long)):
@@ -185,19 +186,42 @@ class LabelPrefetch:
         """Micro-batches submitted and not yet taken."""
         return len(self._pending)
 
-    def close(self) -> None:
-        """Stop the worker; drop the samples not taken (the stream returns to before them)."""
-        self._jobs.put(None)
-        for future in self._pending:
+    def redraw(self, state: torch.Tensor) -> None:
+        """Return the sampling stream to ``state`` and prepare the waiting micro-batches again.
+
+        A skipped step puts the stream back to before its own draw
+        (:class:`~dist_face.train.snapshot.HostSnapshot`): the samples already drawn ahead for
+        the next steps came from the stream after that draw, so they are dropped and drawn
+        again, in order, from ``state``, as a run that never saw the skipped batch draws them.
+        Every rank skips together, so every rank gathers again together.
+
+        Args:
+            state: the stream's state to return to (:meth:`ClassSampler.state
+                <dist_face.heads.sampling.ClassSampler.state>` before the skipped step).
+        """
+        waiting = [labels for labels, _ in self._pending]
+        self._drain()
+        self.head.sampler.load_state(state)
+        for labels in waiting:
+            self.submit(labels)
+
+    def _drain(self) -> None:
+        """Wait for the submitted micro-batches, drop them and the samples drawn for them."""
+        for _, future in self._pending:
             try:
                 future.result(timeout=CLOSE_WAIT_S)
             except FutureTimeout:
-                logger.warning("label path: a gather still runs at close (a peer is gone)")
+                logger.warning("label path: a gather still runs (a peer is gone)")
                 break
             except Exception:  # reported by take() when the step uses it; dropped here
                 pass
         self._pending.clear()
         self.head.sampler.rewind()
+
+    def close(self) -> None:
+        """Stop the worker; drop the samples not taken (the stream returns to before them)."""
+        self._jobs.put(None)
+        self._drain()
         if self.head.label_prefetch is self:
             self.head.label_prefetch = None
 

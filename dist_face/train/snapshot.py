@@ -95,8 +95,11 @@ class HostRewind:
 
     def __init__(self, loss_fn: object) -> None:
         modules = list(loss_fn.modules()) if isinstance(loss_fn, nn.Module) else []
-        self._samplers = [  # a head's sampler is a plain attribute, not a module; r = 1 draws none
-            s for m in modules for s in vars(m).values() if isinstance(s, ClassSampler) and s.active
+        self._samplers = [  # (sampler, its head): a plain attribute, not a module; r = 1 draws none
+            (s, m)
+            for m in modules
+            for s in vars(m).values()
+            if isinstance(s, ClassSampler) and s.active
         ]
         self._elastic = [m for m in modules if isinstance(m, ElasticFace)]
         self._saved: list[Callable[[], None]] = []
@@ -109,7 +112,7 @@ class HostRewind:
 
     def save(self) -> None:
         """Note the host state before the forward."""
-        self._saved = [_restorer(s) for s in self._samplers]
+        self._saved = [_restorer(s, head) for s, head in self._samplers]
         self._saved += [_restorer(m) for m in self._elastic]
 
     def restore_if(self, skipped: torch.Tensor) -> None:
@@ -136,10 +139,23 @@ class HostRewind:
                     restore()
 
 
-def _restorer(obj: ClassSampler | ElasticFace) -> Callable[[], None]:
-    """A closure putting ``obj``'s host state back as it is now."""
+def _restorer(obj: ClassSampler | ElasticFace, owner: object = None) -> Callable[[], None]:
+    """A closure putting ``obj``'s host state back as it is now.
+
+    A sampler whose head prepares the next steps' labels ahead (``owner.label_prefetch``,
+    :mod:`dist_face.heads.label_path`) is put back through the prefetch, which draws the
+    waiting samples again from the restored stream.
+    """
     if isinstance(obj, ClassSampler):
         state = obj.state()
-        return lambda: obj.load_state(state)
+
+        def restore() -> None:
+            prefetch = getattr(owner, "label_prefetch", None)
+            if prefetch is not None and prefetch.waiting:
+                prefetch.redraw(state)
+            else:
+                obj.load_state(state)
+
+        return restore
     step = obj._step  # the host copy of the draw counter (its device buffer: BufferSnapshot)
     return lambda: setattr(obj, "_step", step)

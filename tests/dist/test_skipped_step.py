@@ -124,8 +124,7 @@ def _plant(step, reason: str, rank: int, images: torch.Tensor, labels: torch.Ten
     if rank != 0:
         return images, labels, handles
     if reason == "labels":
-        labels = labels.clone()
-        labels[1] = -1
+        labels = _refused(labels)
     elif reason == "batchnorm":
         images = images * 3e19  # the unbiased batch variance overflows float32
     elif reason == "backbone":
@@ -147,6 +146,12 @@ def _plant(step, reason: str, rank: int, images: torch.Tensor, labels: torch.Ten
     return images, labels, handles
 
 
+def _refused(labels: torch.Tensor) -> torch.Tensor:
+    labels = labels.clone()
+    labels[1] = -1
+    return labels
+
+
 class _Restore:
     def __init__(self, obj, name: str) -> None:
         self.obj, self.name = obj, name
@@ -155,14 +160,40 @@ class _Restore:
         delattr(self.obj, self.name)
 
 
-def _case(rank: int, world: int, case: tuple[str, ...], root: str) -> list[str]:
+class _Ahead:
+    """Submits each step's labels before the step before it runs, as the training loop does.
+
+    The loop pulls step ``t + 1``'s batches before it runs step ``t``, and the head's label
+    path draws their sample meanwhile (:mod:`dist_face.heads.label_path`); ``labels`` are the
+    labels of every step in order (the bad one as planted).
+    """
+
+    def __init__(self, step, labels: list[torch.Tensor] | None) -> None:
+        self.prefetch = step.loss_fn.label_prefetch if labels is not None else None
+        self.labels = list(labels or [])
+        if self.prefetch is not None:
+            self.prefetch.submit(self.labels.pop(0))
+
+    def next(self) -> None:
+        """Before a step runs: the next step's labels go ahead."""
+        if self.prefetch is not None and self.labels:
+            self.prefetch.submit(self.labels.pop(0))
+
+
+def _case(rank: int, world: int, case: tuple[str, ...], root: str, ahead: bool) -> list[str]:
     reason, precision = case[0], case[1]
     step = _build(case, f"{root}/skip")
+    bad = _batch(2, rank)[1]
+    bad = _refused(bad) if reason == "labels" and rank == 0 else bad
+    seeds = [_batch(s, rank)[1] for s in (0, 1)] + [bad, _batch(3, rank)[1]]
+    pull = _Ahead(step, seeds if ahead else None)
     for seed in (0, 1):
+        pull.next()
         out = step([_batch(seed, rank)])
         assert float(out["skipped"]) == 0.0
     before = _state(step)
     images, labels, handles = _plant(step, reason, rank, *_batch(2, rank))
+    pull.next()
     out = step([(images, labels)])
     for h in handles:
         h.remove()
@@ -181,16 +212,20 @@ def _case(rank: int, world: int, case: tuple[str, ...], root: str) -> list[str]:
         assert float(dict(after)["scale"]) == float(dict(before)["scale"]) / 2
         assert int(dict(after)["growth"]) == 0
     errors += [f"changed by the skipped step: {k}" for k in changed]
+    pull.next()
     step([_batch(3, rank)])
     resumed = _state(step)
     # a run that never saw the bad batch: its schedulers (and fp16 scale) move as the step's
     ref = _build(case, f"{root}/ref")
+    pull = _Ahead(ref, [_batch(s, rank)[1] for s in (0, 1, 3)] if ahead else None)
     for seed in (0, 1):
+        pull.next()
         ref([_batch(seed, rank)])
     for sched in ref.schedulers:
         sched.step()
     if precision == "fp16":
         ref.engine.scaler.update(torch.ones(()))
+    pull.next()
     ref([_batch(3, rank)])
     errors += [f"differs from the run without it: {k}" for k in _diff(_state(ref), resumed)]
     return errors
@@ -223,5 +258,25 @@ def test_a_skipped_step_changes_nothing_and_the_next_step_is_as_if_it_never_came
     if engine != "ddp":
         pytest.importorskip("deepspeed", reason="deepspeed not installed (extra 'deepspeed')")
     case = (reason, precision, update, margin, engine)
-    for rank, errors in enumerate(run_distributed(_case, 2, case, str(tmp_path), timeout=300)):
+    run = run_distributed(_case, 2, case, str(tmp_path), False, timeout=300)
+    for rank, errors in enumerate(run):
+        assert not errors, f"rank {rank}: {errors}"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("labels", "fp32", "sparse", "arcface", "ddp"),
+        ("batchnorm", "bf16", "dense", "elasticface_arc", "zero1"),
+    ],
+    ids="-".join,
+)
+def test_a_skipped_step_redraws_the_samples_prepared_ahead(case: tuple, tmp_path: Path) -> None:
+    """The training loop prepares step t+1's labels and sample while step t runs: when step t
+    is skipped, the sample drawn ahead came from a stream that must return to before step t,
+    so it is drawn again and step t+1 is still the step of a run that never saw the batch."""
+    if case[4] != "ddp":
+        pytest.importorskip("deepspeed", reason="deepspeed not installed (extra 'deepspeed')")
+    run = run_distributed(_case, 2, case, str(tmp_path), True, timeout=300)
+    for rank, errors in enumerate(run):
         assert not errors, f"rank {rank}: {errors}"
