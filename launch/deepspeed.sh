@@ -23,6 +23,11 @@
 #   DRY_RUN=1           print the deepspeed command instead of running it
 # On CPUs DeepSpeed trains in fp32 or bf16 (it refuses fp16 without CUDA).
 set -euo pipefail
+# Python puts the working directory first on sys.path for `python -m`/`-c`; started in the
+# parent of a clone named dist_face, the clone itself would be imported as a namespace package
+# `dist_face` ahead of an editable install (No module named 'dist_face.train'). Every python
+# this script and its workers start leaves the working directory off sys.path.
+export PYTHONSAFEPATH=1
 case "${1:-}" in -h | --help)  # the comment block above is the usage
   sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -27,6 +27,11 @@
 # rank: the ranks stop at the same step, write a checkpoint and exit with code 75; RESUME=auto
 # continues from it.
 set -euo pipefail
+# Python puts the working directory first on sys.path for `python -m`/`-c`; started in the
+# parent of a clone named dist_face, the clone itself would be imported as a namespace package
+# `dist_face` ahead of an editable install (No module named 'dist_face.train'). Every python
+# this script and its workers start leaves the working directory off sys.path.
+export PYTHONSAFEPATH=1
 case "${1:-}" in -h | --help)  # the comment block above is the usage
   sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -91,6 +91,7 @@ def test_the_cheap_readme_commands_run_as_written_on_a_fresh_copy(tmp_path: Path
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "PYTHONPATH": str(clone),  # the copy's package, as an installed clone would import
         "DIST_FACE_CONFIGS": str(clone / "configs"),
+        "DIST_FACE_CACHE": str(tmp_path / "cache"),
     }
     for line, text in readme_blocks():
         if _kind(text) != RUN:
@@ -107,7 +108,8 @@ def test_the_cheap_readme_commands_run_as_written_on_a_fresh_copy(tmp_path: Path
             timeout=300,
         )
         assert done.returncode == 0, (line, script, done.stdout[-2000:], done.stderr[-3000:])
-    assert (clone / "data" / "debug_cpu" / "val.bin").is_file()  # made by the recipe itself
+    assert (tmp_path / "cache" / "debug_cpu" / "val.bin").is_file()  # made by the recipe itself
+    assert not (clone / "data").exists()  # in the cache, not inside the checkout
     assert (clone / "runs" / "debug_cpu" / "model.pt").is_file()
     assert (clone / "lfw.bin").is_file() and (clone / "images_again").is_dir()
 

@@ -282,13 +282,15 @@ def test_the_debug_recipe_makes_its_data_on_first_use_only_when_it_trains(
     configs.mkdir(parents=True)
     (configs / "debug_cpu.py").write_text((REPO / "configs" / "debug_cpu.py").read_text())
     monkeypatch.setenv("DIST_FACE_CONFIGS", str(configs))
-    data = tmp_path / "clone" / "data" / "debug_cpu"
+    monkeypatch.setenv("DIST_FACE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "cache" / "debug_cpu"
     cfg = load_config("debug_cpu")  # --print-config, tests: nothing written
     assert cfg.data.root == str(data / "shards") and not data.exists()
     load_config("debug_cpu", prepare=True)  # what the trainer calls
     shards = ShardSet.open(data / "shards")
     assert (len(shards), shards.num_classes) == (320, 40)
     assert (data / "val.bin").is_file()
+    assert not (tmp_path / "clone" / "data").exists()  # nothing written inside the checkout
 
 
 def test_bin_evaluation_fits_other_sizes_and_says_so_once(photos, tmp_path, capsys, monkeypatch):
