@@ -14,7 +14,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet, progress_off
-from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin, warn_sizes
+from dist_face.eval.bin_format import (
+    BinFormatError,
+    decode_images,
+    distinct_images,
+    load_bin,
+    warn_sizes,
+)
 from dist_face.eval.verification import evaluate_model
 from dist_face.extras import require
 from dist_face.log import init_logging
@@ -101,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.run) / "model.pt" if args.run else Path(args.backbone)
     try:
         model = load_backbone(path, name=args.name)
-        pairs = {Path(b).stem: load_bin(b) for b in args.bin}
+        pairs = {}
+        for b in args.bin:  # each distinct image decoded and embedded once
+            images, issame = load_bin(b)
+            pairs[Path(b).stem] = (*distinct_images(images), issame)
     except (FileNotFoundError, ValueError, BinFormatError) as exc:
         logger.error("%s", exc)
         return 2
@@ -112,14 +121,20 @@ def main(argv: list[str] | None = None) -> int:
         models["untrained"] = create(stored.get("name", args.name), **stored.get("kwargs", {}))
     report: dict[str, dict[str, float]] = {}
     # one bar over every image decoded and embedded; on a terminal only, unless --quiet
-    total = sum(len(images) * (1 + len(models)) for images, _ in pairs.values())
+    total = sum(len(images) * (1 + len(models)) for images, _, _ in pairs.values())
     bar = tqdm(total=total, unit="img", desc="evaluate", disable=progress_off(args.quiet))
     with logging_redirect_tqdm():
-        for name, (images, issame) in pairs.items():
+        for name, (images, index, issame) in pairs.items():
             pixels = _decode(images, bar, args.resize_mode)
             for kind, m in models.items():
                 result = evaluate_model(
-                    m, pixels, issame, args.batch_size, torch.device("cpu"), progress=bar.update
+                    m,
+                    pixels,
+                    issame,
+                    args.batch_size,
+                    torch.device("cpu"),
+                    progress=bar.update,
+                    pairs=index,
                 )
                 report[f"{name}/{kind}"] = result.as_dict()
                 logger.info(

@@ -19,7 +19,7 @@ from torch.distributed import ProcessGroup
 from dist_face.data.image_fit import DEFAULT_RESIZE_MODE
 from dist_face.data.labels import LabelError
 from dist_face.dist import Topology, all_gather, all_gather_object, barrier, is_active
-from dist_face.eval.bin_format import decode_images, load_bin
+from dist_face.eval.bin_format import decode_images, distinct_images, load_bin
 from dist_face.eval.verification import VerificationResult, evaluate_model
 from dist_face.metrics import Sink
 from dist_face.train.loop import Hook, Trainer
@@ -229,7 +229,7 @@ class EvalHook(Hook):
         self.targets, self.every, self.model, self.topology = targets, every, model, topology
         self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device
         self.group, self.resize_mode = group, resize_mode
-        self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.last: dict[str, VerificationResult] = {}
 
     def before_train(self, trainer: Trainer) -> None:
@@ -238,9 +238,15 @@ class EvalHook(Hook):
             return
         for target in self.targets:
             images, issame = load_bin(target)
-            decoded = decode_images(images, mode=self.resize_mode)
-            self._data[Path(target).stem] = (decoded, issame)
-            logger.info("evaluation target %s: %d pairs", target, len(issame))
+            distinct, pairs = distinct_images(images)  # each image embedded once
+            decoded = decode_images(distinct, mode=self.resize_mode)
+            self._data[Path(target).stem] = (decoded, issame, pairs)
+            logger.info(
+                "evaluation target %s: %d pairs of %d distinct images",
+                target,
+                len(issame),
+                len(distinct),
+            )
 
     def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
         """Evaluate on evaluation steps."""
@@ -257,8 +263,10 @@ class EvalHook(Hook):
         start = time.perf_counter()
         if self.topology.is_main and self._data:
             record: dict[str, float] = {}
-            for name, (images, issame) in self._data.items():
-                result = evaluate_model(self.model, images, issame, self.batch_size, self.device)
+            for name, (images, issame, pairs) in self._data.items():
+                result = evaluate_model(
+                    self.model, images, issame, self.batch_size, self.device, pairs=pairs
+                )
                 self.last[name] = result
                 record.update(result.as_dict(prefix=f"eval/{name}/"))
                 key = f"eval/{name}/accuracy"
