@@ -218,8 +218,13 @@ class EvalHook(Hook):
         device: torch.device,
         group: ProcessGroup | None = None,
         resize_mode: str = DEFAULT_RESIZE_MODE,
+        save_best: Callable[[Path], object] | None = None,
     ) -> None:
         """Evaluate ``model`` (the unwrapped backbone) on ``targets``.
+
+        With ``save_best`` (``eval.select_best``), an evaluation whose EER on the first target
+        is the lowest so far calls it with ``run_dir/model_best.pt`` (rank 0) and records the
+        step and EER in the train state (``select/step``, ``select/eer``).
 
         The ranks wait for rank 0 at a barrier over ``group`` (:func:`evaluation_group`; None:
         the default group). Pair images of another size than 112×112 are fitted under
@@ -229,6 +234,7 @@ class EvalHook(Hook):
         self.targets, self.every, self.model, self.topology = targets, every, model, topology
         self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device
         self.group, self.resize_mode = group, resize_mode
+        self.save_best = save_best
         self._data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.last: dict[str, VerificationResult] = {}
 
@@ -271,10 +277,33 @@ class EvalHook(Hook):
                 record.update(result.as_dict(prefix=f"eval/{name}/"))
                 key = f"eval/{name}/accuracy"
                 trainer.state.best[key] = max(trainer.state.best.get(key, 0.0), result.accuracy)
+            if self.save_best is not None:
+                self._select(trainer)
             self.sink.log(record, trainer.state.step)
             self._write_report(trainer, record)
         barrier(self.group)
         trainer.pause_s += time.perf_counter() - start
+
+    def _select(self, trainer: Trainer) -> None:
+        """Keep the backbone when its EER on the first target is the lowest so far."""
+        name = Path(self.targets[0]).stem
+        eer = self.last[name].eer
+        best = trainer.state.best
+        if eer >= best.get("select/eer", float("inf")):
+            logger.info(
+                "%s EER %.4f at step %d; the best stays step %d (EER %.4f)",
+                name,
+                eer,
+                trainer.state.step,
+                int(best["select/step"]),
+                best["select/eer"],
+            )
+            return
+        best["select/eer"], best["select/step"] = eer, float(trainer.state.step)
+        path = self.run_dir / "model_best.pt"
+        self.save_best(path)
+        logger.info("%s EER %.4f at step %d: the best so far -> %s", name, eer,
+                    trainer.state.step, path)  # fmt: skip
 
     def _write_report(self, trainer: Trainer, record: dict[str, Any]) -> None:
         report = {"step": trainer.state.step, "latest": record, "best": trainer.state.best}
