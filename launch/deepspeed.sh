@@ -79,6 +79,9 @@ if [ "${PREFLIGHT:-1}" != 0 ] || [ -n "${CHECK_ONLY:-}" ]; then
   fi
   RANK=0 LOCAL_RANK=0 WORLD_SIZE="$world" LOCAL_WORLD_SIZE="$world" \
     python -m dist_face.train "${train[@]}" --check-only || exit $?
-  [ -n "${CHECK_ONLY:-}" ] && exit 0
+  if [ -n "${CHECK_ONLY:-}" ]; then
+    echo "CHECK_ONLY: $CONFIG passed its checks for $world ranks (configuration, inputs, run directory); nothing was started"
+    exit 0
+  fi
 fi
 exec "${cmd[@]}"

@@ -96,6 +96,9 @@ python -m dist_face.cli.launch_check --config "$CONFIG" "$@" || check=$?
 if [ "${PREFLIGHT:-1}" != 0 ] || [ -n "${CHECK_ONLY:-}" ]; then
   RANK=0 LOCAL_RANK=0 WORLD_SIZE=$((${NNODES##*:} * NPROC_PER_NODE)) LOCAL_WORLD_SIZE="$NPROC_PER_NODE" \
     python "${train[@]}" --check-only || exit $?
-  [ -n "${CHECK_ONLY:-}" ] && exit 0
+  if [ -n "${CHECK_ONLY:-}" ]; then
+    echo "CHECK_ONLY: $CONFIG passed its checks for $((${NNODES##*:} * NPROC_PER_NODE)) ranks (configuration, inputs, run directory); nothing was started"
+    exit 0
+  fi
 fi
 exec "${cmd[@]}"

@@ -244,3 +244,25 @@ def test_the_launcher_runs_from_the_parent_of_a_clone_named_dist_face(tmp_path: 
     assert "ModuleNotFoundError" not in done.stderr
     assert (tmp_path / "runs" / "debug_cpu" / "model.pt").is_file()  # where it was started
     assert sorted(p.name for p in (clone / "data").rglob("*")) == ["debug_cpu", "shards"]
+
+
+def test_check_only_says_it_passed_and_starts_nothing(tiny_dataset: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            "bash",
+            str(REPO / "launch" / "torchrun.sh"),
+            f"--data.root={tiny_dataset}/shards",
+            "--eval.targets=[]",
+        ],
+        cwd=tmp_path,
+        env=_env(CHECK_ONLY="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (
+        "CHECK_ONLY: debug_cpu passed its checks for 2 ranks (configuration, inputs, run "
+        "directory); nothing was started"
+    )
+    assert not (tmp_path / "runs").exists()
