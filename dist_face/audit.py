@@ -502,7 +502,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line (module doc); ``--table`` prints the README's table row(s) too."""
+    """Command line (module doc); ``--table`` also prints docs/performance.md's table row(s)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--world-size", type=_positive, required=True)

@@ -9,7 +9,7 @@
 # Every setting comes from the environment (defaults in brackets):
 #   CONFIG          recipe name or path                               [debug_cpu]
 #   NNODES          number of nodes, or MIN:MAX to go on without lost
-#                   nodes and take in returning ones (README)         [1]
+#                   nodes and take in returning ones (docs)           [1]
 #   NPROC_PER_NODE  processes per node                                [GPUs on this node, else 2]
 #   RDZV_ENDPOINT   host:port of the rendezvous (any node, reachable) [standalone on 1 node]
 #   RDZV_ID         run id shared by all nodes of one job             [dist_face-$CONFIG]

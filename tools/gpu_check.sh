@@ -9,7 +9,7 @@
 # virtual environment that sees the system's packages; without DIR, whatever is missing is
 # reported and the parts needing it are skipped.
 #
-# Stages (the README section "GPU acceptance check" explains how to read the output):
+# Stages (docs/performance.md, "GPU acceptance check", explains how to read the output):
 #   1. environment: GPU, driver, torch/CUDA versions, which optional packages are present;
 #   2. the GPU test tier (pytest tests/gpu): NCCL rules, fp16 through the trainer's step,
 #      DALI's mixed decoder, DeepSpeed fp16, ranks sharing a GPU, no host sync per step;

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="dist-face-loss-study", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--quick", action="store_true", help="the ≤ 5 min mode (CI, README smoke line)")
+    p.add_argument("--quick", action="store_true", help="the ≤ 5 min mode (CI, docs smoke line)")
     p.add_argument("--losses", default="", help="comma-separated subset of the rows")
     p.add_argument("--seeds", type=int, default=0, help="number of seeds (default: the mode's)")
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (default: the mode's)")

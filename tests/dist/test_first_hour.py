@@ -1,4 +1,4 @@
-"""The README's "first hour", walked as written, from a directory that is not the repository.
+"""The first hour (docs/getting-started.md), walked as written, from outside the repository.
 
 Your folder of identity subfolders is packed; one process trains and stops mid-epoch; two
 processes resume it to the end of a second epoch, running exactly the steps they announce; the
@@ -32,7 +32,7 @@ TRAIN = [
     "--data.root=packed",
     "--eval.targets=[val.bin]",
     "--name=first",
-    f"--data.batch_size={BATCH}",  # this and the rest: for 120 images, not in the README
+    f"--data.batch_size={BATCH}",  # this and the rest: for 120 images, not in the docs
     "--data.num_workers=0",
     "--train.log_every=1",
 ]

@@ -178,7 +178,8 @@ def _train(
 
 # bf16 centers: measured (4 epochs, 2 ranks), fp32 with train.seed 0-3 gave held-out EER
 # 0.187-0.227 on these 300 pairs; bf16 with the same seeds differed from fp32 by -0.007 to
-# +0.013 (README, head section). The test allows the fp32 seed spread, rounded up.
+# +0.013 (docs/heads.md, "Sharded class-center head"). The test allows the fp32 seed spread,
+# rounded up.
 EER_NOISE = 0.05
 
 

@@ -1,6 +1,6 @@
 """Under one documented set of flags a training step is arcface_torch's step, exactly.
 
-The flags (README, "arcface_torch's step, exactly"): ``--head.straight_through=true
+The flags (docs/heads.md, "arcface_torch's step, exactly"): ``--head.straight_through=true
 --optim.decay_norm_and_bias=true --optim.schedule=arcface_poly`` (SGD momentum 0.9, one lr and
 weight decay for backbone and centers, backbone gradient clipped at norm 5: the defaults).
 The reference re-expresses arcface_torch's published step in float64, from its behaviour

@@ -1,8 +1,9 @@
-"""Every command block of the README is accounted for, and the cheap ones run as written.
+"""Every command block of the README and the docs pages is accounted for, and the cheap ones run.
 
-Each ```bash block is looked up in :data:`BLOCKS` by its first command: ``run`` blocks are run,
-in README order, in a fresh copy of the repository (its tracked and new files, no ``data/``,
-no ``runs/``); ``config`` lines are trainer commands whose config is checked with
+Each ```bash block of README.md and of every ``docs/*.md`` page is looked up in :data:`BLOCKS`
+by its first command: ``run`` blocks are run, in reading order (the README, then the pages in
+``docs/`` sorted by name), in a fresh copy of the repository (its tracked and new files, no
+``data/``, no ``runs/``); ``config`` lines are trainer commands whose config is checked with
 ``--print-config`` (training them takes minutes); every other block names why it is not run
 here and where it is covered. A new block that is not in the table fails the test, so each
 one gets a decision.
@@ -46,17 +47,34 @@ BLOCKS = {
 LEFT_OUT = {"faces_emore/train.rec": "an InsightFace release you download"}
 
 
-def readme_blocks() -> list[tuple[int, str]]:
-    """``(line number, text)`` of every ```bash block of the README."""
-    blocks, lines = [], (REPO / "README.md").read_text().splitlines()
-    start = None
-    for number, line in enumerate(lines, 1):
-        if start is None and line.strip() == "```bash":
-            start = number
-        elif start is not None and line.strip() == "```":
-            blocks.append((start, "\n".join(lines[start : number - 1])))
-            start = None
+def doc_pages() -> list[Path]:
+    """README.md, then every page of the documentation site, in reading order."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """``("file:line", text)`` of every ```bash block of the README and the docs pages."""
+    blocks = []
+    for page in doc_pages():
+        lines, start = page.read_text().splitlines(), None
+        for number, line in enumerate(lines, 1):
+            if start is None and line.strip() == "```bash":
+                start = number
+            elif start is not None and line.strip() == "```":
+                where = f"{page.relative_to(REPO)}:{start}"
+                blocks.append((where, "\n".join(lines[start : number - 1])))
+                start = None
     return blocks
+
+
+def test_the_pages_hold_the_commands_the_suite_expects() -> None:
+    """The table above is not vacuous: the pages hold blocks of every kind, the set-up first."""
+    blocks = readme_blocks()
+    assert len(doc_pages()) > 5, "the docs pages are missing"
+    assert blocks[0][0].startswith("README.md:"), blocks[:1]
+    kinds = {_kind(text) for _, text in blocks}
+    assert {RUN, CONFIG} <= kinds, kinds
+    assert any(where.startswith("docs/") for where, _ in blocks)
 
 
 def _kind(text: str) -> str | None:
@@ -66,7 +84,7 @@ def _kind(text: str) -> str | None:
 
 def test_every_readme_block_is_run_or_says_why_not() -> None:
     unknown = [(line, text.splitlines()[0]) for line, text in readme_blocks() if not _kind(text)]
-    assert not unknown, f"README blocks without a decision in BLOCKS: {unknown}"
+    assert not unknown, f"README/docs blocks without a decision in BLOCKS: {unknown}"
 
 
 def _fresh_copy(dest: Path) -> Path:
