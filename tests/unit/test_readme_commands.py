@@ -39,6 +39,7 @@ BLOCKS = {
     "python3.11 -m venv /tmp/mxnet-venv": "installs MXNet from PyPI; test_mxnet_oracle.py",
     "dist-face-train --config ms1mv3_r50": "the MS1MV3 release (tests/unit/test_rec_index.py)",
     "cd ~/work": "walked by tests/dist/test_first_hour.py",
+    "cd ~/my_photos": "walked as written by tests/dist/test_photos_walkthrough.py",
     "CONFIG=debug_cpu bash ~/dist_face/launch/torchrun.sh": "walked by test_first_hour.py",
     "python tools/model_info.py": "builds every backbone (27 s); tests/unit/test_model_info.py",
     "mkdir -p /tmp/mrun": "needs a Prometheus server binary",
