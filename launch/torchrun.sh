@@ -101,4 +101,9 @@ if [ "${PREFLIGHT:-1}" != 0 ] || [ -n "${CHECK_ONLY:-}" ]; then
     exit 0
   fi
 fi
-exec "${cmd[@]}"
+# torchrun's stderr passes through a filter that replaces the agent's own traceback after a stop
+# signal (the ranks have already written their checkpoint and said so) by one line; every other
+# line, rank logs included, passes as it comes. The filter ignores the stop signals, so the
+# ranks' last lines reach the log (dist_face/cli/torchrun_stderr.py).
+exec 3>&2
+exec "${cmd[@]}" 2> >(trap '' INT TERM HUP QUIT USR1; exec python -u -m dist_face.cli.torchrun_stderr >&3 2>&3)
