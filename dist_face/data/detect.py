@@ -169,13 +169,25 @@ class Detections:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(name: str, threshold: float) -> None:
+def _start_worker(source: Any, name: str, threshold: float) -> None:
+    _WORKER["source"] = source
     _WORKER["detector"] = open_detector(name, threshold)
 
 
-def _detect_one(item: tuple[int, bytes]) -> tuple[int, np.ndarray | None, str]:
-    found = _WORKER["detector"].detect(item[1])
-    return item[0], found.points, found.how
+def _detect_one(item: int | tuple[int, bytes]) -> tuple[int, np.ndarray | None, str]:
+    i, data = item if isinstance(item, tuple) else (item, _WORKER["source"].read(item))
+    found = _WORKER["detector"].detect(data)
+    return i, found.points, found.how
+
+
+def _picklable(source: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(source)
+    except Exception:  # open files, memory maps, locks: whatever a source holds
+        return False
+    return True
 
 
 def detect_landmarks(
@@ -205,16 +217,20 @@ def detect_landmarks(
 
     start = time.perf_counter()
     out = Detections(workers=max(1, workers))
-    items = ((i, source.read(i)) for i in range(len(source)))
     bar = tqdm(total=len(source), unit="photo", desc="detect", disable=None if progress else True)
     if workers > 1:
+        # each worker gets the source once and reads its own photos: only indices and points
+        # cross the pipes, so a large folder is never held in memory
+        # (a source that cannot be sent, e.g. one holding an open file, is read here instead)
         context = multiprocessing.get_context("spawn")  # dlib and onnxruntime are not fork-safe
-        pool = context.Pool(workers, _start_worker, (name, threshold))
+        sent = _picklable(source)
+        pool = context.Pool(workers, _start_worker, (source if sent else None, name, threshold))
+        items = range(len(source)) if sent else ((i, source.read(i)) for i in range(len(source)))
         results = pool.imap_unordered(_detect_one, items, chunksize=2)
     else:
         pool = None
-        _start_worker(name, threshold)
-        results = map(_detect_one, items)
+        _start_worker(source, name, threshold)
+        results = map(_detect_one, range(len(source)))
     why = (
         "no face found (fast detector and CNN fallback)"
         if name == "dlib"

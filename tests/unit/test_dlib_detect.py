@@ -122,3 +122,30 @@ def test_a_landmark_file_in_the_subjects_order_is_warned_naming_its_rows(
     write_landmarks(csv, points)  # the template's order: no warning
     assert main([str(root), str(tmp_path / "out2"), "--landmarks", str(csv), "--quiet"]) == 0
     assert "image-right of the second" not in capsys.readouterr().err
+
+
+def test_a_source_that_cannot_be_sent_to_the_workers_is_read_by_the_packer(tmp_path: Path) -> None:
+    from dist_face.data.detect import detect_landmarks
+
+    class OpenFile:  # holds an open file, as a .rec reader does: it cannot be pickled
+        def __init__(self, path: Path) -> None:
+            self.file = open(path, "rb")
+
+        def __len__(self) -> int:
+            return 2
+
+        def read(self, i: int) -> bytes:
+            self.file.seek(0)
+            return self.file.read()
+
+        def describe(self, i: int) -> str:
+            return f"copy{i}.jpg"
+
+    photo, _ = source_photos()["hopper"]
+    source = OpenFile(photo)
+    try:
+        found = detect_landmarks(source, "dlib", workers=2)
+    finally:
+        source.file.close()
+    assert found.counts == {"fast": 2, "fallback": 0, "missed": 0}
+    assert np.abs(found.found["copy1.jpg"] - HOPPER_BY_EYE).max() < 8
