@@ -24,7 +24,7 @@ def config() -> RunConfig:
     cfg.model.name = "tiny"
     cfg.model.embedding_size = 64
     cfg.head.margin = "arcface"
-    cfg.head.scale = 32.0
+    cfg.head.margin_args = {"scale": 32.0}
     cfg.data.root = str(data / "shards")
     cfg.data.backend = "torch"
     cfg.data.batch_size = 32

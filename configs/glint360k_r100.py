@@ -8,7 +8,7 @@ def config() -> RunConfig:
     cfg.name = "glint360k_r100"
     cfg.model.name = "iresnet100"
     cfg.head.margin = "cosface"
-    cfg.head.m3 = 0.4
+    cfg.head.margin_args = {"margin": 0.4}
     cfg.data.root = "/train_tmp/glint360k/shards"
     cfg.data.num_classes = 360_232
     cfg.optim.weight_decay = 1e-4

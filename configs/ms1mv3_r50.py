@@ -7,7 +7,7 @@ def config() -> RunConfig:
     cfg = RunConfig(name="ms1mv3_r50")
     cfg.model.name = "iresnet50"
     cfg.head.margin = "arcface"
-    cfg.head.scale, cfg.head.m2 = 64.0, 0.5
+    cfg.head.margin_args = {"scale": 64.0, "margin": 0.5}
     cfg.data.root = "/train_tmp/ms1m-retinaface-t1/shards"
     cfg.data.num_classes = 93_431
     cfg.data.batch_size = 128

@@ -24,7 +24,7 @@ def config() -> RunConfig:
     cfg.model.embedding_size = 128
     cfg.model.dropout = 0.2
     cfg.head.margin = "arcface"
-    cfg.head.scale, cfg.head.m2 = 32.0, 0.3
+    cfg.head.margin_args = {"scale": 32.0, "margin": 0.3}
     cfg.data.root = "packed"  # dist-face-pack's output, relative to where the run starts
     cfg.data.backend = "torch"
     cfg.data.batch_size = 64

@@ -7,7 +7,7 @@ def config() -> RunConfig:
     cfg = recipe("ms1mv3_r50")
     cfg.name = "wf4m_uniface_r50"
     cfg.head.margin = "uniface"
-    cfg.head.m3 = 0.4
+    cfg.head.margin_args = {"margin": 0.4}
     cfg.data.root = "/train_tmp/WebFace4M/shards"
     cfg.data.num_classes = 205_990
     cfg.eval.targets = [f"/train_tmp/WebFace4M/{n}.bin" for n in ("lfw", "cfp_fp", "agedb_30")]

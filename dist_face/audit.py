@@ -1,7 +1,8 @@
-r"""What one training step asks of a GPU, and how long that takes on an H100/H200, from a CPU.
+r"""What one training step asks of a GPU, and a calibrated projection of its time, from a CPU.
 
     python tools/audit_step.py --config NAME --world-size W --batch-size B \\
-        --precision bf16|fp16|fp32 --gpu h100|h200 [--json PATH]
+        --precision bf16|fp16|fp32 --gpu v100|a100|h100|h200 [--json PATH] [--table]
+    python tools/audit_step.py --calibration   # the published anchors against the projection
 
 Runs one steady-state step of a recipe as rank 0 of a W-rank job, on the CPU, without a
 process group and without data: the backbone, the embeddings and the head's centers are
@@ -21,11 +22,16 @@ every aten op that touches the device:
 * host syncs (``item``/``bool`` of a device tensor, ``nonzero``, ``unique``, device→host
   copies...), which are counted and answered with a dummy so the step goes on.
 
-Each phase is projected onto the GPU's published peaks (:data:`GPUS`) as
-``max(Σ FLOPs/peak(dtype), bytes/bandwidth) + ops × launch cost``; communication as the
-bytes each collective moves per rank over NVLink (W ≤ 8, one node) or 400 Gb/s per GPU
-(across nodes), plus a latency per call. The phases are summed (no overlap assumed; DDP's
-all-reduce overlaps backward in practice, so ``step`` is an upper bound in that respect).
+Each phase is projected by :mod:`dist_face.projection`: every device op is a kernel timed by
+its own roofline at the achieved rates of its class (GEMM/convolution, with its operands'
+bytes counted; elementwise; reduction) with a per-kernel floor (launches), calibrated against
+published throughputs with named hardware; the kernels and the phases are summed (nothing
+overlaps; DDP's all-reduce overlaps backward in practice, so ``step`` is an upper bound in
+that respect). Device collectives follow NCCL's ring/tree with a per-step latency, NVLink
+within a node and InfiniBand across; the host label path (the labels' gloo all-gather and
+Partial FC's sample, timed on this CPU) is reported beside the step it overlaps, with what of
+it the step does not hide. Every projection carries a band and the calibration date; nothing
+here was measured on a GPU.
 
 Approximations, stated: autocast is modelled by running the backbone in the run's dtype
 (convolutions and linear layers in bf16/fp16, as autocast runs them; BatchNorm too, which
@@ -36,13 +42,11 @@ is torch's ``foreach`` SGD/AdamW (the run uses the fused one: fewer launches).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -51,51 +55,27 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from dist_face.config import ConfigError, load_config
+from dist_face.config import load_config
 from dist_face.dist import comm
 from dist_face.heads import build_head
+from dist_face.heads.label_path import host_label_path
 from dist_face.heads.row_optim import build_row_optimizer
 from dist_face.heads.sampling import in_host_work
 from dist_face.models import build_backbone
+from dist_face.projection import (
+    CALIBRATED,
+    GPU,
+    GPUS,
+    Kernel,
+    by_class_ms,
+    collective_ms,
+    kernel_ms,
+    label_path_ms,
+)
 from dist_face.train.step import screen_refused
 
 PHASES = ("data", "backbone", "head", "comm", "optimizer")
 
-
-@dataclass(frozen=True)
-class GPU:
-    """Published dense peaks of one GPU (SXM), the figures the projection uses."""
-
-    name: str
-    tflops: dict[str, float]  # by dtype; float32 GEMMs/convolutions run as TF32
-    hbm_gbs: float  # memory bandwidth, GB/s
-    nvlink_gbs: float  # per GPU and direction, within a node
-    network_gbs: float  # per GPU across nodes (400 Gb/s InfiniBand)
-    launch_us: float  # per kernel: launch and tail of a small kernel
-    collective_us: float  # per collective call: NCCL latency
-
-
-GPUS = {
-    "h100": GPU(
-        "NVIDIA H100 SXM",
-        {"bfloat16": 989.0, "float16": 989.0, "float32": 494.7, "float64": 66.9},
-        3350.0,
-        450.0,
-        50.0,
-        4.0,
-        15.0,
-    ),
-    "h200": GPU(
-        "NVIDIA H200 SXM",
-        {"bfloat16": 989.0, "float16": 989.0, "float32": 494.7, "float64": 66.9},
-        4800.0,
-        450.0,
-        50.0,
-        4.0,
-        15.0,
-    ),
-}
-GPUS_PER_NODE = 8
 
 _FLOPS = FlopCounterMode(display=False).flop_registry  # torch's formulas, by op packet
 # ops that launch no kernel: allocations and metadata
@@ -112,6 +92,39 @@ _INDEXED_WRITES = {
     "index_fill_",
     "index_put",
     "index_put_",
+}
+# memory-bound ops that reduce (their achieved bandwidth is lower than elementwise ops')
+_REDUCTIONS = {
+    "sum",
+    "mean",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "norm",
+    "linalg_vector_norm",
+    "var",
+    "var_mean",
+    "std",
+    "logsumexp",
+    "_softmax",
+    "_log_softmax",
+    "_softmax_backward_data",
+    "_log_softmax_backward_data",
+    "native_batch_norm",
+    "native_batch_norm_backward",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_functional",
+    "_native_batch_norm_legit_no_training",
+    "topk",
+    "sort",
+    "cumsum",
+    "any",
+    "all",
+    "argmax",
+    "_foreach_norm",
+    "nll_loss_forward",
+    "nll_loss_backward",
 }
 # ops that make the host wait for a device tensor's value or size
 _SYNCS = {
@@ -148,6 +161,8 @@ class StepAudit(TorchDispatchMode):
         self.ops: Counter[str] = Counter()
         self.syncs: Counter[str] = Counter()
         self.op_names: dict[str, Counter[str]] = defaultdict(Counter)
+        self.gemm_bytes: Counter[str] = Counter()
+        self.kernels: dict[str, list[Kernel]] = defaultdict(list)
 
     @contextlib.contextmanager
     def in_phase(self, phase: str) -> Iterator[None]:
@@ -185,11 +200,18 @@ class StepAudit(TorchDispatchMode):
         self.ops[self.phase] += 1
         self.op_names[self.phase][name] += 1
         formula = _flop_formula(func)
+        dtype = str(inputs[0].dtype).removeprefix("torch.") if inputs else "float32"
         if formula is not None:
-            dtype = str(inputs[0].dtype).removeprefix("torch.")
-            self.flops[self.phase][dtype] += formula(*args, **kwargs, out_val=out)
+            flops = formula(*args, **kwargs, out_val=out)
+            moved = self._bytes(name, inputs, outputs)  # operands and result
+            self.flops[self.phase][dtype] += flops
+            self.gemm_bytes[self.phase] += moved
+            self.kernels[self.phase].append(Kernel("gemm", dtype, flops, moved))
         else:
-            self.bytes[self.phase] += self._bytes(name, inputs, outputs)
+            moved = self._bytes(name, inputs, outputs)
+            self.bytes[self.phase] += moved
+            kind = "reduction" if name in _REDUCTIONS else "elementwise"
+            self.kernels[self.phase].append(Kernel(kind, dtype, 0, moved))
         return out
 
     def _bytes(self, name: str, inputs: list, outputs: list) -> int:
@@ -268,7 +290,9 @@ class SimulatedComm:
         on_host = t.device.type == "cpu"
         self.calls.append(Collective(kind, t.numel() * t.element_size(), on_host))
 
-    def all_gather(self, tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
+    def all_gather(
+        self, tensor: torch.Tensor, group: Any = None, timed: bool = True
+    ) -> torch.Tensor:
         """``comm.all_gather``: ``[W·B, ...]``, recorded."""
         full = self._gathered(tensor)
         self._record("all_gather", full)
@@ -341,28 +365,160 @@ def meta_autocast() -> Iterator[None]:
         yield
 
 
-def bus_bytes(call: Collective, world: int) -> float:
-    """Bytes one rank sends (= receives) for ``call`` with ring algorithms."""
-    share = (world - 1) / world
-    return call.bytes * share * (2 if call.kind == "all_reduce" else 1)
+DDP_BUCKET_BYTES = 25 * 2**20
+"""DDP's gradient bucket (``bucket_cap_mb`` = 25): one all-reduce per bucket."""
 
 
-def project(audit: StepAudit, calls: list[Collective], world: int, gpu: GPU) -> dict[str, float]:
-    """Milliseconds per phase on ``gpu``, and their sum ``step``."""
-    out = {}
+def project(
+    audit: StepAudit,
+    calls: list[Collective],
+    world: int,
+    gpu: GPU,
+    labels: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Milliseconds per phase on ``gpu``, their sum ``step``, the band and the label path.
+
+    Args:
+        audit: the step's counts.
+        calls: the collectives rank 0 issued (device ones timed by
+            :func:`~dist_face.projection.collective_ms`; host ones are the label path).
+        world: ranks W.
+        gpu: the profile.
+        labels: :func:`~dist_face.projection.label_path_ms` of the step, if it has one.
+
+    Returns:
+        ``ms``: per phase and ``step``; ``band``: ``step`` low and high (± ``gpu.band``);
+        ``by_class``: per phase, milliseconds per op class; ``labels``: the label path with
+        ``exposed_ms``, what of it exceeds the step it runs beside.
+    """
+    ms: dict[str, float] = {}
+    by_class = {}
     for phase in PHASES:
         if phase == "comm":
             continue
-        compute = sum(n / (gpu.tflops[d] * 1e12) for d, n in audit.flops[phase].items())
-        memory = audit.bytes[phase] / (gpu.hbm_gbs * 1e9)
-        launches = audit.ops[phase] * gpu.launch_us * 1e-6
-        out[phase] = (max(compute, memory) + launches) * 1e3
-    link = gpu.nvlink_gbs if world <= GPUS_PER_NODE else gpu.network_gbs
-    device_calls = [c for c in calls if not c.on_host]
-    moved = sum(bus_bytes(c, world) for c in device_calls) / (link * 1e9)
-    out["comm"] = (moved + len(device_calls) * gpu.collective_us * 1e-6) * 1e3
-    out["step"] = sum(out[p] for p in PHASES)
-    return {k: out[k] for k in (*PHASES, "step")}
+        ms[phase] = sum(kernel_ms(k, gpu) for k in audit.kernels[phase])
+        by_class[phase] = by_class_ms(audit.kernels[phase], gpu)
+    ms["comm"] = sum(collective_ms(c.kind, c.bytes, world, gpu) for c in calls if not c.on_host)
+    ms["step"] = sum(ms[p] for p in PHASES)
+    out: dict[str, Any] = {
+        "ms": {k: ms[k] for k in (*PHASES, "step")},
+        "band": [ms["step"] * (1 - gpu.band), ms["step"] * (1 + gpu.band)],
+        "by_class": by_class,
+    }
+    if labels is not None:
+        out["labels"] = {**labels, "exposed_ms": max(0.0, labels["total_ms"] - ms["step"])}
+    return out
+
+
+@dataclass
+class Counted:
+    """One steady-state step counted on meta tensors (:func:`count_step`)."""
+
+    audit: StepAudit
+    calls: list[Collective]
+    sample_ms: float
+    sampled_fraction: float
+    num_local: int
+
+
+def count_step(
+    backbone: torch.nn.Module,
+    batch_size: int,
+    image_size: int,
+    precision: str,
+    world_size: int,
+    optim: tuple[str, float, float, float],
+    head: torch.nn.Module | None = None,
+    num_classes: int = 0,
+    seed: int = 0,
+) -> Counted:
+    """Count one steady-state step: data, backbone, head, optimizer (module doc).
+
+    Args:
+        backbone: built on ``meta`` in the run's dtype.
+        batch_size: B per rank.
+        image_size: square input side, pixels.
+        precision: ``bf16``/``fp16``/``fp32``.
+        world_size: ranks W (the head's collectives and DDP's all-reduce are simulated).
+        optim: ``(name, lr, weight_decay, momentum)`` of the backbone's optimizer.
+        head: the class-center head on ``meta`` (None: the backbone's output is the loss's
+            input, as an ImageNet classifier's logits).
+        num_classes: C, for the labels.
+        seed: labels and the sample.
+    """
+    device = torch.device("meta")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    classes = max(num_classes, 1)
+    sim = SimulatedComm(world_size, lambda n: torch.randint(0, classes, (n,), generator=gen))
+    audit = StepAudit()
+    sim.audit = audit
+    with sim.patched(), meta_autocast():
+        name, lr, weight_decay, momentum = optim
+        params = [torch.empty_like(p, dtype=torch.float32) for p in backbone.parameters()]
+        opt_cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+        kwargs = {"momentum": momentum} if name == "sgd" else {}
+        optimizer = opt_cls(params, lr=lr, weight_decay=weight_decay, foreach=True, **kwargs)
+        images_u8 = torch.empty((batch_size, 3, image_size, image_size), dtype=torch.uint8)
+        labels = torch.randint(0, classes, (batch_size,), generator=gen)  # the loader's
+        flag = torch.zeros(1, device=device)  # the step's refused-label flag
+        before = len(sim.calls)
+        with audit:
+            with audit.in_phase("data"):
+                x = images_u8.to(device).float().sub_(127.5).div_(127.5).to(dtype)
+            with audit.in_phase("backbone"):
+                emb = backbone(x)
+            with audit.in_phase("head"):
+                e = emb.detach().float().requires_grad_(True)
+                if head is not None:
+                    loss = head(e, screen_refused(labels, flag))
+                else:  # an ImageNet classifier: softmax cross-entropy of its logits
+                    target = labels.to(device)
+                    loss = torch.nn.functional.cross_entropy(e, target)
+                loss.backward()
+            with audit.in_phase("backbone"):
+                emb.backward(e.grad.to(emb.dtype))
+        # float32 gradients, as autocast leaves them (not counted: no such cast in a run)
+        for p, q in zip(params, backbone.parameters(), strict=True):
+            p.grad = torch.empty_like(p) if q.grad is None else q.grad.float()
+        optimizer.step()  # the first step creates the momentum buffers: steady state after it
+        with audit, audit.in_phase("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        calls = sim.calls[before:]
+        sample_ms = _label_path_ms(head, labels) if head is not None else 0.0
+    # DDP all-reduces the backbone's float32 gradients once per step, bucket by bucket
+    grad_bytes = sum(p.numel() * 4 for p in params)
+    if world_size > 1:
+        full, rest = divmod(grad_bytes, DDP_BUCKET_BYTES)
+        calls += [Collective("all_reduce", DDP_BUCKET_BYTES, False)] * full
+        if rest:
+            calls.append(Collective("all_reduce", rest, False))
+    fraction = getattr(head, "sampled_fraction", 1.0)
+    return Counted(audit, calls, sample_ms, fraction, getattr(head, "num_local", 0))
+
+
+def _label_path_ms(head: torch.nn.Module, labels: torch.Tensor, repeats: int = 5) -> float:
+    """The host's share of the label path on this CPU (check and sample; gather simulated).
+
+    Timed outside the audit's dispatch mode (which would time itself), on one thread, after
+    one warm-up call, best of ``repeats``; the simulated gather's stand-in (random labels for
+    the other ranks) is inside the time, a slight overstatement.
+    """
+    if not hasattr(head, "sampler"):
+        return 0.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the label path's worker runs it; robust on a busy machine
+    try:
+        host_label_path(head, labels, None)  # first calls of the ops: allocations, set-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            host_label_path(head, labels, None)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return min(times) * 1e3
 
 
 def audit_step(
@@ -378,9 +534,13 @@ def audit_step(
     """Audit one steady-state step of ``config`` as rank 0 of ``world_size`` (module doc).
 
     Returns:
-        The report: ``projected_ms`` per phase and ``step``, ``flops`` (per phase, by dtype),
-        ``bytes``, ``ops`` (per phase), ``host_syncs`` (total) and ``host_sync_sites``,
-        ``collectives`` (device calls and bytes), ``sampled_fraction``, ``gpu`` and the setup.
+        The report: ``projected_ms`` per phase and ``step`` (and ``projected_band_ms``,
+        ``images_per_s`` per GPU with its band, ``calibrated``: the date of the efficiencies),
+        ``by_class`` (per phase, ms per op class), ``label_path`` (the host's gather and
+        sample, and what of it the step does not hide), ``flops`` (per phase, by dtype),
+        ``bytes`` (memory-bound ops) and ``gemm_bytes``, ``ops`` (per phase), ``host_syncs``
+        (total) and ``host_sync_sites``, ``collectives`` (device and host calls and bytes),
+        ``sampled_fraction``, ``gpu`` and the setup.
     """
     cfg = load_config(
         config,
@@ -395,66 +555,56 @@ def audit_step(
         raise ValueError(f"{config}: data.num_classes is 0 (read from the data); pass one")
     if num_classes < world_size:
         raise ValueError(f"{config}: {num_classes} classes cannot be split over {world_size}")
-    device = torch.device("meta")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    sim = SimulatedComm(world_size, lambda n: torch.randint(0, num_classes, (n,), generator=gen))
-    audit = StepAudit()
-    sim.audit = audit
-    with sim.patched(), meta_autocast():
-        with torch.device(device):
+    with SimulatedComm(world_size, lambda n: torch.zeros(n)).patched():
+        with torch.device("meta"):
             backbone = build_backbone(cfg.model).to(dtype)
         head = build_head(
             cfg.head, cfg.model.embedding_size, num_classes, seed=seed, precision=precision
         )
-        head = head.to(device)
+        head = head.to("meta")
         head._checked_batch = batch_size  # steady state: the batch size is known
         if cfg.head_update == "sparse":
             row_opt = build_row_optimizer(
                 head, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum
             )
             head.attach_optimizer(row_opt)
-        params = [torch.empty_like(p, dtype=torch.float32) for p in backbone.parameters()]
-        opt_cls = torch.optim.SGD if cfg.optim.name == "sgd" else torch.optim.AdamW
-        kwargs = {"momentum": cfg.optim.momentum} if cfg.optim.name == "sgd" else {}
-        optimizer = opt_cls(params, lr=cfg.optim.lr, foreach=True, **kwargs)
-        size = cfg.data.image_size if hasattr(cfg.data, "image_size") else 112
-        images_u8 = torch.empty((batch_size, 3, size, size), dtype=torch.uint8)
-        labels = torch.randint(0, num_classes, (batch_size,), generator=gen)  # the loader's
-        flag = torch.zeros(1, device=device)  # the step's refused-label flag
-        before = len(sim.calls)
-        with audit:
-            with audit.in_phase("data"):
-                x = images_u8.to(device).float().sub_(127.5).div_(127.5).to(dtype)
-            with audit.in_phase("backbone"):
-                emb = backbone(x)
-            with audit.in_phase("head"):
-                e = emb.detach().float().requires_grad_(True)
-                loss = head(e, screen_refused(labels, flag))
-                loss.backward()
-            with audit.in_phase("backbone"):
-                emb.backward(e.grad.to(emb.dtype))
-        # float32 gradients, as autocast leaves them (not counted: no such cast in a run)
-        for p, q in zip(params, backbone.parameters(), strict=True):
-            p.grad = torch.empty_like(p) if q.grad is None else q.grad.float()
-        optimizer.step()  # the first step creates the momentum buffers: steady state after it
-        with audit, audit.in_phase("optimizer"):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    calls = sim.calls[before:]
-    # DDP all-reduces the backbone's float32 gradients once per step (buckets: a few calls)
-    grad_bytes = sum(p.numel() * 4 for p in params)
-    calls.append(Collective("all_reduce", grad_bytes, False))
-    spec = GPUS[gpu]
+    optim = (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    size = cfg.data.image_size if hasattr(cfg.data, "image_size") else 112
+    counted = count_step(
+        backbone, batch_size, size, precision, world_size, optim, head, num_classes, seed
+    )
+    return report(counted, config, world_size, batch_size, precision, GPUS[gpu])
+
+
+def report(
+    counted: Counted, config: str, world_size: int, batch_size: int, precision: str, spec: GPU
+) -> dict[str, Any]:
+    """The audit's report of a counted step projected onto ``spec`` (see :func:`audit_step`)."""
+    audit, calls = counted.audit, counted.calls
+    labels = None
+    if any(c.on_host for c in calls) or counted.num_local:
+        labels = label_path_ms(world_size, batch_size, counted.sample_ms)
+    proj = project(audit, calls, world_size, spec, labels)
+    step = proj["ms"]["step"]
+    low, high = proj["band"]
     return {
         "config": config,
         "world_size": world_size,
         "batch_size": batch_size,
         "precision": precision,
         "gpu": spec.name,
-        "projected_ms": project(audit, calls, world_size, spec),
+        "calibrated": CALIBRATED,
+        "basis": spec.basis,
+        "projected_ms": proj["ms"],
+        "projected_band_ms": proj["band"],
+        "images_per_s": batch_size / step * 1e3,
+        "images_per_s_band": [batch_size / high * 1e3, batch_size / low * 1e3],
+        "by_class": proj["by_class"],
+        "label_path": proj.get("labels"),
         "flops": {p: dict(audit.flops[p]) for p in PHASES},
         "bytes": {p: audit.bytes[p] for p in PHASES},
+        "gemm_bytes": {p: audit.gemm_bytes[p] for p in PHASES},
         "ops": {p: audit.ops[p] for p in PHASES},
         "host_syncs": sum(audit.syncs.values()),
         "host_sync_sites": dict(audit.syncs),
@@ -464,8 +614,8 @@ def audit_step(
             "host_calls": sum(c.on_host for c in calls),
             "host_bytes": sum(c.bytes for c in calls if c.on_host),
         },
-        "sampled_fraction": head.sampled_fraction,
-        "num_local_classes": head.num_local,
+        "sampled_fraction": counted.sampled_fraction,
+        "num_local_classes": counted.num_local,
     }
 
 
@@ -474,60 +624,3 @@ def gemm_share(report: dict[str, Any], phase: str, dtype: str) -> float:
     flops = report["flops"][phase]
     total = sum(flops.values())
     return flops.get(dtype, 0) / total if total else 1.0
-
-
-def _table(reports: list[dict[str, Any]]) -> str:
-    head = (
-        "| recipe | W | B | precision | r kept | data | backbone | head | comm | optim | step "
-        "| head ops / backbone ops | syncs |"
-    )
-    rows = [head, "|" + "---|" * 13]
-    for r in reports:
-        ms = r["projected_ms"]
-        ratio = r["ops"]["head"] / max(r["ops"]["backbone"], 1)
-        rows.append(
-            f"| {r['config']} | {r['world_size']} | {r['batch_size']} | {r['precision']} | "
-            f"{r['sampled_fraction']:.3f} | "
-            + " | ".join(f"{ms[p]:.2f}" for p in (*PHASES, "step"))
-            + f" | {ratio:.2f} | {r['host_syncs']} |"
-        )
-    return "\n".join(rows)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line (module doc); ``--table`` also prints docs/performance.md's table row(s)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--world-size", type=_positive, required=True)
-    ap.add_argument("--batch-size", type=_positive, required=True)
-    ap.add_argument("--precision", choices=("bf16", "fp16", "fp32"), required=True)
-    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--table", action="store_true", help="also print a markdown table row")
-    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. --head.chunk_size=4096")
-    args, rest = ap.parse_known_args(argv)
-    overrides = tuple(args.overrides) + tuple(rest)
-    try:
-        report = audit_step(
-            args.config, args.world_size, args.batch_size, args.precision, args.gpu, overrides
-        )
-    except ConfigError as exc:  # an unknown recipe or a bad override: one line, exit 2
-        ap.error(str(exc))
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
-    if args.table:
-        print(_table([report]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -51,6 +51,10 @@ class Registry(Generic[T]):
         """Registered names, sorted."""
         return sorted(self._items)
 
+    def registered(self) -> list[str]:
+        """Registered names in the order they were registered."""
+        return list(self._items)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

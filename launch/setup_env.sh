@@ -20,7 +20,7 @@ _df_extras="${1:-dev}"
 _df_venv="${DIST_FACE_VENV:-$_df_root/.venv}"
 _df_py="${DIST_FACE_PYTHON:-$(command -v python3.11 || command -v python3)}"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  _df_torch="${DIST_FACE_TORCH:-torch>=2.4}"
+  _df_torch="${DIST_FACE_TORCH:-torch>=2.8}"
 else
   _df_torch="${DIST_FACE_TORCH:-torch==2.13.0}"
 fi

@@ -3,7 +3,7 @@
 A section validates itself in ``__post_init__`` with :func:`require`. The loader builds the
 tree section by section, so it knows the dotted path of the section and turns a
 :class:`FieldError` into a :class:`ConfigError` that names the full key
-(``head.scale: must be > 0, got -1.0``).
+(``data.batch_size: must be > 0, got -1``).
 """
 
 from __future__ import annotations

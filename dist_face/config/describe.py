@@ -142,11 +142,32 @@ def format_fields(section: str | None, cfg: RunConfig | None = None) -> str:
                 head += f"   [this config: {_show(value)}]"
         lines.append(head)
         lines += textwrap.wrap(f.doc, 92, initial_indent="    ", subsequent_indent="    ")
+    if section in (None, "head"):
+        lines += _margin_args_text(cfg)
     lines.append("")
     lines.append(
         "Override any field with --section.field=value (lists in YAML: --eval.targets=[a,b])."
     )
     return "\n".join(lines) + "\n"
+
+
+def _margin_args_text(cfg: RunConfig | None) -> list[str]:
+    """Each margin's arguments (``head.margin_args``) with type, paper default and docs."""
+    from dist_face.heads.margin_args import margin_args  # lazy: the margins import torch
+    from dist_face.heads.margins import MARGINS
+
+    lines = ["", "head.margin_args of each margin (--head.margin_args.NAME=VALUE):"]
+    for name in MARGINS.names():
+        lines.append(f"  {name}:" + ("" if margin_args(name) else " (no arguments)"))
+        for arg in margin_args(name).values():
+            head = f"    {arg.name} ({_type_name(arg.type)}) = {_show(arg.default)}"
+            if cfg is not None and cfg.head.margin == name and arg.name in cfg.head.margin_args:
+                value = cfg.head.margin_args[arg.name]
+                if value != arg.default:
+                    head += f"   [this config: {_show(value)}]"
+            lines.append(head)
+            lines += textwrap.wrap(arg.doc, 92, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    return lines
 
 
 def _fields_of(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> list[FieldDoc]:

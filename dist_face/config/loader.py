@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dist_face.config.base import ConfigError, FieldError
-from dist_face.config.margin_defaults import check_overridden_fields
 from dist_face.config.paths import absolute_paths
 from dist_face.config.schema import RunConfig
 
@@ -74,13 +73,13 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
     Args:
         cfg: the base config (left unchanged).
-        overrides: items like ``--head.scale=32`` or ``data.batch_size=64``; the leading dashes
-            are optional. Lists use YAML syntax: ``--eval.targets=[a.bin,b.bin]``.
+        overrides: items like ``--head.margin_args.scale=32`` or ``data.batch_size=64``; the
+            leading dashes are optional. Lists use YAML syntax: ``--eval.targets=[a.bin,b.bin]``.
 
     Raises:
         ConfigError: an override is malformed, names an unknown key, has a value of the wrong
-            type, fails a section's validation, or sets a head margin field that the chosen
-            margin does not read. The message names the dotted key.
+            type, fails a section's validation, or sets an argument (``head.margin_args.*``)
+            that the chosen margin does not have. The message names the dotted key.
     """
     dotlist, keys = [], []
     for item in overrides:
@@ -98,11 +97,18 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"{key}: {reason}") from None
     out = _build(merged)
-    head_keys = [k.removeprefix("head.") for k in keys if k.startswith("head.")]
+    args = [k.removeprefix("head.margin_args.") for k in keys if k.startswith("head.margin_args.")]
+    if "head.margin_args" in keys:
+        args += list(out.head.margin_args)
+    from dist_face.heads.margin_args import check_overridden_args, keep_on_switch
+
     try:
-        check_overridden_fields(out.head, head_keys)
+        check_overridden_args(out.head.margin, args)
     except FieldError as exc:
         raise ConfigError(f"head.{exc.field}: {exc.message}") from None
+    if out.head.margin != cfg.head.margin:
+        kept = keep_on_switch(cfg.head.margin, out.head.margin, out.head.margin_args, args)
+        out = dataclasses.replace(out, head=dataclasses.replace(out.head, margin_args=kept))
     return out
 
 

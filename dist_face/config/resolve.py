@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 
 from dist_face.config.base import ConfigError, did_you_mean
-from dist_face.config.margin_defaults import resolve_head
 from dist_face.config.schema import RunConfig
 from dist_face.extras import MissingExtraError, require
 
@@ -16,9 +15,16 @@ from dist_face.extras import MissingExtraError, require
 def resolve_run(cfg: RunConfig) -> RunConfig:
     """A copy of ``cfg`` with the margin's paper defaults and ``head.update`` filled in.
 
-    Idempotent. The margin's ignored fields are dropped with a warning (:func:`resolve_head`).
+    Idempotent. ``head.margin_args`` gets every argument of the margin; one it does not have
+    (a recipe's, after the command line switched margin) is dropped with a warning.
     """
-    head = dataclasses.replace(resolve_head(cfg.head), update=cfg.head_update)
+    from dist_face.heads.margin_args import resolve_margin_args  # lazy: margins import torch
+    from dist_face.heads.margins import MARGINS
+
+    args = cfg.head.margin_args
+    if cfg.head.margin in MARGINS:
+        args = resolve_margin_args(cfg.head.margin, args)
+    head = dataclasses.replace(cfg.head, margin_args=args, update=cfg.head_update)
     return dataclasses.replace(cfg, head=head)
 
 

@@ -9,8 +9,8 @@ class ranges) are computed elsewhere and never written back here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dist_face.config.base import require, require_choice
 
@@ -63,67 +63,20 @@ class ModelConfig:
 class HeadConfig:
     """Margin loss and class-center sharding.
 
-    Which margin reads which value: arcface, curricularface, subcenter_arcface,
-    elasticface_arc(_plus) → m2; cosface, uniface, elasticface_cos(_plus) → m3; combined → m1,
-    m2, m3; sphereface, lsoftmax → m1 (an integer); normface, softmax, magface, adaface → none
-    (MagFace and AdaFace have their own fields).
-    Margin fields default to ``None`` = the chosen margin's paper default
-    (:mod:`dist_face.config.margin_defaults`; the run's ``config.yaml`` shows the resolved
-    values). A field the chosen margin does not read is an error on the command line and a
-    warning (then dropped) when a recipe set it.
+    The margin's own options live in ``margin_args``, named as the keyword arguments of the
+    margin's class (:mod:`dist_face.heads.margin_args`); unset ones take the margin's paper
+    defaults, and the run's ``config.yaml`` and ``--print-config`` show the resolved values.
+    An argument the chosen margin does not have is an error on the command line and a warning
+    (then dropped) when a recipe set it.
     """
 
     margin: str = "arcface"
     """Registered margin name (see ``dist_face.heads``)."""
-    scale: float | None = None
-    """Logit scale s (64; not used by softmax, lsoftmax, sphereface)."""
-    m1: float | None = None
-    """Multiplicative angular margin (SphereFace / L-Softmax integer m = 4; combined 1.0)."""
-    m2: float | None = None
-    """Additive angular margin in radians (ArcFace, CurricularFace 0.5; combined 0.3)."""
-    m3: float | None = None
-    """Additive cosine margin (CosFace 0.35, UniFace 0.4, combined 0.2)."""
+    margin_args: dict[str, Any] = field(default_factory=dict)
+    """Options of the chosen margin by name, e.g. ``--head.margin_args.scale=32``; unset ones
+    take its paper defaults (each margin's arguments: listed at the end of this output)."""
     sample_rate: float = 1.0
     """Partial FC: fraction of each rank's class centers kept per step (1.0 = all; UniFace's r)."""
-    easy_margin: bool | None = None
-    """ArcFace: apply the margin only where cos θ_y > 0 (else the th/mm fallback; False)."""
-    straight_through: bool | None = None
-    """ArcFace: arcface_torch's margin, constant in backward (∂logit/∂cos θ = s; False)."""
-    lambda_base: float | None = None
-    """SphereFace / L-Softmax: initial blend weight λ of the annealing schedule (1000)."""
-    lambda_gamma: float | None = None
-    """SphereFace / L-Softmax: λ = max(lambda_min, base·(1 + gamma·step)^(−power))
-    (SphereFace 0.12, L-Softmax 2.5e-5)."""
-    lambda_power: float | None = None
-    """SphereFace / L-Softmax: power of the λ decay (SphereFace 1, L-Softmax 35)."""
-    lambda_min: float | None = None
-    """SphereFace / L-Softmax: floor of λ (SphereFace 5, L-Softmax 0)."""
-    curricular_momentum: float | None = None
-    """CurricularFace: EMA weight of the batch's mean target cosine in t (0.01)."""
-    uniface_lambda: float | None = None
-    """UniFace: weight λ of the negative terms (1.0; paper: 0.7 on large data)."""
-    uniface_bias_init: float | None = None
-    """UniFace: initial shared bias b̃; 0 = log(10 · C · sample_rate) as in the official code."""
-    adaface_m: float | None = None
-    """AdaFace: margin m, angular at ẑ = −1 and additive at ẑ = 0 and 1 (0.4)."""
-    adaface_h: float | None = None
-    """AdaFace: concentration h of the norm's z-score, ẑ = clip((‖x‖ − μ)/(σ/h), −1, 1) (0.333)."""
-    adaface_momentum: float | None = None
-    """AdaFace: EMA momentum of the batch norm statistics μ, σ (0.01)."""
-    magface_la: float | None = None
-    """MagFace: lower bound l_a of the feature magnitude (10)."""
-    magface_ua: float | None = None
-    """MagFace: upper bound u_a of the feature magnitude (110)."""
-    magface_lm: float | None = None
-    """MagFace: margin l_m at magnitude l_a, radians (0.45)."""
-    magface_um: float | None = None
-    """MagFace: margin u_m at magnitude u_a, radians (0.8)."""
-    magface_lambda: float | None = None
-    """MagFace: weight λ_g of the magnitude regulariser g(a) = a/u_a² + 1/a (35)."""
-    elastic_std: float | None = None
-    """ElasticFace: σ of the per-sample margin N(m, σ) (0.05; arc+ 0.0175, cos+ 0.02)."""
-    sub_centers: int | None = None
-    """Sub-center ArcFace: centers per class K (3); the class cosine is the max over them."""
     interclass_filtering_threshold: float = 0.0
     """Zero non-target cosines above this value (noisy labels; 0 = off, arcface_torch uses 0.4)."""
     check_labels: bool = False
@@ -152,40 +105,14 @@ class HeadConfig:
     head's GEMMs in their own precision with float32 accumulation)."""
 
     def __post_init__(self) -> None:
-        require(self.scale is None or self.scale > 0, "scale", f"must be > 0, got {self.scale}")
         require(
             0.0 <= self.sample_rate <= 1.0,
             "sample_rate",
             f"must be in [0, 1], got {self.sample_rate}",
         )
-        if self.margin in ("sphereface", "lsoftmax") and self.m1 is not None:
-            require(
-                self.m1 >= 1 and float(self.m1).is_integer(),
-                "m1",
-                f"must be an integer >= 1 for {self.margin}, got {self.m1}",
-            )
-        _optional(self.m2, lambda v: 0.0 <= v < 3.1416, "m2", "must be in [0, π)")
-        _optional(self.m3, lambda v: -1.0 < v < 1.0, "m3", "must be in (-1, 1)")
-        for name in ("lambda_min", "lambda_base", "lambda_gamma"):
-            _optional(getattr(self, name), lambda v: v >= 0, name, "must be >= 0")
-        _optional(
-            self.curricular_momentum,
-            lambda v: 0.0 < v <= 1.0,
-            "curricular_momentum",
-            "must be in (0, 1]",
-        )
-        _optional(self.uniface_lambda, lambda v: v > 0, "uniface_lambda", "must be > 0")
-        _optional(self.adaface_m, lambda v: 0 <= v < 1, "adaface_m", "must be in [0, 1)")
-        _optional(self.adaface_h, lambda v: v > 0, "adaface_h", "must be > 0")
-        _optional(
-            self.adaface_momentum, lambda v: 0 < v <= 1, "adaface_momentum", "must be in (0, 1]"
-        )
-        _optional(self.magface_la, lambda v: v > 0, "magface_la", "must be > 0")
-        if self.magface_la is not None and self.magface_ua is not None:
-            require(self.magface_ua > self.magface_la, "magface_ua", "must be > magface_la")
-        _optional(self.magface_lambda, lambda v: v >= 0, "magface_lambda", "must be >= 0")
-        _optional(self.elastic_std, lambda v: v >= 0, "elastic_std", "must be >= 0")
-        _optional(self.sub_centers, lambda v: v >= 1, "sub_centers", "must be >= 1")
+        from dist_face.heads.margin_args import check_margin_args  # lazy: margins import torch
+
+        check_margin_args(self.margin, self.margin_args)
         require_choice(self.update, "update", [None, "sparse", "dense"])
         require_choice(self.storage, "storage", ["fp32", "bf16"])
         require(self.chunk_size >= 0, "chunk_size", f"must be >= 0, got {self.chunk_size}")
@@ -201,11 +128,6 @@ class HeadConfig:
         )
 
 
-def _optional(value: float | None, ok: Callable[[float], bool], name: str, rule: str) -> None:
-    """``require`` for a field that may be ``None`` (unset: the margin's default applies)."""
-    require(value is None or ok(value), name, f"{rule}, got {value}")
-
-
 # ---------------------------------------------------------------------------------------------
 # data: where samples come from (dist_face.data)
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +140,8 @@ class DataConfig:
     a folder holding train.rec/train.idx, trained on as it is; or 'synthetic'. A relative path is
     relative to the directory the command was started in."""
     backend: str = "auto"
-    """Loader backend: auto, dali, torch or synthetic."""
+    """Loader backend: auto, or a registered one (dali, torch, synthetic; see
+    ``dist_face.data.backend``)."""
     num_classes: int = 0
     """Number of identities; 0 reads it from the shard set's metadata."""
     batch_size: int = 128
@@ -262,7 +185,9 @@ class DataConfig:
     (torch backend)."""
 
     def __post_init__(self) -> None:
-        require_choice(self.backend, "backend", ["auto", "dali", "torch", "synthetic"])
+        from dist_face.data.loader import BACKENDS  # lazy: the loader imports torch
+
+        require_choice(self.backend, "backend", ["auto", *BACKENDS.registered()])
         require(self.num_classes >= 0, "num_classes", f"must be >= 0, got {self.num_classes}")
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")

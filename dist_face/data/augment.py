@@ -13,10 +13,13 @@ to 6 % of the side and grows by up to 14 %, still on the template) and colour ji
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from dist_face.config import DataConfig
+if TYPE_CHECKING:
+    from dist_face.config.schema import DataConfig
 
 
 def augment(img: Image.Image, rng: np.random.Generator, cfg: DataConfig) -> Image.Image:

@@ -34,13 +34,20 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from dist_face.config.base import ConfigError
+from dist_face.data.backend import BACKENDS
 from dist_face.data.labels import screen_labels
 from dist_face.data.shards import ShardSet
 from dist_face.dist import Topology
+
+if TYPE_CHECKING:
+    from dist_face.config.schema import DataConfig
+    from dist_face.data.loader import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +246,87 @@ def _augment(images, probabilities, size, fn, types):
         if fn.random.coin_flip(probability=gray, dtype=types.BOOL):
             images = fn.hsv(images, saturation=0.0)
     return images
+
+
+@BACKENDS.register("dali")
+class DaliBackend:
+    """NVIDIA DALI: GPU decoding from per-rank readers of the combined shard files."""
+
+    auto_rank = 0
+
+    @classmethod
+    def unsuited(
+        cls, cfg: DataConfig, device: torch.device, dataset: ShardSet | None
+    ) -> str | None:
+        """No CUDA, no DALI, or records DALI would read wrongly or badly."""
+        if device.type != "cuda":
+            return "no CUDA device"
+        if not dali_available():
+            return "nvidia-dali is not installed"
+        assert dataset is not None
+        if not dataset.meta.labels_in_records:
+            return "labels are not in the record headers"
+        if not dataset.meta.shuffled:  # an InsightFace .rec: sorted by identity
+            return "records are not globally shuffled, and DALI shuffles within a window only"
+        return None
+
+    @classmethod
+    def check(cls, cfg: DataConfig, device: torch.device, dataset: ShardSet | None) -> None:
+        """DALI installed and labels in the record headers; warn about what it does badly."""
+        if not dali_available():
+            raise ConfigError("data.backend: dali needs nvidia-dali (pip install dist_face[dali])")
+        assert dataset is not None
+        if not dataset.meta.labels_in_records:
+            raise ConfigError(
+                f"data.backend: dali reads labels from the record headers, but "
+                f"{cfg.root} was relabelled in its manifest only or stores label arrays; "
+                "rewrite it with tools/reshard.py (tools/pack.py for a .rec) or use "
+                "data.backend=torch"
+            )
+        if not dataset.meta.shuffled:
+            logger.warning(
+                "data.backend=dali: %s are not globally shuffled and DALI shuffles within "
+                "32768 records only, so batches hold few identities; pack them with "
+                "tools/pack.py (global shuffle) or use data.backend=torch",
+                cfg.root,
+            )
+        if cfg.on_corrupt == "skip":
+            logger.warning(
+                "data.backend=dali cannot skip undecodable records; check new shard "
+                "sets with tools/verify.py"
+            )
+
+    def __init__(self, source: DataSource) -> None:
+        self.source = source
+
+    def batches_per_epoch(self) -> int:
+        """Per-rank readers: every rank reads ``ceil(N / W)`` samples."""
+        s = self.source
+        return dali_batches_per_epoch(s.num_samples, s.topology.world_size, s.cfg.batch_size)
+
+    def batches_left(self, consumed: int) -> int:
+        """Per-rank readers: only positions of the same world size exist."""
+        s = self.source
+        done = consumed // s.topology.world_size // s.cfg.batch_size
+        return max(self.batches_per_epoch() - done, 0)
+
+    def epoch(self, epoch: int, consumed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The DALI pipeline's batches of ``epoch`` from position ``consumed``."""
+        s, cfg = self.source, self.source.cfg
+        assert s.dataset is not None
+        return dali_epoch(
+            s.dataset,
+            s.topology,
+            s.device,
+            batch_size=cfg.batch_size,
+            epoch=epoch,
+            offset=consumed // s.topology.world_size,
+            seed=s.seed,
+            hflip=cfg.hflip,
+            threads=cfg.num_workers,
+            prefetch=cfg.prefetch,
+            augment=(cfg.aug_downscale_p, cfg.aug_blur_p, cfg.aug_hsv_p, cfg.aug_gray_p),
+            image_size=cfg.image_size,
+            num_classes=s.num_classes,
+            on_refused=s.refuse,
+        )

@@ -46,15 +46,17 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dist_face.config import ConfigError, DataConfig
+from dist_face.config.base import ConfigError
 from dist_face.data.augment import augment
-from dist_face.data.dali_loader import dali_available, dali_batches_per_epoch, dali_epoch
+from dist_face.data.backend import BACKENDS, Backend
+from dist_face.data.dali_loader import DaliBackend  # noqa: F401  (registration)
 from dist_face.data.framing import CorruptRecordError
 from dist_face.data.image_fit import decode_fit
 from dist_face.data.labels import screen_labels
@@ -62,6 +64,9 @@ from dist_face.data.partition import partition, samples_left, samples_per_rank
 from dist_face.data.rec_index import open_dataset
 from dist_face.data.shards import ShardSet
 from dist_face.dist import Topology
+
+if TYPE_CHECKING:
+    from dist_face.config.schema import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +94,12 @@ class DataSource:
     refused: str | None = None
     """One line describing the first label of this rank outside ``[0, num_classes)`` (the
     loader delivered it as ``-1``); None while every label was in range."""
-    _synthetic: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    dataset: ShardSet | None = field(default=None, repr=False)
+    """The dataset, opened once at start-up (None for synthetic data)."""
+    _impl: Backend = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._impl = BACKENDS.get(self.backend)(self)
 
     @property
     def samples_per_rank(self) -> int:
@@ -99,81 +109,103 @@ class DataSource:
     @property
     def batches_per_epoch(self) -> int:
         """Full batches each rank yields per epoch."""
-        if self.backend == "dali":
-            return dali_batches_per_epoch(
-                self.num_samples, self.topology.world_size, self.cfg.batch_size
-            )
-        return self.samples_per_rank // self.cfg.batch_size
+        return self._impl.batches_per_epoch()
 
     def batches_left(self, consumed: int) -> int:
         """Full batches this rank yields in an epoch whose first ``consumed`` samples are used."""
-        world = self.topology.world_size
-        if self.backend == "dali":  # per-rank readers: only same-world-size positions exist
-            return max(self.batches_per_epoch - consumed // world // self.cfg.batch_size, 0)
-        return samples_left(self.num_samples, world, consumed, self.cfg.drop_last) // (
-            self.cfg.batch_size
-        )
+        return self._impl.batches_left(consumed)
 
     def epoch(self, epoch: int, consumed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of ``epoch`` after the first ``consumed`` samples of all ranks."""
-        if self.backend == "synthetic":
-            return self._synthetic_batches(self.batches_left(consumed))
-        if self.backend == "dali":
-            return dali_epoch(
-                open_dataset(self.cfg.root, check_labels=False),
-                self.topology,
-                self.device,
-                batch_size=self.cfg.batch_size,
-                epoch=epoch,
-                offset=consumed // self.topology.world_size,
-                seed=self.seed,
-                hflip=self.cfg.hflip,
-                threads=self.cfg.num_workers,
-                prefetch=self.cfg.prefetch,
-                augment=(
-                    self.cfg.aug_downscale_p,
-                    self.cfg.aug_blur_p,
-                    self.cfg.aug_hsv_p,
-                    self.cfg.aug_gray_p,
-                ),
-                image_size=self.cfg.image_size,
-                num_classes=self.num_classes,
-                on_refused=self.refuse,
-            )
-        # iter() starts the worker processes: here, in the caller's thread, not in the
-        # prefetch thread (see the module docstring)
-        batches = iter(self._torch_batches(epoch, consumed))
-        return _to_device(batches, self, epoch)
+        return self._impl.epoch(epoch, consumed)
 
     def refuse(self, description: str) -> None:
         """Remember the first refused label's description (the loaders call this)."""
         if self.refused is None:  # reported by the trainer on every rank, once
             self.refused = description
 
-    def _synthetic_batches(self, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._synthetic is None:
-            gen = torch.Generator().manual_seed(self.seed + self.topology.rank)
-            b, s = self.cfg.batch_size, self.cfg.image_size
-            images = torch.rand(b, s, s, 3, generator=gen).mul_(2).sub_(1).permute(0, 3, 1, 2)
-            labels = torch.randint(self.num_classes, (b,), generator=gen)
-            if self.device.type == "cuda":  # host labels, as the other backends deliver them
-                labels = labels.pin_memory()
-            self._synthetic = (images.to(self.device), labels)
-        for _ in range(count):
-            yield self._synthetic
 
-    def _torch_batches(self, epoch: int, consumed: int) -> DataLoader:
-        dataset = ShardBatches(
-            self.cfg, self.topology, self.seed, epoch, consumed, self.num_samples
-        )
-        workers = self.cfg.num_workers
+class _Partitioned:
+    """Backends that read the sample partition of :mod:`dist_face.data.partition`."""
+
+    auto_rank: int | None = None
+
+    def __init__(self, source: DataSource) -> None:
+        self.source = source
+
+    @classmethod
+    def unsuited(
+        cls, cfg: DataConfig, device: torch.device, dataset: ShardSet | None
+    ) -> str | None:
+        """Runs anywhere."""
+        return None
+
+    @classmethod
+    def check(cls, cfg: DataConfig, device: torch.device, dataset: ShardSet | None) -> None:
+        """Nothing to refuse."""
+
+    def batches_per_epoch(self) -> int:
+        """``samples_per_rank // batch_size``."""
+        return self.source.samples_per_rank // self.source.cfg.batch_size
+
+    def batches_left(self, consumed: int) -> int:
+        """What the partition leaves this rank after ``consumed`` samples, in full batches."""
+        s = self.source
+        left = samples_left(s.num_samples, s.topology.world_size, consumed, s.cfg.drop_last)
+        return left // s.cfg.batch_size
+
+
+@BACKENDS.register("torch")
+class TorchBackend(_Partitioned):
+    """torch ``DataLoader`` worker processes decoding on the CPU (:class:`ShardBatches`)."""
+
+    auto_rank = 1
+
+    def epoch(self, epoch: int, consumed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Start this epoch's workers and deliver their batches on the device."""
+        # iter() starts the worker processes: here, in the caller's thread, not in the
+        # prefetch thread (see the module docstring)
+        batches = iter(self._batches(epoch, consumed))
+        return _to_device(batches, self.source, epoch)
+
+    def _batches(self, epoch: int, consumed: int) -> DataLoader:
+        s = self.source
+        dataset = ShardBatches(s.cfg, s.topology, s.seed, epoch, consumed, s.num_samples)
+        workers = s.cfg.num_workers
         return DataLoader(
             dataset,
             batch_size=None,
             num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=self.cfg.prefetch if workers else None,
+            pin_memory=s.device.type == "cuda",
+            prefetch_factor=s.cfg.prefetch if workers else None,
         )
+
+
+@BACKENDS.register("synthetic")
+class SyntheticBackend(_Partitioned):
+    """One fixed random batch per rank, repeated (``data.root=synthetic``): no I/O at all."""
+
+    def __init__(self, source: DataSource) -> None:
+        super().__init__(source)
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def epoch(self, epoch: int, consumed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed batch, as many times as this rank has batches left."""
+        return self._repeat(self.batches_left(consumed))
+
+    def _repeat(self, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        s = self.source
+        if self._batch is None:
+            gen = torch.Generator().manual_seed(s.seed + s.topology.rank)
+            b, size = s.cfg.batch_size, s.cfg.image_size
+            images = torch.rand(b, size, size, 3, generator=gen).mul_(2).sub_(1)
+            images = images.permute(0, 3, 1, 2)
+            labels = torch.randint(s.num_classes, (b,), generator=gen)
+            if s.device.type == "cuda":  # host labels, as the other backends deliver them
+                labels = labels.pin_memory()
+            self._batch = (images.to(s.device), labels)
+        for _ in range(count):
+            yield self._batch
 
 
 def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
@@ -374,10 +406,22 @@ def dataset_size(cfg: DataConfig) -> tuple[int, int]:
     Raises:
         ConfigError: the shard set is missing or disagrees with ``data.num_classes``.
     """
+    _, num_samples, num_classes = open_data(cfg)
+    return num_samples, num_classes
+
+
+def open_data(cfg: DataConfig) -> tuple[ShardSet | None, int, int]:
+    """``(dataset, num_samples, num_classes)``: the configured data, opened once.
+
+    The dataset is None for synthetic data.
+
+    Raises:
+        ConfigError: the shard set is missing or disagrees with ``data.num_classes``.
+    """
     if cfg.backend == "synthetic" or cfg.root == "synthetic":
         if cfg.num_classes <= 0:
             raise ConfigError("data.num_classes: the synthetic backend needs a class count > 0")
-        return cfg.synthetic_samples, cfg.num_classes
+        return None, cfg.synthetic_samples, cfg.num_classes
     try:
         shards = open_dataset(cfg.root)
     except (FileNotFoundError, ValueError) as exc:
@@ -387,16 +431,21 @@ def dataset_size(cfg: DataConfig) -> tuple[int, int]:
             f"data.num_classes: {cfg.num_classes}, but the shard set {cfg.root} "
             f"has {shards.num_classes} classes"
         )
-    return len(shards), shards.num_classes
+    return shards, len(shards), shards.num_classes
 
 
 def build_loader(
     cfg: DataConfig, topology: Topology, device: torch.device, *, seed: int
 ) -> DataSource:
-    """The training data of this rank; ``auto`` is DALI with CUDA and DALI, else torch."""
-    num_samples, num_classes = dataset_size(cfg)
-    backend = _resolve_backend(cfg, device)
-    source = DataSource(cfg, topology, device, seed, num_samples, num_classes, backend)
+    """The training data of this rank; ``auto`` is DALI with CUDA and DALI, else torch.
+
+    The dataset is opened once here and handed to the backend.
+    """
+    dataset, num_samples, num_classes = open_data(cfg)
+    backend = _resolve_backend(cfg, device, dataset)
+    source = DataSource(
+        cfg, topology, device, seed, num_samples, num_classes, backend, dataset=dataset
+    )
     if source.batches_per_epoch == 0:
         raise ConfigError(
             f"data.batch_size: {cfg.batch_size} is larger than the "
@@ -405,49 +454,23 @@ def build_loader(
     return source
 
 
-def _resolve_backend(cfg: DataConfig, device: torch.device) -> str:
-    """The backend to run: ``auto`` is DALI with CUDA and DALI installed, else torch."""
-    if cfg.root == "synthetic":
+def _resolve_backend(cfg: DataConfig, device: torch.device, dataset: ShardSet | None) -> str:
+    """The backend to run: ``auto`` takes the first backend by ``auto_rank`` that suits."""
+    if cfg.root == "synthetic" or dataset is None:
         return "synthetic"
     if cfg.backend == "auto":
-        if device.type == "cuda" and dali_available():
-            why = _unsuited_to_dali(open_dataset(cfg.root, check_labels=False))
+        ranked = sorted(
+            (n for n in BACKENDS.registered() if BACKENDS.get(n).auto_rank is not None),
+            key=lambda n: BACKENDS.get(n).auto_rank,  # type: ignore[arg-type, return-value]
+        )
+        passed = []
+        for name in ranked:
+            why = BACKENDS.get(name).unsuited(cfg, device, dataset)
             if why is None:
-                return "dali"
-        else:
-            why = "no CUDA device" if device.type != "cuda" else "nvidia-dali is not installed"
-        logger.info("data.backend=auto: torch loader (%s for DALI GPU decoding)", why)
-        return "torch"
-    if cfg.backend == "dali":
-        if not dali_available():
-            raise ConfigError("data.backend: dali needs nvidia-dali (pip install dist_face[dali])")
-        shards = open_dataset(cfg.root, check_labels=False)
-        if not shards.meta.labels_in_records:
-            raise ConfigError(
-                f"data.backend: dali reads labels from the record headers, but "
-                f"{cfg.root} was relabelled in its manifest only or stores label arrays; "
-                "rewrite it with tools/reshard.py (tools/pack.py for a .rec) or use "
-                "data.backend=torch"
-            )
-        if not shards.meta.shuffled:
-            logger.warning(
-                "data.backend=dali: %s are not globally shuffled and DALI shuffles within "
-                "32768 records only, so batches hold few identities; pack them with "
-                "tools/pack.py (global shuffle) or use data.backend=torch",
-                cfg.root,
-            )
-        if cfg.on_corrupt == "skip":
-            logger.warning(
-                "data.backend=dali cannot skip undecodable records; check new shard "
-                "sets with tools/verify.py"
-            )
+                if passed:
+                    logger.info("data.backend=auto: %s loader (%s)", name, "; ".join(passed))
+                return name
+            passed.append(f"{why} for {name}")
+        raise ConfigError(f"data.backend: auto found no backend for {cfg.root}: {passed}")
+    BACKENDS.get(cfg.backend).check(cfg, device, dataset)
     return cfg.backend
-
-
-def _unsuited_to_dali(shards: ShardSet) -> str | None:
-    """Why DALI would read ``shards`` wrongly or badly (None when it suits them)."""
-    if not shards.meta.labels_in_records:
-        return "labels are not in the record headers"
-    if not shards.meta.shuffled:  # an InsightFace .rec: sorted by identity
-        return "records are not globally shuffled, and DALI shuffles within a window only"
-    return None

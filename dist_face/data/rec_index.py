@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from dist_face.config.paths import default_cache_dir
+from dist_face.data.rec_labels import record_labels
 from dist_face.data.recordio import (
     IR_SIZE,
     MAGIC,
@@ -38,51 +39,15 @@ from dist_face.data.recordio import (
     read_frame,
     unpack_record,
 )
-from dist_face.data.shards import META_NAME, ShardInfo, ShardMeta, ShardSet
+from dist_face.data.shards import ShardInfo, ShardMeta, ShardSet, find_rec
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STEM = "train"
-"""A folder given as ``data.root`` is searched for ``<DEFAULT_STEM>.rec``/``.idx``."""
 CACHE_SUFFIX = ".dist_face-manifest.parquet"
 """Name of the cached manifest next to the data: ``<stem>`` + this suffix."""
 _KEY_FIELD = b"dist_face.rec_key"
 _VERSION = 1  # bump when the cached columns change
 _COLUMNS = ("key", "offset", "length", "label")
-
-
-def find_rec(root: str | os.PathLike[str]) -> str | None:
-    """The ``.rec`` that ``root`` names, or None when ``root`` is not a RecordIO dataset.
-
-    Args:
-        root: A ``.rec`` file, or a folder without ``meta.json`` holding ``train.rec``.
-
-    Returns:
-        The ``.rec`` path, or None (a shard set, a missing path, anything else).
-    """
-    root = os.fspath(root)
-    if os.path.isfile(root) and root.endswith(".rec"):
-        return root
-    candidate = os.path.join(root, DEFAULT_STEM + ".rec")
-    if (
-        os.path.isdir(root)
-        and not os.path.isfile(os.path.join(root, META_NAME))
-        and os.path.isfile(candidate)
-    ):
-        return candidate
-    return None
-
-
-def not_a_shard_set_hint(root: str | os.PathLike[str]) -> str | None:
-    """What to do when a RecordIO dataset is given where a shard set is expected, else None."""
-    rec = find_rec(root)
-    if rec is None:
-        return None
-    return (
-        f"{os.fspath(root)} is an MXNet RecordIO dataset ({rec}), not a shard set: train on it "
-        f"as it is with --data.root={os.fspath(root)}, or pack it into shards with "
-        f"'dist-face-pack {rec} OUT_DIR --shards N'"
-    )
 
 
 def open_dataset(root: str | os.PathLike[str], check_labels: bool = True) -> ShardSet:
@@ -181,8 +146,6 @@ def scan_rec(rec_path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         ``labels_in_records`` (False when some record stores a label array, which DALI's
         reader would return whole).
     """
-    from dist_face.data.sources import record_labels  # vectorised IRHeader label gather
-
     reader = RecordReader(rec_path)
     keys, num_identities = _image_keys(reader)
     offsets = reader.offsets[reader.positions(keys)]

@@ -225,8 +225,6 @@ class ShardSet:
         """
         root = os.fspath(root)
         meta_path = os.path.join(root, META_NAME)
-        from dist_face.data.rec_index import not_a_shard_set_hint  # imports this module
-
         hint = not_a_shard_set_hint(root)
         if hint is not None:
             raise FileNotFoundError(hint)
@@ -675,3 +673,41 @@ def relabel(root: str, labels: np.ndarray, num_classes: int) -> ShardMeta:
     )
     write_meta(root, meta)
     return meta
+
+
+DEFAULT_STEM = "train"
+"""A folder given as ``data.root`` is searched for ``<DEFAULT_STEM>.rec``/``.idx``."""
+
+
+def find_rec(root: str | os.PathLike[str]) -> str | None:
+    """The ``.rec`` that ``root`` names, or None when ``root`` is not a RecordIO dataset.
+
+    Args:
+        root: A ``.rec`` file, or a folder without ``meta.json`` holding ``train.rec``.
+
+    Returns:
+        The ``.rec`` path, or None (a shard set, a missing path, anything else).
+    """
+    root = os.fspath(root)
+    if os.path.isfile(root) and root.endswith(".rec"):
+        return root
+    candidate = os.path.join(root, DEFAULT_STEM + ".rec")
+    if (
+        os.path.isdir(root)
+        and not os.path.isfile(os.path.join(root, META_NAME))
+        and os.path.isfile(candidate)
+    ):
+        return candidate
+    return None
+
+
+def not_a_shard_set_hint(root: str | os.PathLike[str]) -> str | None:
+    """What to do when a RecordIO dataset is given where a shard set is expected, else None."""
+    rec = find_rec(root)
+    if rec is None:
+        return None
+    return (
+        f"{os.fspath(root)} is an MXNet RecordIO dataset ({rec}), not a shard set: train on it "
+        f"as it is with --data.root={os.fspath(root)}, or pack it into shards with "
+        f"'dist-face-pack {rec} OUT_DIR --shards N'"
+    )

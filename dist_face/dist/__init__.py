@@ -12,6 +12,7 @@ from dist_face.dist.comm import (
     get_rank,
     get_world_size,
     is_active,
+    label_group,
 )
 from dist_face.dist.context import ParallelContext
 from dist_face.dist.env import (
@@ -40,6 +41,7 @@ __all__ = [
     "get_world_size",
     "init_distributed",
     "is_active",
+    "label_group",
     "select_backend",
     "select_device",
 ]

@@ -32,6 +32,7 @@ class CollectiveTimer(Protocol):
 _timer: CollectiveTimer | None = None
 _forced = False
 _control: dict[ProcessGroup | None, ProcessGroup | None] = {}
+_labels: dict[ProcessGroup | None, ProcessGroup | None] = {}
 
 
 def time_collectives(timer: CollectiveTimer | None) -> None:
@@ -91,9 +92,27 @@ def control_group(group: ProcessGroup | None = None) -> ProcessGroup | None:
     return _control[group]
 
 
+def label_group(group: ProcessGroup | None = None) -> ProcessGroup | None:
+    """A gloo group over the ranks of ``group`` for the label path alone (built once, cached).
+
+    The label path gathers the labels of the step ahead on a worker thread
+    (:mod:`dist_face.heads.label_path`) while the main thread runs collectives of its own;
+    two threads issuing on one group could issue in a different order on different ranks, so
+    this group is never the default or the control group. None without a process group.
+    Building one is collective over the whole world: every rank calls it at the same point.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if group not in _labels:
+        ranks = None if group is None else dist.get_process_group_ranks(group)
+        _labels[group] = dist.new_group(ranks=ranks, backend="gloo")
+    return _labels[group]
+
+
 def forget_groups() -> None:
-    """Drop the cached control groups (their process groups are being destroyed)."""
+    """Drop the cached control and label groups (their process groups are being destroyed)."""
     _control.clear()
+    _labels.clear()
     force_collectives(False)
 
 
@@ -142,12 +161,16 @@ def broadcast(
     return tensor
 
 
-def all_gather(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
+def all_gather(
+    tensor: torch.Tensor, group: ProcessGroup | None = None, timed: bool = True
+) -> torch.Tensor:
     """Concatenate equal-shaped tensors from every rank along dim 0, in rank order (no grad).
 
     Args:
         tensor: ``[B, ...]`` on this rank; every rank must pass the same shape.
         group: the ranks to gather from (None: the default group).
+        timed: report the call to the step's collective timer; False for a gather that runs
+            beside the step (on another thread), not inside it.
 
     Returns:
         ``[W * B, ...]``.
@@ -155,7 +178,10 @@ def all_gather(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch
     if not is_active(group):
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    _timed(dist.all_gather, parts, tensor.contiguous(), group=group)
+    if timed:
+        _timed(dist.all_gather, parts, tensor.contiguous(), group=group)
+    else:
+        dist.all_gather(parts, tensor.contiguous(), group=group)
     return torch.cat(parts, dim=0)
 
 

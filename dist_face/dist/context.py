@@ -20,8 +20,16 @@ same ranks (:func:`dist_face.dist.comm.control_group`) works whatever created th
 group, is built once here while every rank is at the same point of start-up, and is reused
 by every later control collective. When the default group already serves CPU tensors (gloo,
 or a mixed backend) it is used as is and no group is created. Control collectives carry a few
-bytes a few times per run, so gloo's TCP transport costs nothing measurable; everything per
-step stays on the device group.
+bytes a few times per run, so gloo's TCP transport costs nothing measurable.
+
+One host collective does run every step: the all-gather of the loader's labels (``N = W·B``
+int64), which Partial FC's exact sample needs on the host. A gloo all-gather is a ring of
+``W − 1`` TCP hops, a barrier of every host process: milliseconds at W = 64, tens of them at
+W = 512 (``tools/audit_step.py`` models it). It therefore runs one step ahead, beside the
+step, on a worker thread and over a gloo group of its own
+(:func:`dist_face.dist.comm.label_group`; :mod:`dist_face.heads.label_path`), never on the
+control group, whose collectives the main thread issues. The step's own collectives
+(embeddings, softmax statistics, gradients) stay on the device group.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import torch
 from torch.distributed import ProcessGroup, ReduceOp
 
 from dist_face.dist import comm
-from dist_face.dist.env import Topology
+from dist_face.dist.topology import Topology
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,14 @@ import math
 
 import torch
 
-from dist_face.heads.margins import MARGINS, Margin, MarginInput, scaled_with_targets
+from dist_face.config.base import require
+from dist_face.heads.margins import (
+    MARGINS,
+    Margin,
+    MarginInput,
+    check_scale,
+    scaled_with_targets,
+)
 
 _EPS = 1e-3
 _NORM_MIN, _NORM_MAX = 1e-3, 100.0
@@ -47,6 +54,10 @@ class AdaFace(Margin):
         self, scale: float = 64.0, margin: float = 0.4, h: float = 0.333, momentum: float = 0.01
     ) -> None:
         super().__init__()
+        check_scale(scale)
+        require(0.0 <= margin < 1.0, "margin", f"must be in [0, 1), got {margin}")
+        require(h > 0, "h", f"must be > 0, got {h}")
+        require(0.0 < momentum <= 1.0, "momentum", f"must be in (0, 1], got {momentum}")
         self.scale, self.margin, self.h, self.momentum = scale, margin, h, momentum
         self.register_buffer("batch_mean", torch.tensor(20.0))
         self.register_buffer("batch_std", torch.tensor(100.0))

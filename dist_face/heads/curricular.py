@@ -16,11 +16,14 @@ import math
 
 import torch
 
+from dist_face.config.base import require
 from dist_face.heads.margins import (
     MARGINS,
     Margin,
     MarginInput,
     arcface_target,
+    check_angle,
+    check_scale,
     replace_targets,
     sin_from_cos,
 )
@@ -40,6 +43,9 @@ class CurricularFace(Margin):
 
     def __init__(self, scale: float = 64.0, margin: float = 0.5, momentum: float = 0.01) -> None:
         super().__init__()
+        check_scale(scale)
+        check_angle("margin", margin)
+        require(0.0 < momentum <= 1.0, "momentum", f"must be in (0, 1], got {momentum}")
         self.scale, self.margin, self.momentum = scale, margin, momentum
         self.register_buffer("t", torch.zeros((), dtype=torch.float32))
 

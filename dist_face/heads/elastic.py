@@ -22,7 +22,17 @@ from typing import Any
 
 import torch
 
-from dist_face.heads.margins import MARGINS, Margin, MarginInput, safe_acos, scaled_with_targets
+from dist_face.config.base import require
+from dist_face.heads.margins import (
+    MARGINS,
+    Margin,
+    MarginInput,
+    check_angle,
+    check_cos_margin,
+    check_scale,
+    safe_acos,
+    scaled_with_targets,
+)
 from dist_face.heads.staging import Staging
 
 
@@ -58,10 +68,13 @@ class ElasticFace(Margin):
     plus = False
     angular = True
 
-    def __init__(self, scale: float = 64.0, margin: float = 0.5, std: float = 0.05, seed: int = 0):
+    def __init__(
+        self, scale: float = 64.0, margin: float = 0.5, std: float = 0.05, *, seed: int = 0
+    ) -> None:
         super().__init__()
-        if std < 0:
-            raise ValueError(f"elasticface std must be >= 0, got {std}")
+        check_scale(scale)
+        (check_angle if self.angular else check_cos_margin)("margin", margin)
+        require(std >= 0, "std", f"must be >= 0, got {std}")
         self.scale, self.margin, self.std, self.seed = scale, margin, std, seed
         self.needs_target_cos = self.plus
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -120,8 +133,10 @@ class ElasticArcPlus(ElasticFace):
 
     plus = True
 
-    def __init__(self, scale=64.0, margin=0.5, std=0.0175, seed=0) -> None:
-        super().__init__(scale, margin, std, seed)
+    def __init__(
+        self, scale: float = 64.0, margin: float = 0.5, std: float = 0.0175, *, seed: int = 0
+    ) -> None:
+        super().__init__(scale, margin, std, seed=seed)
 
 
 @MARGINS.register("elasticface_cos")
@@ -130,8 +145,10 @@ class ElasticCos(ElasticFace):
 
     angular = False
 
-    def __init__(self, scale=64.0, margin=0.35, std=0.05, seed=0) -> None:
-        super().__init__(scale, margin, std, seed)
+    def __init__(
+        self, scale: float = 64.0, margin: float = 0.35, std: float = 0.05, *, seed: int = 0
+    ) -> None:
+        super().__init__(scale, margin, std, seed=seed)
 
 
 @MARGINS.register("elasticface_cos_plus")
@@ -141,5 +158,7 @@ class ElasticCosPlus(ElasticFace):
     angular = False
     plus = True
 
-    def __init__(self, scale=64.0, margin=0.35, std=0.02, seed=0) -> None:
-        super().__init__(scale, margin, std, seed)
+    def __init__(
+        self, scale: float = 64.0, margin: float = 0.35, std: float = 0.02, *, seed: int = 0
+    ) -> None:
+        super().__init__(scale, margin, std, seed=seed)

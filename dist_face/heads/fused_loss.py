@@ -74,8 +74,8 @@ def default_chunk(rows: int, device: torch.device) -> int:
     meta device the step audit uses): 16M elements (64 MiB per ``[N, chunk]`` float32
     tensor), chosen with ``tools/audit_step.py --head.chunk_size=``: each block costs about
     110-135 kernel launches, and at ``ms1mv3_r50``, W = 8, B = 128 (N = 1024, 11.7k classes
-    per rank) one block instead of two takes the head's projected H100 time from 2.05 to
-    1.51 ms; not measured on a GPU yet.
+    per rank) one block instead of two takes the head's projected H100 time from 1.92 to
+    1.54 ms (the calibrated projection of 2026-12-07, ±50 %); not measured on a GPU yet.
     """
     budget = BLOCK_ELEMENTS["cpu" if device.type == "cpu" else "cuda"]
     return max(256, budget // max(rows, 1))

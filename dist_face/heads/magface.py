@@ -19,7 +19,15 @@ import math
 
 import torch
 
-from dist_face.heads.margins import MARGINS, Margin, MarginInput, replace_targets, sin_from_cos
+from dist_face.config.base import require
+from dist_face.heads.margins import (
+    MARGINS,
+    Margin,
+    MarginInput,
+    check_scale,
+    replace_targets,
+    sin_from_cos,
+)
 
 
 @MARGINS.register("magface")
@@ -48,8 +56,10 @@ class MagFace(Margin):
         easy_margin: bool = False,
     ) -> None:
         super().__init__()
-        if not 0 < l_a < u_a:
-            raise ValueError(f"magface needs 0 < l_a < u_a, got l_a={l_a}, u_a={u_a}")
+        check_scale(scale)
+        require(l_a > 0, "l_a", f"must be > 0, got {l_a}")
+        require(u_a > l_a, "u_a", f"must be > l_a ({l_a}), got {u_a}")
+        require(lambda_g >= 0, "lambda_g", f"must be >= 0, got {lambda_g}")
         self.scale, self.l_a, self.u_a, self.l_m, self.u_m = scale, l_a, u_a, l_m, u_m
         self.lambda_g, self.easy_margin = lambda_g, easy_margin
 

@@ -30,9 +30,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dist_face.config.base import require
 from dist_face.registry import Registry
 
 MARGINS: Registry[type[Margin]] = Registry("margin")
+
+
+def check_scale(scale: float) -> None:
+    """The logit scale ``s`` must be positive (a margin's ``__init__`` calls this)."""
+    require(scale > 0, "scale", f"must be > 0, got {scale}")
+
+
+def check_angle(name: str, value: float) -> None:
+    """An additive angular margin must lie in ``[0, π)`` radians."""
+    require(0.0 <= value < math.pi, name, f"must be in [0, π), got {value}")
+
+
+def check_cos_margin(name: str, value: float) -> None:
+    """An additive cosine margin must lie in ``(-1, 1)``."""
+    require(-1.0 < value < 1.0, name, f"must be in (-1, 1), got {value}")
+
 
 # Keeps d/dc sqrt(1 - c²) and d/dc acos(c) finite at |c| = 1 (the head clamps cosines there).
 _SIN_EPS = 1e-12
@@ -248,6 +265,7 @@ class NormFace(Margin):
 
     def __init__(self, scale: float = 64.0) -> None:
         super().__init__()
+        check_scale(scale)
         self.scale = scale
 
     def target_logit(self, zt: torch.Tensor) -> torch.Tensor:
@@ -270,8 +288,10 @@ class CosFace(Margin):
 
     target_only = True
 
-    def __init__(self, scale: float = 64.0, margin: float = 0.4) -> None:
+    def __init__(self, scale: float = 64.0, margin: float = 0.35) -> None:
         super().__init__()
+        check_scale(scale)
+        check_cos_margin("margin", margin)
         self.scale, self.margin = scale, margin
 
     def target_logit(self, zt: torch.Tensor) -> torch.Tensor:
@@ -327,6 +347,8 @@ class ArcFace(Margin):
         straight_through: bool = False,
     ) -> None:
         super().__init__()
+        check_scale(scale)
+        check_angle("margin", margin)
         self.scale, self.margin = scale, margin
         self.easy_margin, self.straight_through = easy_margin, straight_through
 
@@ -361,8 +383,13 @@ class CombinedMargin(Margin):
 
     target_only = True
 
-    def __init__(self, scale: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2):
+    def __init__(
+        self, scale: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2
+    ) -> None:
         super().__init__()
+        check_scale(scale)
+        check_angle("m2", m2)
+        check_cos_margin("m3", m3)
         self.scale, self.m1, self.m2, self.m3 = scale, m1, m2, m3
 
     def target_logit(self, zt: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from dist_face.config.base import require
 from dist_face.heads.margins import MARGINS, Margin, MarginInput, replace_targets, safe_acos
 
 
@@ -52,8 +53,10 @@ class _Annealed(Margin):
         lambda_min: float = 5.0,
     ) -> None:
         super().__init__()
-        if int(m) != m or m < 1:
-            raise ValueError(f"multiplicative margin m must be an integer >= 1, got {m}")
+        require(int(m) == m and m >= 1, "m", f"must be an integer >= 1, got {m}")
+        for name, value in (("lambda_base", lambda_base), ("lambda_gamma", lambda_gamma)):
+            require(value >= 0, name, f"must be >= 0, got {value}")
+        require(lambda_min >= 0, "lambda_min", f"must be >= 0, got {lambda_min}")
         self.m = int(m)
         self.lambda_base, self.lambda_gamma = lambda_base, lambda_gamma
         self.lambda_power, self.lambda_min = lambda_power, lambda_min
@@ -92,11 +95,24 @@ class LSoftmax(_Annealed):
 
     Args:
         m: integer margin (paper 1–4; default 4).
-        lambda_base, lambda_gamma, lambda_power, lambda_min: the λ schedule (module doc).
+        lambda_base, lambda_gamma, lambda_power, lambda_min: the λ schedule
+            ``λ = max(lambda_min, base·(1 + gamma·step)^(−power))`` (released code: 1000,
+            2.5e-5, 35, 0).
     """
 
     normalize_embedding = False
     normalize_weight = False
+
+    def __init__(
+        self,
+        m: int = 4,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 2.5e-5,
+        lambda_power: float = 35.0,
+        lambda_min: float = 0.0,
+    ) -> None:
+        # the released CIFAR schedule of L-Softmax, not SphereFace's
+        super().__init__(m, lambda_base, lambda_gamma, lambda_power, lambda_min)
 
     def logits(self, inp: MarginInput) -> torch.Tensor:
         """Raw inner products with the annealed ψ target."""
@@ -116,7 +132,9 @@ class SphereFace(_Annealed):
 
     Args:
         m: integer margin (paper 4).
-        lambda_base, lambda_gamma, lambda_power, lambda_min: the λ schedule (module doc).
+        lambda_base, lambda_gamma, lambda_power, lambda_min: the λ schedule
+            ``λ = max(lambda_min, base·(1 + gamma·step)^(−power))`` (released code: 1000,
+            0.12, 1, 5).
     """
 
     normalize_embedding = False

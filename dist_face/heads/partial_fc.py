@@ -8,9 +8,11 @@ with ``K`` sub-centers per class). One step:
 2. optionally sample classes (:class:`~dist_face.heads.sampling.ClassSampler`: all positives
    of the global batch in this slice plus uniform negatives, Partial FC's ``K =
    max(⌈r·num_local⌉, positives on this rank)`` kept). With the loader's labels on the host
-   (CPU labels, whatever the embeddings' device) the sample is computed there and copied to
-   the device in one non-blocking transfer; labels that exist only on the device are never
-   read, and the size falls back to the shape bound ``max(⌈r·num_local⌉, min(N, num_local))``;
+   (CPU labels, whatever the embeddings' device) the labels are gathered, checked and
+   sampled on the host (:mod:`~dist_face.heads.label_path`: in training, by a worker thread
+   while the step before runs) and copied to the device in one non-blocking transfer; labels
+   that exist only on the device are never read, and the size falls back to the shape bound
+   ``max(⌈r·num_local⌉, min(N, num_local))``;
 3. the fused loss (:mod:`dist_face.heads.fused_loss`): projection, margin and softmax over
    blocks of kept classes, the row max and denominator all-reduced; UCE sums all-reduced.
 
@@ -46,7 +48,6 @@ Every rank must call ``forward`` with the same batch size (checked whenever it c
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -62,9 +63,10 @@ from dist_face.heads.fused_loss import (
     default_chunk,
     fused_margin_loss,
 )
+from dist_face.heads.label_path import LabelPrefetch, host_label_path
 from dist_face.heads.margins import MARGINS, Margin
 from dist_face.heads.row_optim import RowSparseOptimizer
-from dist_face.heads.sampling import ClassSampler, host_work, init_class_centers
+from dist_face.heads.sampling import ClassSampler, init_class_centers
 from dist_face.heads.shard_math import class_range
 from dist_face.heads.staging import Staging
 from dist_face.heads.workspace import Workspace
@@ -155,6 +157,8 @@ class PartialFC(nn.Module):
         """Kept classes / local classes in the last forward (``head/sampled_fraction``)."""
         self.last_sampled: torch.Tensor | None = None
         """Global class ids used by the last forward (``None`` when every class was used)."""
+        self.label_prefetch: LabelPrefetch | None = None
+        """Where host labels prepared ahead wait (:mod:`~dist_face.heads.label_path`)."""
 
     @property
     def num_sample(self) -> int:
@@ -189,8 +193,9 @@ class PartialFC(nn.Module):
         Args:
             embeddings: ``[B, D]`` this rank's embeddings (any float dtype).
             labels: ``[B]`` integer global class ids in ``[0, C)``, on the embeddings' device
-                or on the host (then gathered over the control group, and the sample takes
-                Partial FC's exact size without reading device memory).
+                or on the host (then gathered over a gloo group, and the sample takes
+                Partial FC's exact size without reading device memory; prepared ahead when a
+                :class:`~dist_face.heads.label_path.LabelPrefetch` is attached).
 
         Returns:
             Scalar float32 loss averaged over the ``N = W·B`` samples, identical on all ranks.
@@ -201,18 +206,22 @@ class PartialFC(nn.Module):
             x = scale_grad(x, float(self.world_size))
         x_all = comm.all_gather_with_grad(x, self.group)
         device = x_all.device
-        on_host = labels.device.type == "cpu"
-        # host labels (the loader's) are gathered on the host: the sample is then computed
-        # there, with Partial FC's exact size, and copied to the device in one transfer
-        group = self.group if labels.device == device else comm.control_group(self.group)
-        y_all = comm.all_gather(labels.to(torch.long), group)
-        if self.check_labels:
-            self._check_label_range(y_all, labels.shape[0], on_host=first or on_host)
-        local = y_all - self.class_start
-        local = torch.where((local >= 0) & (local < self.num_local), local, -1)
-        index, local = self.sampler.select(local)
-        if on_host and device.type != "cpu":
-            index, local = self._to_device(index, local, device)
+        if labels.device.type == "cpu":
+            # the loader's labels: gathered on the host, checked and sampled there (by the
+            # label path's worker while the step before ran, or here), copied in one transfer
+            ready = self.label_prefetch.take(labels) if self.label_prefetch else None
+            if ready is None:
+                ready = host_label_path(self, labels, comm.control_group(self.group))
+            index, local = ready.index, ready.local
+            if device.type != "cpu":
+                index, local = self._to_device(index, local, device)
+        else:
+            y_all = comm.all_gather(labels.to(torch.long), self.group)
+            if self.check_labels:
+                self._check_device_labels(y_all, labels.shape[0], first)
+            local = y_all - self.class_start
+            local = torch.where((local >= 0) & (local < self.num_local), local, -1)
+            index, local = self.sampler.select(local)
         self.last_sampled = None if index is None else index + self.class_start
         kept = self.num_local if index is None else index.shape[0]
         self.sampled_fraction = kept / self.num_local
@@ -274,20 +283,17 @@ class PartialFC(nn.Module):
             return True
         return False
 
-    def _check_label_range(self, y_all: torch.Tensor, batch: int, on_host: bool) -> None:
+    def _check_device_labels(self, y_all: torch.Tensor, batch: int, first: bool) -> None:
+        """Labels that live on the device: read on the first batch of a size only."""
         bad = (y_all < 0) | (y_all >= self.num_classes)
-        if not on_host:  # steady state: fails on the device, the host does not wait for it
+        if not first:  # steady state: fails on the device, the host does not wait for it
             torch._assert_async(~bad.any(), f"labels: a value is outside [0, {self.num_classes})")
-            return
-        with contextlib.ExitStack() as stack:
-            if y_all.device.type == "cpu":  # the loader's labels: reading them costs nothing
-                stack.enter_context(host_work(y_all))
-            if bool(bad.any()):  # every rank sees the same gathered labels, raises together
-                i = int(torch.nonzero(bad)[0])
-                raise ValueError(
-                    f"labels: value {int(y_all[i])} (rank {i // batch}, row {i % batch}) is "
-                    f"outside [0, {self.num_classes})"
-                )
+        elif bool(bad.any()):  # every rank sees the same gathered labels, raises together
+            i = int(torch.nonzero(bad)[0])
+            raise ValueError(
+                f"labels: value {int(y_all[i])} (rank {i // batch}, row {i % batch}) is "
+                f"outside [0, {self.num_classes})"
+            )
 
     # -- checkpoints ------------------------------------------------------------------------
     def export_shard(self) -> dict[str, Any]:

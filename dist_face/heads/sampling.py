@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections import deque
 from collections.abc import Iterator
 
 import torch
@@ -150,6 +151,12 @@ class ClassSampler:
     (:meth:`state`) so a resumed run on the same ranks samples the same classes, and restarts
     deterministically from ``(seed, new rank, step)`` after a re-split (:meth:`reseed`).
 
+    Samples may be drawn ahead of the step that uses them (``ahead=True``, on the label
+    path's worker thread: :mod:`dist_face.heads.label_path`). The stream's position of
+    record is then the one before the first draw not yet used: :meth:`state` returns it, so a
+    checkpoint taken while a sample waits resumes exactly where the run stood, and
+    :meth:`rewind` returns the stream there when the waiting samples are dropped.
+
     Args:
         num_local: classes held by this rank.
         sample_rate: r in ``[0, 1]``; 1 keeps every class (no sampling).
@@ -163,14 +170,23 @@ class ClassSampler:
         self.seed, self.rank = seed, rank
         self.generator = torch.Generator().manual_seed(sampler_seed(seed, rank))
         self.staging = Staging()
+        self._lock = threading.Lock()  # the worker thread draws, the main thread saves
+        self._ahead: deque[torch.Tensor] = deque()  # state before each draw not yet used
 
     @property
     def active(self) -> bool:
         """Whether classes are sampled (``sample_rate < 1``)."""
         return self.sample_rate < 1.0
 
-    def select(self, local_labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def select(
+        self, local_labels: torch.Tensor, ahead: bool = False
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Kept rows and remapped labels (see :func:`sample_classes`); all rows when inactive.
+
+        Args:
+            local_labels: ``[N]`` local class of each gathered row, or ``-1``.
+            ahead: the sample is for a later step: :meth:`used` must be called when that step
+                takes it (until then :meth:`state` is the stream before this draw).
 
         Returns:
             ``(index, labels)``: ``index`` ``[K]`` sorted local rows, or None for all of them;
@@ -178,18 +194,43 @@ class ClassSampler:
         """
         if not self.active:
             return None, local_labels
-        return sample_classes(
-            local_labels, self.num_local, self.budget, self.generator, self.staging
-        )
+        with self._lock:
+            if ahead:
+                self._ahead.append(self.generator.get_state())
+            return sample_classes(
+                local_labels, self.num_local, self.budget, self.generator, self.staging
+            )
+
+    def used(self) -> None:
+        """The oldest sample drawn ahead is now the step's (its draw becomes of record)."""
+        if self.active:
+            with self._lock:
+                self._ahead.popleft()
+
+    def rewind(self) -> None:
+        """Drop the samples drawn ahead: the stream returns to before the first of them."""
+        with self._lock:
+            if self._ahead:
+                self.generator.set_state(self._ahead[0])
+            self._ahead.clear()
+
+    def _settled(self) -> None:
+        if self._ahead:
+            raise RuntimeError("the sampling stream moved while samples drawn ahead wait")
 
     def reseed(self, step: int) -> None:
         """Restart the stream from ``(seed, rank, step)`` (a resume on another world size)."""
-        self.generator.manual_seed(sampler_seed(self.seed, self.rank, step))
+        with self._lock:
+            self._settled()
+            self.generator.manual_seed(sampler_seed(self.seed, self.rank, step))
 
     def state(self) -> torch.Tensor:
-        """The generator state (a ``uint8`` tensor)."""
-        return self.generator.get_state()
+        """The generator state of record (a ``uint8`` tensor): before any draw not yet used."""
+        with self._lock:
+            return self._ahead[0].clone() if self._ahead else self.generator.get_state()
 
     def load_state(self, state: torch.Tensor) -> None:
         """Restore :meth:`state`."""
-        self.generator.set_state(state)
+        with self._lock:
+            self._settled()
+            self.generator.set_state(state)

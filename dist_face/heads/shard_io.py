@@ -13,17 +13,31 @@ ranks without ever materialising the full ``[C, D]`` matrix.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from dist_face.heads.shard_math import resplit_rows
 
-if TYPE_CHECKING:
-    from dist_face.heads.partial_fc import PartialFC
+
+class ShardedHead(Protocol):
+    """What this module reads and fills of a class-sharded head (``PartialFC`` is one).
+
+    A protocol, so that the head can import this module without this module importing it.
+    """
+
+    class_start: int
+    class_end: int
+    num_classes: int
+    rank: int
+    world_size: int
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    margin: nn.Module
 
 
-def export_shard(head: PartialFC) -> dict[str, Any]:
+def export_shard(head: ShardedHead) -> dict[str, Any]:
     """This rank's shard dict (tensors detached and cloned to CPU)."""
     replicated = {k: v.detach().cpu().clone() for k, v in head.margin.state_dict().items()}
     return {
@@ -48,7 +62,7 @@ def rows_from_shards(shards: list[dict[str, Any]], key: str, start: int, end: in
     return resplit_rows(pieces, start, end)
 
 
-def load_shards(head: PartialFC, shards: list[dict[str, Any]]) -> None:
+def load_shards(head: ShardedHead, shards: list[dict[str, Any]]) -> None:
     """Fill ``head`` from the shards of a run with any world size.
 
     Raises:
@@ -65,7 +79,7 @@ def load_shards(head: PartialFC, shards: list[dict[str, Any]]) -> None:
     head.margin.load_state_dict(shards[0]["replicated"])
 
 
-def load_full(head: PartialFC, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+def load_full(head: ShardedHead, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     """Fill ``head`` with its rows of full ``[C, D]`` (``[C, K, D]``) centers (and ``[C]`` bias).
 
     Raises:

@@ -11,6 +11,7 @@ the dominant one and lists the samples far from it (the paper's recipe).
 
 from __future__ import annotations
 
+from dist_face.config.base import require
 from dist_face.heads.margins import MARGINS, ArcFace
 
 
@@ -34,6 +35,5 @@ class SubCenterArcFace(ArcFace):
         straight_through: bool = False,
     ) -> None:
         super().__init__(scale, margin, easy_margin, straight_through)
-        if sub_centers < 1:
-            raise ValueError(f"sub_centers must be >= 1, got {sub_centers}")
+        require(sub_centers >= 1, "sub_centers", f"must be >= 1, got {sub_centers}")
         self.sub_centers = sub_centers

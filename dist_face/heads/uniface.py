@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_face.heads.margins import MARGINS, Margin, MarginInput, replace_targets
+from dist_face.config.base import require
+from dist_face.heads.margins import (
+    MARGINS,
+    Margin,
+    MarginInput,
+    check_cos_margin,
+    check_scale,
+    replace_targets,
+)
 
 
 def uniface_default_bias(num_classes: int, sample_rate: float) -> float:
@@ -43,7 +51,9 @@ class UniFace(Margin):
         scale: s (64).
         margin: m, cosine margin of the positive term (0.4).
         neg_weight: λ, weight of the negative terms (1.0; the paper's large-data runs use 0.7).
-        bias_init: initial ``b̃`` (see :func:`uniface_default_bias`).
+        bias_init: initial ``b̃``; 0 = log(10 · C · sample_rate) as in the official code
+            (:func:`uniface_default_bias`).
+        num_classes, sample_rate: C and the head's r, for the default ``b̃`` (from the run).
     """
 
     objective = "uce"
@@ -53,10 +63,18 @@ class UniFace(Margin):
         scale: float = 64.0,
         margin: float = 0.4,
         neg_weight: float = 1.0,
-        bias_init: float = math.log(10.0 * 10_000),
+        bias_init: float = 0.0,
+        *,
+        num_classes: int = 10_000,
+        sample_rate: float = 1.0,
     ) -> None:
         super().__init__()
+        check_scale(scale)
+        check_cos_margin("margin", margin)
+        require(neg_weight > 0, "neg_weight", f"must be > 0, got {neg_weight}")
         self.scale, self.margin, self.neg_weight = scale, margin, neg_weight
+        # C is known only when the data is opened: 0 stands for the official initial value
+        bias_init = bias_init or uniface_default_bias(num_classes, sample_rate)
         self.bias = nn.Parameter(torch.tensor(float(bias_init)))
 
     def logits(self, inp: MarginInput) -> torch.Tensor:

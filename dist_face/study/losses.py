@@ -1,6 +1,6 @@
 """The rows of the loss study: every margin head, and the pair losses as their papers use them.
 
-Margin heads run with their paper defaults (:mod:`dist_face.config.margin_defaults`). Pair and
+Margin heads run with their paper defaults (:mod:`dist_face.heads.margin_args`). Pair and
 metric losses follow their papers' setups: center loss is added to softmax with λ = 0.003;
 contrastive, triplet, N-pair, Circle and SupCon train alone (the classifier head is built but
 weighted 0, so it shapes nothing).
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from dist_face.config.margin_defaults import MARGIN_DEFAULTS
+from dist_face.heads.margin_args import margin_args
 from dist_face.study.train import LossSpec
 
-_HEADS = (
+# The table's order (by publication); a margin registered elsewhere joins the table after these.
+_ORDER = (
     "softmax",
     "normface",
     "lsoftmax",
@@ -36,7 +37,10 @@ _ALONE = ("contrastive", "triplet", "npair", "circle", "supcon")
 
 def study_losses() -> list[LossSpec]:
     """Every row of the study, in table order."""
-    rows = [LossSpec(name, head={"margin": name}) for name in _HEADS]
+    from dist_face.heads.margins import MARGINS
+
+    heads = [n for n in _ORDER if n in MARGINS] + [n for n in MARGINS.names() if n not in _ORDER]
+    rows = [LossSpec(name, head={"margin": name}) for name in heads]
     rows.append(
         LossSpec(
             "softmax+center",
@@ -74,6 +78,7 @@ def with_scale(spec: LossSpec, scale: float) -> LossSpec:
     Pair losses alone keep their head untouched (it is weighted 0).
     """
     margin = spec.head.get("margin", "arcface")
-    if "scale" not in MARGIN_DEFAULTS.get(margin, {}) or spec.aux.get("head_weight", 1.0) == 0:
+    if "scale" not in margin_args(margin) or spec.aux.get("head_weight", 1.0) == 0:
         return spec
-    return dataclasses.replace(spec, head={**spec.head, "scale": scale})
+    args = {**spec.head.get("margin_args", {}), "scale": scale}
+    return dataclasses.replace(spec, head={**spec.head, "margin_args": args})

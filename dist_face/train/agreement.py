@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.distributed import ProcessGroup
 
 from dist_face.config import ConfigError, RunConfig
 from dist_face.dist import all_gather_object
+
+if TYPE_CHECKING:
+    from dist_face.data.shards import ShardSet
 
 # differs legitimately between nodes (node-local copies); the data's digest is compared instead
 _PER_NODE_KEYS = {"config.data.root"}
@@ -35,19 +38,21 @@ def host_gather(obj: Any, group: ProcessGroup | None = None) -> list[Any]:
     return all_gather_object(obj, group)
 
 
-def dataset_digest(root: str) -> str:
+def dataset_digest(root: str, shards: ShardSet | None = None) -> str:
     """SHA-256 of a dataset's description and every record's manifest row.
 
     Works for any ``data.root`` the loaders accept (a shard set, an InsightFace ``.rec`` read
     through its scanned manifest, ``synthetic``). The rows hold each record's shard, key,
     offset, length, label and CRC-32, so equal digests mean the same records with the same
-    labels, wherever each node keeps its copy.
+    labels, wherever each node keeps its copy. ``shards``: the dataset already opened at
+    ``root`` (the loader's), so that start-up reads its metadata once.
     """
     from dist_face.data.rec_index import open_dataset
 
     if root == "synthetic":
         return "synthetic"
-    shards = open_dataset(root, check_labels=False)
+    if shards is None:
+        shards = open_dataset(root, check_labels=False)
     digest = hashlib.sha256(shards.meta.to_json().encode())
     for column in (
         shards.shard_ids,
@@ -71,7 +76,7 @@ def run_fields(cfg: RunConfig, dataset: dict[str, Any], plan: Any) -> dict[str, 
         plan: the :class:`~dist_face.train.plan.RunPlan`.
 
     Returns:
-        ``{"config.head.scale": "64.0", "data.num_samples": "720", "plan.total_steps": ...}``.
+        ``{"config.head.sample_rate": "1.0", "data.num_samples": "720", "plan.total_steps": ...}``.
     """
     fields = {
         key: value

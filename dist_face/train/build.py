@@ -24,9 +24,10 @@ from dist_face.checkpoint import (
 from dist_face.config import RunConfig, save_config, to_yaml
 from dist_face.config.resolve import resolve_run
 from dist_face.data.loader import DataSource, build_loader
-from dist_face.dist import ParallelContext, Topology
-from dist_face.heads import build_head
+from dist_face.dist import ParallelContext, Topology, label_group
+from dist_face.heads import PartialFC, build_head
 from dist_face.heads.aux_losses import WeightedSum, build_aux_losses
+from dist_face.heads.label_path import LabelPrefetch
 from dist_face.heads.shard_math import class_range
 from dist_face.metrics import MultiSink, Sink
 from dist_face.metrics.build import build_info
@@ -79,17 +80,19 @@ def build_trainer(
     device: torch.device,
     sink: Sink | None = None,
     parallel: ParallelContext | None = None,
+    data: DataSource | None = None,
 ) -> tuple[Trainer, RunPlan]:
     """Build every component of a run, resume if asked, and return the trainer and its plan.
 
     ``parallel`` (from ``init_distributed``) gives the groups every component talks over;
     None builds it from the default group (collective: every rank calls this together).
+    ``data``: the data source the start-up checks built (None: built here).
     """
     if parallel is None:
         parallel = ParallelContext.from_default_group(topology, device)
     # the margin's paper defaults and the head's update, so config.yaml shows what trains
     cfg = resolve_run(cfg)
-    data, plan, resume, saved = build_data(cfg, parallel)
+    data, plan, resume, saved = build_data(cfg, parallel, data)
     model = build_model(cfg, parallel, data.num_classes)
     opt_b, opt_h, scheds = build_optimizers(cfg, model, plan, device)
     timer = StepTimer(device) if cfg.metrics.step_phases else None
@@ -123,19 +126,30 @@ def build_trainer(
         state=state,
         world_size=topology.world_size,
         steps_left=lambda consumed: data.batches_left(consumed) // cfg.train.grad_accum,
+        label_prefetch=_label_prefetch(model.head, parallel),
     )
     return trainer, plan
 
 
+def _label_prefetch(head: torch.nn.Module, parallel: ParallelContext) -> LabelPrefetch | None:
+    """The head's label path, run one step ahead on its own gloo group (collective)."""
+    if not isinstance(head, PartialFC):
+        return None
+    return LabelPrefetch(head, label_group(parallel.class_group)).attach()
+
+
 def build_data(
-    cfg: RunConfig, parallel: ParallelContext
+    cfg: RunConfig, parallel: ParallelContext, data: DataSource | None = None
 ) -> tuple[DataSource, RunPlan, Path | None, dict | None]:
     """The data, the checkpoint to resume from (path and replicated state) and the run's plan.
 
-    Checks that every rank agrees on the run (collective) and writes ``config.yaml``.
+    Checks that every rank agrees on the run (collective) and writes ``config.yaml``. ``data``
+    is used when it was built for this config and device: the dataset is opened once.
     """
     topology = parallel.topology
-    data = build_loader(cfg.data, topology, parallel.device, seed=cfg.train.seed)
+    fits = data is not None and data.cfg == cfg.data and data.device == parallel.device
+    if data is None or not fits:
+        data = build_loader(cfg.data, topology, parallel.device, seed=cfg.train.seed)
     # the checkpoint's position first: the plan counts the steps left from it
     resume = _resume_path(cfg, Path(cfg.output_root) / cfg.name)
     saved = load_state(resume) if resume is not None else None
@@ -153,7 +167,7 @@ def build_data(
         "num_classes": data.num_classes,
         "batches_per_epoch": data.batches_per_epoch,
         "backend": data.backend,
-        "manifest_sha256": dataset_digest(cfg.data.root),
+        "manifest_sha256": dataset_digest(cfg.data.root, data.dataset),
     }
     # before anything heavy is built
     check_agreement(run_fields(cfg, dataset, plan), parallel.control_group)
@@ -384,8 +398,9 @@ def _advice(cfg: RunConfig) -> str:
     knobs = [f"optim.lr (now {cfg.optim.lr:g})"]
     if cfg.optim.head_lr:
         knobs.append(f"optim.head_lr (now {cfg.optim.head_lr:g})")
-    if cfg.head.scale is not None:  # margins without a scale (softmax, L-Softmax) resolve to None
-        knobs.append(f"head.scale (now {cfg.head.scale:g})")
+    scale = cfg.head.margin_args.get("scale")  # softmax and L-Softmax have none
+    if scale is not None:
+        knobs.append(f"head.margin_args.scale (now {scale:g})")
     if cfg.train.precision == "fp16":
         knobs.append(f"train.loss_scale_init (now {cfg.train.loss_scale_init:g})")
     return ", ".join(knobs[:-1]) + " or " + knobs[-1]

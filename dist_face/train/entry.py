@@ -11,12 +11,14 @@ from dist_face.config import ConfigError, RunConfig, describe, list_recipes, loa
 from dist_face.data.labels import LabelError
 from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
+from dist_face.torch_floor import check_torch_version
 from dist_face.train.guard import DivergenceError, saved_so_far, unsaved_final_state
 from dist_face.train.precision import check_precision
 from dist_face.train.preflight import check_run, run_dir, wipe_run_dir
 from dist_face.train.signals import EXIT_PREEMPTED, StopAgreement, StopSignals
 
 if TYPE_CHECKING:
+    from dist_face.data.loader import DataSource
     from dist_face.dist import ParallelContext
 
 logger = logging.getLogger("dist_face.train")
@@ -88,10 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     topology = Topology.from_env()
     init_logging(topology.rank)
     try:
+        check_torch_version()
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
         cfg = load_config(args.config, overrides, prepare=True)  # a recipe's own data
         check_precision(cfg.train.precision, select_device(topology))
         # paths and names, on every rank, before the process group and the build
-        check_run(cfg, topology, select_device(topology))
+        data = check_run(cfg, topology, select_device(topology))
         if cfg.dist.engine == "deepspeed":  # imports deepspeed: after the cheap checks
             from dist_face.train.deepspeed_engine import check_deepspeed_version
 
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         force_process_group=cfg.dist.force_process_group,
     )
     try:
-        return _train(cfg, topology, parallel, signals)
+        return _train(cfg, topology, parallel, signals, data)
     except ConfigError as exc:  # found while building: ranks disagree
         logger.error("bad configuration: %s", exc)
         return 2
@@ -126,9 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(
-    cfg: RunConfig, topology: Topology, parallel: ParallelContext, signals: StopSignals
+    cfg: RunConfig,
+    topology: Topology,
+    parallel: ParallelContext,
+    signals: StopSignals,
+    data: DataSource | None = None,
 ) -> int:
-    """Build and run the trainer in an initialised process group."""
+    """Build and run the trainer in an initialised process group (``data``: the checks')."""
     from dist_face.metrics.build import serve_metrics
     from dist_face.train.build import build_sinks, build_trainer  # heavy imports after checks
 
@@ -141,7 +152,9 @@ def _train(
     try:
         sink = build_sinks(cfg, topology, run_dir(cfg))
         exporter = serve_metrics(sink, cfg.metrics, topology)
-        trainer, plan = build_trainer(cfg, topology, device, sink=sink, parallel=parallel)
+        trainer, plan = build_trainer(
+            cfg, topology, device, sink=sink, parallel=parallel, data=data
+        )
         logger.info("%s", plan.describe(cfg.name))
         stop = trainer.should_stop = StopAgreement(signals, parallel.control_group)
         try:

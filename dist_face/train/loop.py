@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from dist_face.heads.label_path import LabelPrefetch
     from dist_face.train.step import Batch, TrainStep
 
 LoaderFactory = Callable[[int, int], Iterable["Batch"]]
@@ -67,6 +68,10 @@ class Trainer:
         steps_left: ``consumed -> optimizer steps`` left in an epoch from that position; by
             default the rest of ``steps_per_epoch``. A run resumed on another world size
             mid-epoch has a different number of steps left (the loader knows how many).
+        label_prefetch: receives the labels of every micro-batch pulled; the loop pulls
+            step ``t + 1``'s micro-batches before it runs step ``t`` (within an epoch), so
+            their label path runs beside step ``t`` (:mod:`dist_face.heads.label_path`).
+            Closed when :meth:`fit` returns.
 
     :attr:`should_stop`, when set, is asked after every step's hooks; True (on every rank at
     the same step: see :class:`dist_face.train.signals.StopAgreement`) ends the run there,
@@ -86,6 +91,7 @@ class Trainer:
         state: TrainState | None = None,
         world_size: int = 1,
         steps_left: Callable[[int], int] | None = None,
+        label_prefetch: LabelPrefetch | None = None,
     ) -> None:
         self.step_fn = step_fn
         self.loader_factory = loader_factory
@@ -109,21 +115,26 @@ class Trainer:
         """True when :attr:`should_stop` ended the run before its last step."""
         self.stop_s = 0.0
         """Seconds the hooks' :meth:`Hook.on_stop` took (the checkpoint of a stopped run)."""
+        self.label_prefetch = label_prefetch
 
     def fit(self) -> TrainState:
         """Train to ``total_steps`` and return the final state."""
         for hook in self.hooks:
             hook.before_train(self)
         state = self.state
-        while state.step < self.total_steps and not self.stopped:
-            batches = iter(self.loader_factory(state.epoch, state.consumed))
-            try:
-                self._run_epoch(batches)
-            finally:
-                # stops the loader's background threads now, not at interpreter exit
-                close = getattr(batches, "close", None)
-                if close is not None:
-                    close()
+        try:
+            while state.step < self.total_steps and not self.stopped:
+                batches = iter(self.loader_factory(state.epoch, state.consumed))
+                try:
+                    self._run_epoch(batches)
+                finally:
+                    # stops the loader's background threads now, not at interpreter exit
+                    close = getattr(batches, "close", None)
+                    if close is not None:
+                        close()
+        finally:  # a step pulled ahead and not run leaves the sampling stream untouched
+            if self.label_prefetch is not None:
+                self.label_prefetch.close()
         if self.stopped:
             start = time.perf_counter()
             for hook in self.hooks:
@@ -137,10 +148,12 @@ class Trainer:
     def _run_epoch(self, batches: Iterator[Batch]) -> None:
         """Steps over ``batches`` until the epoch or the run ends; advances the state."""
         state = self.state
-        for _ in range(self.steps_left(state.consumed)):
-            start = time.perf_counter()
-            micro = [next(batches) for _ in range(self.grad_accum)]
-            self.data_wait_s += time.perf_counter() - start
+        steps = min(self.steps_left(state.consumed), self.total_steps - state.step)
+        ahead = self._pull(batches) if steps > 0 else []
+        for i in range(steps):
+            micro = ahead
+            # the next step's batches now: their labels are gathered while this step runs
+            ahead = self._pull(batches) if i + 1 < steps else []
             metrics = self.step_fn(micro)
             state.step += 1
             state.consumed += self.global_samples_per_step
@@ -153,3 +166,13 @@ class Trainer:
                 return
         state.epoch += 1
         state.consumed = 0
+
+    def _pull(self, batches: Iterator[Batch]) -> list[Batch]:
+        """One step's micro-batches, their labels handed to the label path."""
+        start = time.perf_counter()
+        micro = [next(batches) for _ in range(self.grad_accum)]
+        self.data_wait_s += time.perf_counter() - start
+        if self.label_prefetch is not None:
+            for _, labels in micro:
+                self.label_prefetch.submit(labels)
+        return micro

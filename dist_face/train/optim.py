@@ -7,7 +7,7 @@ parameters (every parameter with fewer than two dimensions) and any parameter a 
 ``no_weight_decay()`` get no weight decay, unless ``optim.decay_norm_and_bias`` asks to decay
 every parameter as arcface_torch does.
 
-arcface_torch's step, exactly: ``--head.margin=arcface --head.straight_through=true
+arcface_torch's step, exactly: ``--head.margin=arcface --head.margin_args.straight_through=true
 --optim.decay_norm_and_bias=true --optim.schedule=arcface_poly`` (with its SGD momentum 0.9,
 backbone clipping at norm 5 and one lr and weight decay for both optimizers, which are the
 defaults here); ``tests/unit/test_arcface_torch_step.py`` checks it against a float64

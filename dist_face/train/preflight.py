@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from dist_face.config import ConfigError, RunConfig
 from dist_face.config.paths import check_inputs
 from dist_face.config.resolve import check_extras, check_names
 from dist_face.dist import Topology
+
+if TYPE_CHECKING:
+    from dist_face.data.loader import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +41,12 @@ def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_root) / cfg.name
 
 
-def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> None:
+def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> DataSource:
     """Check paths, names and the run directory of ``cfg``; cheap, allocates nothing on device.
+
+    Returns the rank's data source it built to check the data (nothing read beyond the
+    metadata and manifest; no worker started), for the trainer to use instead of opening the
+    dataset again.
 
     Args:
         cfg: the resolved config.
@@ -55,7 +63,8 @@ def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> None:
     check_extras(cfg)  # optional packages the config asks for: one line naming the extra
     # data.root, data.num_classes, data.backend (DALI installed?), data.batch_size; nothing
     # is read beyond the shard set's metadata and manifest
-    num_classes = build_loader(cfg.data, topology, device, seed=cfg.train.seed).num_classes
+    data = build_loader(cfg.data, topology, device, seed=cfg.train.seed)
+    num_classes = data.num_classes
     check_names(cfg)  # margin and backbone against their registries
     for key in ("drop_path", "mask_ratio"):
         if getattr(cfg.model, key) is not None and key not in options(cfg.model.name):
@@ -67,6 +76,7 @@ def check_run(cfg: RunConfig, topology: Topology, device: torch.device) -> None:
             raise ConfigError(f"eval.targets: {target} is not a file")
     _check_resume(cfg, num_classes)
     _check_run_dir(cfg)
+    return data
 
 
 def _check_resume(cfg: RunConfig, num_classes: int) -> None:

@@ -58,7 +58,7 @@ def test_every_step_skipped_stops_the_run_with_an_error(small_dataset: Path, tmp
         small_dataset,
         tmp_path,
         "nan",
-        "--head.scale=1e39",
+        "--head.margin_args.scale=1e39",
         "--train.max_skipped_steps=4",
         "--train.log_every=3",
         "--train.max_steps=9",
@@ -69,7 +69,7 @@ def test_every_step_skipped_stops_the_run_with_an_error(small_dataset: Path, tmp
         assert out["error"] == (
             "training diverged at step 6: 6 consecutive steps skipped for inf/NaN gradients "
             "(train.max_skipped_steps=4); loss scale 1, no finite loss since the start; "
-            "lower optim.lr (now 0.1) or head.scale (now 1e+39)"
+            "lower optim.lr (now 0.1) or head.margin_args.scale (now 1e+39)"
         )
     assert not (tmp_path / "nan" / "model.pt").exists()
 

@@ -55,7 +55,7 @@ def _losses(run_dir: Path) -> list[float]:
 
 def test_dry_run_prints_the_rendezvous() -> None:
     out = subprocess.run(
-        ["bash", str(REPO / "launch" / "torchrun.sh"), "--head.scale=32"],
+        ["bash", str(REPO / "launch" / "torchrun.sh"), "--head.margin_args.scale=32"],
         env={
             **os.environ,
             "DRY_RUN": "1",
@@ -69,7 +69,7 @@ def test_dry_run_prints_the_rendezvous() -> None:
     ).stdout
     assert "--nnodes=2 --nproc_per_node=8" in out
     assert "--rdzv_backend=c10d --rdzv_endpoint=10.1.2.3:29400" in out
-    assert out.strip().endswith("--config debug_cpu --resume auto --head.scale=32")
+    assert out.strip().endswith("--config debug_cpu --resume auto --head.margin_args.scale=32")
 
 
 def test_restarts_rendezvous_on_a_fresh_store(tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
     # sbatch runs a copy of the script from its spool directory: the repository comes from
     # SLURM_SUBMIT_DIR, not from the script's path or the working directory
     run = subprocess.run(
-        ["bash", str(REPO / "launch" / "slurm.sbatch"), "--head.scale=32"],
+        ["bash", str(REPO / "launch" / "slurm.sbatch"), "--head.margin_args.scale=32"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -147,7 +147,7 @@ def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
     assert shlex.split(srun_line) == [
         *("srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"),
         *("env", "-u", "SLURM_PROCID", "-u", "SLURM_LOCALID"),
-        *("bash", str(REPO / "launch" / "torchrun.sh"), "--head.scale=32"),
+        *("bash", str(REPO / "launch" / "torchrun.sh"), "--head.margin_args.scale=32"),
     ]
     # one torchrun per node, the same command on both: c10d finds each node its rank
     assert [shlex.split(line) for line in torchrun_lines] == 2 * [
@@ -159,7 +159,7 @@ def test_slurm_dry_run_prints_one_torchrun_per_node(tmp_path: Path) -> None:
             "--rdzv_endpoint=gpu-node-07:29400",  # the first host of the allocation
             "--rdzv_id=dist_face-4242",  # from the job id: shared by the nodes of one job only
             *("-m", "dist_face.train", "--config", "debug_cpu", "--resume", "auto"),
-            "--head.scale=32",
+            "--head.margin_args.scale=32",
         ]
     ]
     # the batch step has SLURM's rank variables; torchrun on each node must not inherit them

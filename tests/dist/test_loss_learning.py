@@ -64,13 +64,14 @@ def _gaps(specs: list[LossSpec], faces: tuple[FaceSet, FaceSet]) -> list[float]:
 
 @pytest.mark.parametrize(
     ("margin", "field", "values"),
-    [("cosface", "m3", (0.0, 0.2, 0.4)), ("arcface", "m2", (0.0, 0.25, 0.5))],
+    [("cosface", "margin", (0.0, 0.2, 0.4)), ("arcface", "margin", (0.0, 0.25, 0.5))],
 )
 def test_a_larger_margin_widens_the_target_gap(
     margin: str, field: str, values: tuple[float, ...], faces: tuple[FaceSet, FaceSet]
 ) -> None:
     specs = [
-        LossSpec(f"{margin}-{v}", head={"margin": margin, field: v, "scale": 30.0}) for v in values
+        LossSpec(f"{margin}-{v}", head={"margin": margin, "margin_args": {field: v, "scale": 30.0}})
+        for v in values
     ]
     gaps = _gaps(specs, faces)
     print(f"{margin} target gaps: {dict(zip(values, gaps))}")

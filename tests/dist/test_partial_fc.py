@@ -15,7 +15,6 @@ import torch
 from dist_face.audit import StepAudit
 from dist_face.dist import all_gather_object
 from dist_face.heads import MARGINS, MarginHead, PartialFC
-from dist_face.heads.adaptive_args import ADAPTIVE_ARGS
 from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace
 from dist_face.heads.multiplicative import LSoftmax, SphereFace
 from dist_face.heads.sampling import init_class_centers
@@ -23,7 +22,17 @@ from dist_face.heads.shard_math import class_range, class_ranges
 from dist_face.heads.uniface import UniFace
 from tests.helpers.distributed import run_distributed
 
-C, D, B = 13, 8, 3  # C divisible by none of 2, 3, 4
+C, D, B = 13, 8, 3
+# their multi-rank parity: tests/dist/test_adaptive_margins.py
+ADAPTIVE = (
+    "adaface",
+    "magface",
+    "elasticface_arc",
+    "elasticface_arc_plus",
+    "elasticface_cos",
+    "elasticface_cos_plus",
+    "subcenter_arcface",
+)  # C divisible by none of 2, 3, 4
 SEED = 5
 
 
@@ -55,7 +64,7 @@ def _cases(world_size: int) -> list[dict[str, Any]]:
     extra = [("one_rank", 1.0), ("random", 0.5), ("duplicates", 1.0)]
     cases = []
     # AdaFace, MagFace, ElasticFace and sub-center ArcFace: tests/dist/test_adaptive_margins.py
-    for name in (n for n in MARGINS.names() if n not in ADAPTIVE_ARGS):
+    for name in (n for n in MARGINS.names() if n not in ADAPTIVE):
         full = name in ("softmax", "arcface", "curricularface", "uniface")
         for layout, rate in plan + (extra if full else []):
             x = torch.randn(n, D, generator=gen, dtype=torch.float64)

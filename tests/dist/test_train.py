@@ -120,9 +120,13 @@ def _log_sample_ids(trainer: Trainer, ids: dict[bytes, tuple[int, bool]], log: l
     factory = trainer.loader_factory
 
     def logged(epoch: int, consumed: int):
-        for images, labels in factory(epoch, consumed):
+        # the trainer pulls a step's batches one step ahead: a batch's step is counted from
+        # the epoch's first, not read from the trainer's state at the time it is pulled
+        first = trainer.state.step
+        for i, (images, labels) in enumerate(factory(epoch, consumed)):
             pixels = torch.round(images * 127.5 + 127.5).to(torch.uint8).numpy()
-            log.append((epoch, trainer.state.step, [ids[_fingerprint(x)] for x in pixels]))
+            step = first + i // trainer.grad_accum
+            log.append((epoch, step, [ids[_fingerprint(x)] for x in pixels]))
             yield images, labels
 
     trainer.loader_factory = logged

@@ -1,4 +1,4 @@
-"""CUDA paths: loaders on the device, DALI on CUDA, training steps with the torch loader.
+"""CUDA paths: images on the device and labels on the host, DALI on CUDA, training steps.
 
 Collected everywhere, run only where CUDA is present (the conftest skips this tier otherwise).
 """
@@ -31,8 +31,10 @@ def test_loaders_deliver_on_the_device(color_shards: Path, backend: str) -> None
     source = build_loader(cfg, Topology(), CUDA, seed=0)
     assert source.backend == backend
     for images, labels in source.epoch(0):
-        assert images.device.type == "cuda" and labels.device.type == "cuda"
-        assert torch.equal(labels, _ids(images) % 7)
+        # labels stay on the host, pinned: the head gathers and samples them there
+        assert images.device.type == "cuda" and labels.device.type == "cpu"
+        assert labels.is_pinned()
+        assert torch.equal(labels, _ids(images).cpu() % 7)
 
 
 def test_auto_picks_dali_with_cuda(color_shards: Path) -> None:

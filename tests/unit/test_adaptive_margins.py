@@ -18,23 +18,23 @@ from dist_face.heads.adaface import AdaFace
 from dist_face.heads.elastic import ElasticArc, ElasticCosPlus, assign_by_difficulty
 from dist_face.heads.subcenter import SubCenterArcFace
 
-# The papers' values as --print-config shows them, written out independently of
-# dist_face/config/margin_defaults.py (the built modules' values: test_margin_defaults.py).
+# The papers' values as --print-config shows them, written out independently of the margin
+# classes' signatures (the built modules' values: test_margin_defaults.py).
 NEW = {
-    "adaface": {"scale": 64.0, "adaface_m": 0.4, "adaface_h": 0.333, "adaface_momentum": 0.01},
+    "adaface": {"scale": 64.0, "margin": 0.4, "h": 0.333, "momentum": 0.01},
     "magface": {
         "scale": 64.0,
-        "magface_la": 10.0,
-        "magface_ua": 110.0,
-        "magface_lm": 0.45,
-        "magface_um": 0.8,
-        "magface_lambda": 35.0,
+        "l_a": 10.0,
+        "u_a": 110.0,
+        "l_m": 0.45,
+        "u_m": 0.8,
+        "lambda_g": 35.0,
     },
-    "elasticface_arc": {"scale": 64.0, "m2": 0.5, "elastic_std": 0.05},
-    "elasticface_cos": {"scale": 64.0, "m3": 0.35, "elastic_std": 0.05},
-    "elasticface_arc_plus": {"scale": 64.0, "m2": 0.5, "elastic_std": 0.0175},
-    "elasticface_cos_plus": {"scale": 64.0, "m3": 0.35, "elastic_std": 0.02},
-    "subcenter_arcface": {"scale": 64.0, "m2": 0.5, "sub_centers": 3},
+    "elasticface_arc": {"scale": 64.0, "margin": 0.5, "std": 0.05},
+    "elasticface_cos": {"scale": 64.0, "margin": 0.35, "std": 0.05},
+    "elasticface_arc_plus": {"scale": 64.0, "margin": 0.5, "std": 0.0175},
+    "elasticface_cos_plus": {"scale": 64.0, "margin": 0.35, "std": 0.02},
+    "subcenter_arcface": {"scale": 64.0, "margin": 0.5, "sub_centers": 3},
 }
 
 
@@ -42,7 +42,7 @@ NEW = {
 def test_print_config_shows_the_papers_defaults(name: str, capsys) -> None:
     args = argparse.Namespace(config="ms1mv3_r50", print_config=True, help_config=None)
     assert describe.run_info(args, [f"--head.margin={name}"]) == 0
-    head = yaml.safe_load(capsys.readouterr().out)["head"]
+    head = yaml.safe_load(capsys.readouterr().out)["head"]["margin_args"]
     assert {k: head[k] for k in NEW[name]} == pytest.approx(NEW[name])
 
 

@@ -1,6 +1,7 @@
 """Under one documented set of flags a training step is arcface_torch's step, exactly.
 
-The flags (docs/heads.md, "arcface_torch's step, exactly"): ``--head.straight_through=true
+The flags (docs/heads.md, "arcface_torch's step, exactly"):
+``--head.margin_args.straight_through=true
 --optim.decay_norm_and_bias=true --optim.schedule=arcface_poly`` (SGD momentum 0.9, one lr and
 weight decay for backbone and centers, backbone gradient clipped at norm 5: the defaults).
 The reference re-expresses arcface_torch's published step in float64, from its behaviour
@@ -29,7 +30,7 @@ from dist_face.train.build import build_trainer
 
 B, C, STEPS, LR, WD, S, M, POWER = 4, 20, 4, 0.1, 5e-4, 32.0, 0.5, 2.0
 FLAGS = [
-    "--head.straight_through=true",
+    "--head.margin_args.straight_through=true",
     "--optim.decay_norm_and_bias=true",
     "--optim.schedule=arcface_poly",
     f"--optim.poly_power={POWER}",
@@ -53,8 +54,8 @@ def _trainer(tmp_path):
             "--optim.warmup_epochs=0.5",
             f"--optim.lr={LR}",
             f"--optim.weight_decay={WD}",
-            f"--head.scale={S}",
-            f"--head.m2={M}",
+            f"--head.margin_args.scale={S}",
+            f"--head.margin_args.margin={M}",
             *FLAGS,
         ],
     )

@@ -13,9 +13,9 @@ from dist_face.audit import (
     StepAudit,
     audit_step,
     gemm_share,
-    main,
     meta_autocast,
 )
+from dist_face.cli.audit_step import main
 from dist_face.heads import PartialFC
 
 pytestmark = pytest.mark.unit

@@ -175,20 +175,30 @@ def test_print_config_prints_the_resolved_yaml_and_exits(tmp_path: Path) -> None
     assert cfg["name"] == "debug_cpu" and cfg["data"]["batch_size"] == 7
     assert cfg["train"]["max_steps"] == 0
     # resolved: the margin's defaults and the head's update, not the unset fields
-    assert (cfg["head"]["margin"], cfg["head"]["m2"], cfg["head"]["update"]) == (
+    assert (cfg["head"]["margin"], cfg["head"]["margin_args"]["margin"], cfg["head"]["update"]) == (
         "arcface",
         0.5,
         "sparse",
     )
     assert not any(p.name != "home" for p in tmp_path.iterdir() if p.name != "cache")
     bad = subprocess.run(
-        [BIN / "dist-face-train", "--config", "debug_cpu", "--head.scale=-1", "--print-config"],
+        [
+            BIN / "dist-face-train",
+            "--config",
+            "debug_cpu",
+            "--head.margin_args.scale=-1",
+            "--print-config",
+        ],
         env=_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 2 and "head.scale" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "head.margin_args.scale" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
 
 
 def test_help_config_lists_fields_with_types_defaults_and_docs(tmp_path: Path) -> None:

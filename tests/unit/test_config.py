@@ -17,9 +17,15 @@ from dist_face.config import (
 
 def test_good_override_changes_only_that_field() -> None:
     base = RunConfig()
-    cfg = apply_overrides(base, ["--head.scale=32", "--data.batch_size=64", "optim.name=adamw"])
-    assert (cfg.head.scale, cfg.data.batch_size, cfg.optim.name) == (32.0, 64, "adamw")
-    assert base.head.scale is None  # the base is not mutated (None: the margin's default)
+    cfg = apply_overrides(
+        base, ["--head.margin_args.scale=32", "--data.batch_size=64", "optim.name=adamw"]
+    )
+    assert (cfg.head.margin_args, cfg.data.batch_size, cfg.optim.name) == (
+        {"scale": 32},
+        64,
+        "adamw",
+    )
+    assert base.head.margin_args == {}  # the base is not mutated (unset: the margin's default)
     assert cfg.model == base.model
 
 
@@ -51,7 +57,7 @@ def test_bad_value_is_named() -> None:
 
 def test_malformed_override() -> None:
     with pytest.raises(ConfigError, match="not of the form"):
-        apply_overrides(RunConfig(), ["--head.scale"])
+        apply_overrides(RunConfig(), ["--head.margin_args.scale"])
 
 
 def test_every_recipe_builds() -> None:
@@ -67,6 +73,6 @@ def test_unknown_recipe_lists_known_ones() -> None:
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path) -> None:
-    cfg = load_config("debug_cpu", ["--head.scale=16"])
+    cfg = load_config("debug_cpu", ["--head.margin_args.scale=16"])
     path = save_config(cfg, tmp_path / "config.yaml")
     assert recipe(str(path)) == cfg

@@ -131,7 +131,7 @@ def test_dali_warns_that_it_cannot_skip_and_needs_the_package(
         _source(color_shards, 0, 1, on_corrupt="skip")
     assert "cannot skip undecodable records" in caplog.text
     assert "tools/verify.py" in caplog.text
-    monkeypatch.setattr("dist_face.data.loader.dali_available", lambda: False)
+    monkeypatch.setattr("dist_face.data.dali_loader.dali_available", lambda: False)
     with pytest.raises(ConfigError, match=r"data\.backend: dali needs nvidia-dali"):
         _source(color_shards, 0, 1)
 

@@ -119,3 +119,49 @@ def test_a_stop_ends_the_run_at_that_step_keeping_its_data_position(stop_after: 
     assert epochs.closed == [0]
     resumed = _trainer(Epochs(), total=9, state=state)
     assert resumed.fit().step == 9
+
+
+class Counted:
+    """A loader factory whose every batch has labels of its own (batch k: k, k + 1 mod 10)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, epoch: int, consumed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            k, self.count = self.count, self.count + 1
+            yield torch.full((2, 4), float(k)), torch.tensor([k % 10, (k + 1) % 10])
+
+
+def test_the_next_steps_labels_are_prepared_while_a_step_runs() -> None:
+    from dist_face.heads import PartialFC
+    from dist_face.heads.label_path import LabelPrefetch
+
+    head, inline = (PartialFC(4, 10, "softmax", 0.5, seed=1) for _ in range(2))
+    prefetch = LabelPrefetch(head, None).attach()
+    waiting, sampled = [], []
+
+    def step(micro: list) -> dict:
+        ((x, y),) = micro
+        head(x, y)
+        waiting.append(prefetch.waiting)  # step t + 1's labels, pulled before step t ran
+        inline(x, y)
+        sampled.append(torch.equal(head.last_sampled, inline.last_sampled))
+        return {}
+
+    trainer = Trainer(
+        step_fn=step,
+        loader_factory=Counted(),
+        steps_per_epoch=3,
+        total_steps=7,
+        samples_per_step=2,
+        grad_accum=1,
+        hooks=[],
+        label_prefetch=prefetch,
+    )
+    trainer.fit()
+    # ahead within an epoch; not across an epoch's end nor past the last step
+    assert waiting == [1, 1, 0, 1, 1, 0, 0]
+    assert all(sampled) and len(sampled) == 7
+    assert head.label_prefetch is None  # closed with the run
+    assert torch.equal(head.sampler.state(), inline.sampler.state())

@@ -74,7 +74,7 @@ def test_rows_cover_every_head_and_pair_loss() -> None:
 
 def test_with_scale_sets_s_only_where_the_margin_has_one() -> None:
     cos, soft, trip = (with_scale(s, 30.0) for s in by_name(["cosface", "softmax", "triplet"]))
-    assert cos.head == {"margin": "cosface", "scale": 30.0}
+    assert cos.head == {"margin": "cosface", "margin_args": {"scale": 30.0}}
     assert soft.head == {"margin": "softmax"} and trip.head == {"margin": "softmax"}
 
 

@@ -1,4 +1,4 @@
-"""A margin chosen by name gets its paper's values; fields it ignores are refused or dropped."""
+"""A margin chosen by name gets its paper's values; arguments it lacks are refused or dropped."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import torch
 from omegaconf import OmegaConf
 
 from dist_face.config import ConfigError, HeadConfig, RunConfig, apply_overrides, load_config
-from dist_face.config.margin_defaults import MARGIN_DEFAULTS, resolve_head
+from dist_face.config.resolve import resolve_run
 from dist_face.heads.build import build_margin
+from dist_face.heads.margin_args import margin_args
 from tests.helpers.distributed import run_distributed
 
 C = 100
 
-# The papers' values, written out independently of dist_face/config/margin_defaults.py:
+# The papers' values, written out independently of the margin classes' signatures:
 # margin -> {attribute of the built margin module: value}.
 PAPER = {
     "cosface": {"scale": 64.0, "margin": 0.35},
@@ -63,10 +64,14 @@ def test_margin_by_name_gets_its_paper_values(name: str) -> None:
     assert got == pytest.approx(PAPER[name])
 
 
-def test_every_registered_margin_has_defaults() -> None:
+def test_every_registered_margin_has_typed_documented_arguments() -> None:
     from dist_face.heads import MARGINS
 
-    assert set(MARGINS.names()) == set(MARGIN_DEFAULTS)
+    assert set(MARGINS.names()) == set(PAPER) | {"softmax"}
+    for name in MARGINS.names():
+        for arg in margin_args(name).values():
+            assert arg.type in (float, int, bool), (name, arg)
+            assert arg.doc, f"{name}: argument {arg.name} has no line in the class's Args:"
 
 
 def test_uniface_bias_starts_at_log_10_c_r() -> None:
@@ -84,41 +89,62 @@ def test_cosface_alone_on_the_quickstart_recipe_trains_with_m_035() -> None:
 
 
 def test_explicit_values_win_over_defaults() -> None:
-    cfg = apply_overrides(RunConfig(), ["--head.margin=cosface", "--head.m3=0.2"])
+    cfg = apply_overrides(RunConfig(), ["--head.margin=cosface", "--head.margin_args.margin=0.2"])
     assert build_margin(cfg.head, C).margin == 0.2
 
 
 @pytest.mark.parametrize(
-    ("margin", "field", "value"),
-    [("cosface", "m2", "0.5"), ("arcface", "m3", "0.35"), ("softmax", "scale", "32")],
+    ("margin", "field", "value", "known"),
+    [
+        ("cosface", "easy_margin", "true", "scale, margin"),
+        ("arcface", "m3", "0.35", "scale, margin, easy_margin, straight_through"),
+        ("softmax", "scale", "32", "none"),
+    ],
 )
-def test_overriding_a_field_the_margin_ignores_is_an_error(
-    margin: str, field: str, value: str
+def test_overriding_an_argument_the_margin_lacks_is_an_error(
+    margin: str, field: str, value: str, known: str
 ) -> None:
-    with pytest.raises(ConfigError, match=rf"head\.{field}: is not used by margin '{margin}'"):
-        apply_overrides(RunConfig(), [f"--head.margin={margin}", f"--head.{field}={value}"])
+    msg = (
+        rf"^head\.margin_args\.{field}: margin '{margin}' has no argument '{field}' "
+        rf"\(its arguments: {known}\)$"
+    )
+    with pytest.raises(ConfigError, match=msg):
+        apply_overrides(
+            RunConfig(), [f"--head.margin={margin}", f"--head.margin_args.{field}={value}"]
+        )
 
 
-def test_recipe_field_the_margin_ignores_is_dropped_with_a_warning(
+def test_an_argument_no_margin_has_is_an_error_in_a_recipe_too() -> None:
+    cfg = RunConfig()
+    cfg.head.margin_args = {"scael": 32.0}  # what a recipe's typo does
+    with pytest.raises(ConfigError, match=r"head\.margin_args\.scael: margin 'arcface' has no"):
+        apply_overrides(cfg, [])
+
+
+def test_recipe_argument_the_margin_lacks_is_dropped_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg = load_config("quickstart", ["--head.margin=softmax"])  # the recipe sets scale = 32
     with caplog.at_level(logging.WARNING):
-        head = resolve_head(cfg.head)
-    assert head.scale is None
-    assert "head.scale=32.0 is not used by margin 'softmax'" in caplog.text
+        head = resolve_run(cfg).head
+    assert head.margin_args == {}
+    assert "head.margin_args.scale=32.0 is not an argument of margin 'softmax'" in caplog.text
 
 
-def test_resolution_is_idempotent_and_keeps_unread_fields_unset() -> None:
-    head = resolve_head(HeadConfig(margin="cosface"))
-    assert resolve_head(head) == head
-    assert (head.scale, head.m3, head.m1, head.m2, head.lambda_base) == (
-        64.0,
-        0.35,
-        None,
-        None,
-        None,
-    )
+def test_switching_margin_drops_the_recipes_own_arguments(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """glint360k_r100's CosFace m = 0.4 is a cosine; ArcFace's m is radians: not carried over."""
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config("glint360k_r100", ["--head.margin=arcface"])
+    assert (build_margin(cfg.head, C).margin, build_margin(cfg.head, C).scale) == (0.5, 64.0)
+    assert "margin=0.4 of margin 'cosface' dropped" in caplog.text
+
+
+def test_resolution_is_idempotent_and_lists_only_the_margins_arguments() -> None:
+    cfg = resolve_run(RunConfig(head=HeadConfig(margin="cosface")))
+    assert resolve_run(cfg) == cfg
+    assert cfg.head.margin_args == {"scale": 64.0, "margin": 0.35}
 
 
 def _config_yaml(rank: int, world: int, shards: str, out: str) -> dict:
@@ -146,6 +172,5 @@ def test_run_config_yaml_shows_the_resolved_margin(color_shards: Path, tmp_path:
     (out,) = run_distributed(_config_yaml, 1, str(color_shards), str(tmp_path))
     assert out["margin"] == (32.0, 0.35)
     head = out["head"]
-    assert (head["margin"], head["scale"], head["m3"]) == ("cosface", 32.0, 0.35)
-    assert head["m1"] is None and head["m2"] is None and head["lambda_base"] is None
+    assert (head["margin"], head["margin_args"]) == ("cosface", {"scale": 32.0, "margin": 0.35})
     assert head["update"] == "sparse"  # unset resolves to what trains

@@ -229,5 +229,7 @@ def test_uniface_default_bias_follows_official_init() -> None:
     from dist_face.config.schema import HeadConfig
     from dist_face.heads import build_margin
 
-    margin = build_margin(HeadConfig(margin="uniface", m3=0.4, sample_rate=0.5), 1000)
+    margin = build_margin(
+        HeadConfig(margin="uniface", margin_args={"margin": 0.4}, sample_rate=0.5), 1000
+    )
     assert margin.bias.item() == pytest.approx(math.log(10 * 1000 * 0.5))

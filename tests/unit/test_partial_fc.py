@@ -159,14 +159,36 @@ def test_no_weight_decay_names_biases() -> None:
 
 
 def test_build_head_from_config() -> None:
-    cfg = apply_overrides(RunConfig(), ["--head.margin=cosface", "--head.m3=0.35"]).head
+    cfg = apply_overrides(
+        RunConfig(), ["--head.margin=cosface", "--head.margin_args.margin=0.35"]
+    ).head
     head = build_head(cfg, D, C)
     assert head.margin.margin == 0.35 and head.margin.scale == 64.0
-    arc = build_head(HeadConfig(straight_through=True, easy_margin=True), D, C).margin
+    arc = build_head(
+        HeadConfig(margin_args={"straight_through": True, "easy_margin": True}), D, C
+    ).margin
     assert arc.straight_through and arc.easy_margin and arc.margin == 0.5
-    sphere = build_head(HeadConfig(margin="sphereface", m1=4, lambda_min=2.0), D, C).margin
+    sphere = build_head(
+        HeadConfig(margin="sphereface", margin_args={"m": 4, "lambda_min": 2.0}), D, C
+    ).margin
     assert sphere.m == 4 and sphere.lambda_min == 2.0
     with pytest.raises(ConfigError, match=r"head\.margin: unknown margin 'arcfce'"):
         build_head(HeadConfig(margin="arcfce"), D, C)
-    with pytest.raises(ConfigError, match=r"head\.m1: must be an integer"):
-        apply_overrides(RunConfig(), ["--head.margin=sphereface", "--head.m1=1.5"])
+    with pytest.raises(ConfigError, match=r"head\.margin_args\.m: must be int, got 1\.5"):
+        apply_overrides(RunConfig(), ["--head.margin=sphereface", "--head.margin_args.m=1.5"])
+
+
+def test_the_heads_helpers_do_not_import_the_head() -> None:
+    """shard_io and label_path read the head through protocols: no import cycle with it."""
+    import ast
+    from pathlib import Path
+
+    import dist_face.heads as heads
+
+    root = Path(heads.__file__).parent
+    for name in ("shard_io.py", "label_path.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+            a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+        }
+        assert "dist_face.heads.partial_fc" not in imported, name

@@ -150,14 +150,15 @@ def test_a_diverging_run_exits_1_with_one_line(
 ) -> None:
     code, errors = run_main(
         *_base(small_dataset, tmp_path / "runs"),
-        "--head.scale=1e39",
+        "--head.margin_args.scale=1e39",
         "--train.max_skipped_steps=2",
     )
     assert code == 1
     assert errors == [
         "training diverged at step 2: 2 consecutive steps skipped for inf/NaN gradients "
         "(train.max_skipped_steps=2); loss scale 1, no finite loss since the start; lower "
-        "optim.lr (now 0.1) or head.scale (now 1e+39); this run wrote no checkpoint and no "
+        "optim.lr (now 0.1) or head.margin_args.scale (now 1e+39); this run wrote no checkpoint "
+        "and no "
         f"{tmp_path}/runs/r/model.pt"
     ]
     assert not (tmp_path / "runs" / "r" / "model.pt").exists()  # no end-of-run save
@@ -205,3 +206,22 @@ def test_a_final_checkpoint_that_cannot_be_written_exits_1(
         "the checkpoint of step 2, the last step, could not be written (see the error above); "
         f"this run wrote no checkpoint and no {tmp_path}/runs/r/model.pt"
     )
+
+
+def test_start_up_opens_the_dataset_once_and_passes_it_on(
+    color_shards: Path, tmp_path: Path
+) -> None:
+    """The checks' data source carries the opened dataset; the digest reads that one."""
+    from dist_face.config import load_config
+    from dist_face.dist import Topology
+    from dist_face.train.agreement import dataset_digest
+    from dist_face.train.preflight import check_run
+
+    cfg = load_config(
+        "debug_cpu",
+        [f"--data.root={color_shards}", "--eval.targets=[]", f"--output_root={tmp_path}"],
+    )
+    data = check_run(cfg, Topology(), torch.device("cpu"))
+    assert data.dataset is not None and len(data.dataset) == data.num_samples == 60
+    assert dataset_digest(str(color_shards), data.dataset) == dataset_digest(str(color_shards))
+    assert dataset_digest(str(color_shards), data.dataset) != dataset_digest("synthetic")

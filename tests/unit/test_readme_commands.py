@@ -28,7 +28,7 @@ RUN, CONFIG = "run", "config"
 BLOCKS = {
     "bash launch/quickstart.sh": "the whole quickstart (9 min) and suite (19 min): run by hand",
     "python -m dist_face.train --config debug_cpu --train.max_steps=2": RUN,
-    "python -m dist_face.train --config debug_cpu --head.scale=32": CONFIG,
+    "python -m dist_face.train --config debug_cpu --head.margin_args.scale=32": CONFIG,
     "torchrun --standalone --nproc_per_node=8": "8 GPUs and MS1MV3",  # + a debug_cpu line: config
     "CONFIG=ms1mv3_r100 ZERO_STAGE=1": "DeepSpeed over a hostfile of GPU nodes",
     "# node 0 and node 1": "a GPU cluster",
