@@ -9,8 +9,8 @@ fresh clone. Nothing is written inside the checkout: a ``data/`` folder in a clo
 
 from pathlib import Path
 
+from dist_face.cache_dir import default_cache_dir
 from dist_face.config import RunConfig
-from dist_face.config.paths import default_cache_dir
 
 
 def debug_data() -> Path:

@@ -21,20 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from dist_face.data.detection import Detection
 from dist_face.extras import require
 
 DEFAULT_INPUT = (640, 640)
 """``(width, height)`` for a model whose input size is dynamic."""
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One photo's result: the five points (None when no face) and which detector found it."""
-
-    points: np.ndarray | None
-    """``float64 [5, 2]`` (x, y) pixels of the original photo, template order."""
-    how: str
-    """``"fast"`` (HOG), ``"fallback"`` (CNN) or ``"missed"``."""
 
 
 def _layout(num_outputs: int) -> tuple[list[int], int]:

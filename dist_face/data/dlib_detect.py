@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dist_face.data.detect import Detection
+from dist_face.data.detection import Detection
 from dist_face.extras import MissingExtraError, missing_message
 
 MODELS_PACKAGE = "face_recognition_models"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dist_face.config.paths import default_cache_dir
+from dist_face.cache_dir import default_cache_dir
 from dist_face.data.rec_labels import record_labels
 from dist_face.data.recordio import (
     IR_SIZE,
