@@ -18,6 +18,8 @@ EXTRA_OF = {
     "nvidia.dali": "dali",
     "deepspeed": "deepspeed",
     "insightface": "dev",
+    "dlib": "detect",
+    "face_recognition_models": "detect",
 }
 """Import name → the ``pyproject.toml`` extra that installs it."""
 

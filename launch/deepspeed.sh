@@ -23,6 +23,11 @@
 #   DRY_RUN=1           print the deepspeed command instead of running it
 # On CPUs DeepSpeed trains in fp32 or bf16 (it refuses fp16 without CUDA).
 set -euo pipefail
+# Python puts the working directory first on sys.path for `python -m`/`-c`; started in the
+# parent of a clone named dist_face, the clone itself would be imported as a namespace package
+# `dist_face` ahead of an editable install (No module named 'dist_face.train'). Every python
+# this script and its workers start leaves the working directory off sys.path.
+export PYTHONSAFEPATH=1
 case "${1:-}" in -h | --help)  # the comment block above is the usage
   sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,6 +79,9 @@ if [ "${PREFLIGHT:-1}" != 0 ] || [ -n "${CHECK_ONLY:-}" ]; then
   fi
   RANK=0 LOCAL_RANK=0 WORLD_SIZE="$world" LOCAL_WORLD_SIZE="$world" \
     python -m dist_face.train "${train[@]}" --check-only || exit $?
-  [ -n "${CHECK_ONLY:-}" ] && exit 0
+  if [ -n "${CHECK_ONLY:-}" ]; then
+    echo "CHECK_ONLY: $CONFIG passed its checks for $world ranks (configuration, inputs, run directory); nothing was started"
+    exit 0
+  fi
 fi
 exec "${cmd[@]}"

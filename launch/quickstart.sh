@@ -12,12 +12,17 @@
 #   --dry-run   say what would run and where, then stop (nothing is installed or written)
 #   -h, --help  this text
 #
-# Environment: QUICKSTART_DIR (default <repo>/data/quickstart), QUICKSTART_RUN
-# (<repo>/runs/quickstart); relative values are relative to the current directory;
+# Environment: QUICKSTART_DIR (default ~/.cache/dist_face/quickstart), QUICKSTART_RUN
+# (runs/quickstart where it is started); relative values are relative to the current directory;
 # QUICKSTART_IDENTITIES (300), QUICKSTART_IMAGES (24 per identity),
 # QUICKSTART_IJB_IDENTITIES (60), NPROC (GPUs, else 2),
 # plus launch/setup_env.sh's.
 set -euo pipefail
+# Python puts the working directory first on sys.path for `python -m`/`-c`; started in the
+# parent of a clone named dist_face, the clone itself would be imported as a namespace package
+# `dist_face` ahead of an editable install (No module named 'dist_face.train'). Every python
+# this script and its workers start leaves the working directory off sys.path.
+export PYTHONSAFEPATH=1
 replace=0
 dry_run=0
 for arg in "$@"; do
@@ -29,10 +34,12 @@ for arg in "$@"; do
   esac
 done
 # no change of directory: QUICKSTART_DIR and QUICKSTART_RUN, when set, are relative to where
-# this script is started; the defaults live in the repository
+# this script is started; the default data lives in the cache directory ($DIST_FACE_CACHE, else
+# $XDG_CACHE_HOME/dist_face, else ~/.cache/dist_face), never inside the checkout
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-DATA="${QUICKSTART_DIR:-$root/data/quickstart}"
+cache="${DIST_FACE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dist_face}"
+DATA="${QUICKSTART_DIR:-$cache/quickstart}"
 IDS="${QUICKSTART_IDENTITIES:-300}"
 PER_ID="${QUICKSTART_IMAGES:-24}"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -41,7 +48,7 @@ else
   NPROC="${NPROC:-2}"
 fi
 # an earlier run is kept unless --replace: this one takes the first free <run>-N
-RUN="${QUICKSTART_RUN:-$root/runs/quickstart}"
+RUN="${QUICKSTART_RUN:-$PWD/runs/quickstart}"
 if [ -e "$RUN" ] && [ "$replace" = 0 ]; then
   n=2
   while [ -e "$RUN-$n" ]; do n=$((n + 1)); done

@@ -27,6 +27,11 @@
 # rank: the ranks stop at the same step, write a checkpoint and exit with code 75; RESUME=auto
 # continues from it.
 set -euo pipefail
+# Python puts the working directory first on sys.path for `python -m`/`-c`; started in the
+# parent of a clone named dist_face, the clone itself would be imported as a namespace package
+# `dist_face` ahead of an editable install (No module named 'dist_face.train'). Every python
+# this script and its workers start leaves the working directory off sys.path.
+export PYTHONSAFEPATH=1
 case "${1:-}" in -h | --help)  # the comment block above is the usage
   sed -n '2,/^set -/{/^#SBATCH/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -91,6 +96,14 @@ python -m dist_face.cli.launch_check --config "$CONFIG" "$@" || check=$?
 if [ "${PREFLIGHT:-1}" != 0 ] || [ -n "${CHECK_ONLY:-}" ]; then
   RANK=0 LOCAL_RANK=0 WORLD_SIZE=$((${NNODES##*:} * NPROC_PER_NODE)) LOCAL_WORLD_SIZE="$NPROC_PER_NODE" \
     python "${train[@]}" --check-only || exit $?
-  [ -n "${CHECK_ONLY:-}" ] && exit 0
+  if [ -n "${CHECK_ONLY:-}" ]; then
+    echo "CHECK_ONLY: $CONFIG passed its checks for $((${NNODES##*:} * NPROC_PER_NODE)) ranks (configuration, inputs, run directory); nothing was started"
+    exit 0
+  fi
 fi
-exec "${cmd[@]}"
+# torchrun's stderr passes through a filter that replaces the agent's own traceback after a stop
+# signal (the ranks have already written their checkpoint and said so) by one line; every other
+# line, rank logs included, passes as it comes. The filter ignores the stop signals, so the
+# ranks' last lines reach the log (dist_face/cli/torchrun_stderr.py).
+exec 3>&2
+exec "${cmd[@]}" 2> >(trap '' INT TERM HUP QUIT USR1; exec python -u -m dist_face.cli.torchrun_stderr >&3 2>&3)

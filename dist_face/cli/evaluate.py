@@ -1,4 +1,9 @@
-"""Verification of a trained backbone on ``.bin`` pair files: 10-fold accuracy, EER, TAR@FAR."""
+"""Verification of a trained backbone on pair files: 10-fold accuracy, EER, TAR@FAR.
+
+A pair file is a ``.bin`` (``--bin``) or a CSV pair list ``img1,img2,label`` (``--pairs``) of
+aligned faces, or of raw photos aligned on the fly with ``--landmarks FILE`` or
+``--detect dlib|MODEL.onnx``. Each distinct image is decoded and embedded once.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,17 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet, progress_off
-from dist_face.eval.bin_format import BinFormatError, decode_images, load_bin, warn_sizes
+from dist_face.eval.bin_format import (
+    BinFormatError,
+    decode_images,
+    distinct_images,
+    load_bin,
+    warn_sizes,
+)
+from dist_face.eval.pair_list import load_images, read_pair_list
+from dist_face.eval.raw_photos import add_align_args
 from dist_face.eval.verification import evaluate_model
-from dist_face.extras import require
+from dist_face.extras import MissingExtraError, require
 from dist_face.log import init_logging
 from dist_face.models import create, load_backbone
 
@@ -30,7 +43,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         epilog="dist-face-evaluate --compare OUT_A OUT_B --plot-dir DIR draws several IJB "
         "outputs (dist-face-ijb --out) on one ROC/DET figure.",
     )
-    p.add_argument("--bin", action="append", required=True, help="pair file (repeatable)")
+    p.add_argument("--bin", action="append", default=[], help=".bin pair file (repeatable)")
+    p.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        help="CSV pair list img1,img2,label, paths relative to the CSV (repeatable)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory holding model.pt (written by the trainer)")
     src.add_argument("--backbone", help="backbone-only checkpoint (model.pt)")
@@ -44,7 +63,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", help="JSON report path (default: <run>/eval_report.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    add_align_args(p)
+    args = p.parse_args(argv)
+    if not args.bin and not args.pairs:
+        p.error("give at least one --bin or --pairs file")
+    return args
 
 
 def _decode(images: list[bytes], bar: tqdm, mode: str) -> np.ndarray:
@@ -101,8 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.run) / "model.pt" if args.run else Path(args.backbone)
     try:
         model = load_backbone(path, name=args.name)
-        pairs = {Path(b).stem: load_bin(b) for b in args.bin}
-    except (FileNotFoundError, ValueError, BinFormatError) as exc:
+        pairs = {}
+        for b in args.bin:  # each distinct image decoded and embedded once
+            images, issame = load_bin(b)
+            pairs[Path(b).stem] = (*distinct_images(images), issame)
+        decoded = {}
+        for csv in args.pairs:  # decoded (and aligned) here: one bar step per image, no bytes
+            plist = read_pair_list(csv)
+            if plist.labels is None:
+                raise ValueError(f"{csv}: a pair list to evaluate needs a label column")
+            faces, index = load_images(plist, Path(csv).parent, args.resize_mode, align=args)
+            kept = (index >= 0).all(axis=1)
+            if not kept.all():
+                logger.warning("%s: %d pair(s) with a photo left out", csv, int((~kept).sum()))
+            decoded[Path(csv).stem] = (faces, index[kept], plist.labels[kept])
+    except (FileNotFoundError, ValueError, BinFormatError, MissingExtraError) as exc:
         logger.error("%s", exc)
         return 2
     models = {"trained": model}
@@ -112,14 +148,23 @@ def main(argv: list[str] | None = None) -> int:
         models["untrained"] = create(stored.get("name", args.name), **stored.get("kwargs", {}))
     report: dict[str, dict[str, float]] = {}
     # one bar over every image decoded and embedded; on a terminal only, unless --quiet
-    total = sum(len(images) * (1 + len(models)) for images, _ in pairs.values())
+    total = sum(len(images) * (1 + len(models)) for images, _, _ in pairs.values())
+    total += sum(len(faces) * len(models) for faces, _, _ in decoded.values())
     bar = tqdm(total=total, unit="img", desc="evaluate", disable=progress_off(args.quiet))
     with logging_redirect_tqdm():
-        for name, (images, issame) in pairs.items():
-            pixels = _decode(images, bar, args.resize_mode)
+        targets = [(name, _decode(images, bar, args.resize_mode), index, issame)
+                   for name, (images, index, issame) in pairs.items()]  # fmt: skip
+        targets += [(name, *target) for name, target in decoded.items()]
+        for name, pixels, index, issame in targets:
             for kind, m in models.items():
                 result = evaluate_model(
-                    m, pixels, issame, args.batch_size, torch.device("cpu"), progress=bar.update
+                    m,
+                    pixels,
+                    issame,
+                    args.batch_size,
+                    torch.device("cpu"),
+                    progress=bar.update,
+                    pairs=index,
                 )
                 report[f"{name}/{kind}"] = result.as_dict()
                 logger.info(

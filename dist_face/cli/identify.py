@@ -1,9 +1,11 @@
 """Open-set identification on a folder of aligned faces, and a MegaFace-style distractor curve.
 
 ``--probes DIR`` holds one sub-folder of aligned 112×112 images per subject (other sizes are
-fitted by ``--resize-mode``, with a warning). The first image of each of the first
-``--enrolled-fraction`` of the subjects forms the gallery; every other image is a probe, so
-the images of the other subjects are searches without a mate. Reported:
+fitted by ``--resize-mode``, with a warning), or of raw photos aligned on the fly with
+``--landmarks FILE`` or ``--detect dlib|MODEL.onnx`` (a photo without a face is left out).
+The first image of each of the first ``--enrolled-fraction`` of the subjects forms the gallery;
+every other image is a probe, so the images of the other subjects are searches without a mate.
+Reported:
 DIR (TPIR) at FAR (FPIR) 0.01 and 0.1 and rank-1/5/10.
 
 With ``--distractors`` (a count of generated subjects, a folder of aligned images, or a
@@ -29,7 +31,9 @@ from dist_face.data.image_files import image_extensions
 from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, fit_image
 from dist_face.eval.bin_format import warn_sizes
 from dist_face.eval.identification import RANKS, distractor_curve, open_set, search
+from dist_face.eval.raw_photos import add_align_args, aligned_photos, wants_alignment
 from dist_face.eval.verification import embed_images
+from dist_face.extras import MissingExtraError
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.identify")
@@ -103,20 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory (report.json, megaface.png)")
     p.add_argument("--batch-size", type=int, default=64)
     add_resize_mode(p)
+    add_align_args(p)
     args = p.parse_args(argv)
     init_logging()
     try:
         model, name, _ = load_from_args(args)
         files, ids = identity_folder(Path(args.probes))
-        feats = embed_images(
-            model, _read_images(files, args.resize_mode), args.batch_size, torch.device("cpu")
-        )
+        if wants_alignment(args):
+            faces, _ = aligned_photos(files, Path(args.probes), args)
+            kept = [k for k, f in enumerate(faces) if f is not None]
+            if not kept:
+                raise ValueError(f"{args.probes}: no photo could be aligned")
+            pixels, ids = np.stack([faces[k] for k in kept]), ids[kept]
+        else:
+            pixels = _read_images(files, args.resize_mode)
+        feats = embed_images(model, pixels, args.batch_size, torch.device("cpu"))
         distractors = (
             _distractors(args.distractors, model, args.batch_size, args.resize_mode)
             if args.distractors
             else None
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, MissingExtraError) as exc:
         logger.error("%s", exc)
         return 2
     gallery, probes = open_set_split(ids, args.enrolled_fraction)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.aligned import align_source, read_landmarks
+from dist_face.data.aligned import LANDMARK_ORDER, align_source, read_landmarks, swap_warning
 from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from dist_face.data.pack import PackOptions, pack
 from dist_face.data.pack_check import (
@@ -47,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="globally shuffle the records (default: on)",
     )
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="parallel writer processes (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel processes for detection (--detect) and writing (default 1)",
+    )
     p.add_argument("--root", help="image root for a .lst (default: the .lst's directory)")
     p.add_argument(
         "--resize", type=int, help="re-encode images fitted to RESIZE x RESIZE (see --resize-mode)"
@@ -62,16 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--landmarks",
         metavar="FILE",
-        help="CSV of 'image path,x1,y1,...,x5,y5' (eyes, nose tip, mouth corners; paths "
-        "relative to SRC): align every face to the 112x112 ArcFace template; images without a "
-        "row are left out and listed in the report",
+        help="CSV of 'image path,x1,y1,...,x5,y5' (paths relative to SRC), points in the "
+        f"order: {LANDMARK_ORDER}: align every face to the 112x112 ArcFace template; images "
+        "without a row are left out and listed in the report",
     )
     p.add_argument(
         "--detect",
-        metavar="MODEL.onnx",
-        help="a face-detector ONNX model with 5-point outputs (InsightFace SCRFD/RetinaFace "
-        "layout), run with onnxruntime to find the landmarks; images without a face are left "
-        "out and listed in the report",
+        metavar="dlib|MODEL.onnx",
+        help="find the landmarks with a face detector: 'dlib' (pip install 'dist_face[detect]': "
+        "dlib's HOG detector, its CNN detector for the photos HOG misses, the largest face, "
+        "68 points reduced to the template's 5) or a face-detector ONNX model with 5-point "
+        "outputs (InsightFace SCRFD/RetinaFace layout); photos without a face are left out "
+        "and listed in the report",
     )
     p.add_argument(
         "--detect-threshold",
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(result.bad)} image(s) fail the {args.check} check (--strict), "
                 f"the first: {where}: {why}"
             )
-        checked, unaligned = _align(checked, args)
+        checked, unaligned, notes = _align(checked, args)
         singles = int((np.bincount(checked.labels, minlength=checked.num_classes) == 1).sum())
         aligned = bool(args.landmarks or args.detect)
         warning = size_warning(result.sizes, aligned, args.resize, args.resize_mode)
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = pack(checked, args.out_dir, options, progress=not args.quiet)
         report = write_report(
             args.out_dir,
-            PackReport(result, skipped_files, empty, unaligned, singles, aligned),
+            PackReport(result, skipped_files, empty, unaligned, singles, aligned, notes),
         )
     except (OSError, ValueError, MissingExtraError) as err:
         print(f"dist-face-pack: error: {err}", file=sys.stderr)
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {len(empty)} identity folder(s) without images (no class for them)")
     if result.dropped_classes:
         print(f"removed {result.dropped_classes} class(es) whose every image was skipped")
+    for note in notes:
+        print(note)
     if unaligned:
         print(f"left out {len(unaligned)} image(s) without landmarks or a detected face")
     if singles:
@@ -162,20 +171,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _align(source: Source, args: argparse.Namespace) -> tuple[Source, list[tuple[str, str]]]:
-    """Align to the ArcFace template by --landmarks or --detect; the source as is otherwise."""
+def _align(
+    source: Source, args: argparse.Namespace
+) -> tuple[Source, list[tuple[str, str]], list[str]]:
+    """Align to the ArcFace template by --landmarks or --detect; the source as is otherwise.
+
+    Returns:
+        ``(source, [(where, why) left out], lines for the report)``.
+    """
     if args.landmarks:
         points = read_landmarks(args.landmarks, getattr(source, "root", None))
-        return align_source(source, points, f"no row in {args.landmarks}")
+        notes = [f"landmark order: {LANDMARK_ORDER}"]
+        warning = swap_warning(points, args.landmarks)
+        if warning:
+            logger.warning("%s", warning)
+            notes.append(f"WARNING: {warning}")
+        aligned, missing = align_source(source, points, f"no row in {args.landmarks}")
+        return aligned, missing, notes
     if args.detect:
         from dist_face.data.detect import detect_landmarks
 
-        points, missing = detect_landmarks(
-            source, args.detect, args.detect_threshold, progress=not args.quiet
+        found = detect_landmarks(
+            source, args.detect, args.detect_threshold, args.workers, progress=not args.quiet
         )
-        aligned, _ = align_source(source, points, "no face found")
-        return aligned, missing
-    return source, []
+        notes = [f"detection ({args.detect}): {found.summary()}"]
+        notes.append(f"landmark order: {LANDMARK_ORDER}")
+        if not found.found:
+            raise ValueError(
+                f"--detect {args.detect} found no face in any of {len(source)} photos; the "
+                f"first: {found.missing[0][0]}"
+            )
+        aligned, _ = align_source(source, found.found, "no face found")
+        return aligned, found.missing, notes
+    return source, [], []
 
 
 if __name__ == "__main__":

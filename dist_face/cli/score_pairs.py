@@ -1,4 +1,8 @@
-"""Score a CSV pair list (img1,img2[,label]) of aligned faces; with labels, EER and TAR@FAR."""
+"""Score a CSV pair list (img1,img2[,label]); with labels, EER and TAR@FAR.
+
+The images are aligned 112×112 faces, or raw photos aligned on the fly with --landmarks FILE
+or --detect dlib|MODEL.onnx (a pair with a photo left out gets no score).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,14 @@ from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet
 from dist_face.eval.ijb import roc_auc
 from dist_face.eval.ijb import tar_at_far as ijb_tar_at_far
 from dist_face.eval.pair_list import PairListError, load_images, read_pair_list, write_scores
+from dist_face.eval.raw_photos import add_align_args
 from dist_face.eval.verification import (
     best_threshold,
     embed_images,
     equal_error_rate,
     kfold_accuracy,
 )
+from dist_face.extras import MissingExtraError
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.score_pairs")
@@ -56,21 +62,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="scores CSV to write; the report goes beside it")
     p.add_argument("--batch-size", type=int, default=64)
     add_resize_mode(p)
+    add_align_args(p)
     args = p.parse_args(argv)
     init_logging()
     try:
         plist = read_pair_list(args.pairs)
-        images, index = load_images(plist, args.root or Path(args.pairs).parent, args.resize_mode)
         model, name, _ = load_from_args(args)
-    except (FileNotFoundError, ValueError, PairListError) as exc:
+        root = args.root or Path(args.pairs).parent
+        images, index = load_images(plist, root, args.resize_mode, align=args)
+    except (FileNotFoundError, ValueError, PairListError, MissingExtraError) as exc:
         logger.error("%s", exc)
         return 2
     emb = embed_images(model, images, args.batch_size, torch.device("cpu"))
-    scores = np.einsum("ij,ij->i", emb[index[:, 0]], emb[index[:, 1]])
+    scored = (index >= 0).all(axis=1)
+    scores = np.full(len(index), np.nan, np.float32)
+    scores[scored] = np.einsum("ij,ij->i", emb[index[scored, 0]], emb[index[scored, 1]])
     out = write_scores(plist, scores, args.out)
-    logger.info("wrote %d scores to %s", len(scores), out)
+    logger.info("wrote %d scores to %s", int(scored.sum()), out)
+    if not scored.all():
+        logger.warning("%d pair(s) have a photo left out: no score", int((~scored).sum()))
     if plist.labels is not None:
-        report = {"backbone": name, "pairs": str(plist.path), **metrics(scores, plist.labels)}
+        report = {
+            "backbone": name,
+            "pairs": str(plist.path),
+            "pairs_without_score": int((~scored).sum()),
+            **metrics(scores[scored], plist.labels[scored]),
+        }
         path = out.with_suffix(".json")
         path.write_text(json.dumps(report, indent=2) + "\n")
         logger.info(

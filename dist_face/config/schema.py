@@ -176,6 +176,13 @@ class DataConfig:
     """Probability of HSV jitter: hue +U(0, 20)°, saturation ×U(1, 1.2) (arcface_torch: 0.2)."""
     aug_gray_p: float = 0.0
     """Probability of converting to grayscale (arcface_torch: 0.1)."""
+    aug_crop_p: float = 0.0
+    """Probability of a small crop and shift of an aligned face: a square of U(0.88, 1) of the
+    side at a random place, scaled back (moves the face by up to 6 % of the side; torch
+    backend)."""
+    aug_color_p: float = 0.0
+    """Probability of colour jitter: brightness, contrast and saturation each ×U(0.8, 1.2)
+    (torch backend)."""
 
     def __post_init__(self) -> None:
         from dist_face.data.loader import BACKENDS  # lazy: the loader imports torch
@@ -190,19 +197,36 @@ class DataConfig:
         require(self.synthetic_samples > 0, "synthetic_samples", "must be > 0")
         require(self.prefetch >= 1, "prefetch", f"must be >= 1, got {self.prefetch}")
         require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
-        for name in ("aug_downscale_p", "aug_blur_p", "aug_hsv_p", "aug_gray_p"):
+        for name in AUGMENTATIONS:
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")
+        for name in ("aug_crop_p", "aug_color_p"):
+            require(
+                not (self.backend == "dali" and getattr(self, name)),
+                name,
+                "is applied by the torch backend only (data.backend=torch)",
+            )
 
     @property
     def augments(self) -> bool:
         """True when any augmentation besides the mirror is enabled."""
-        return any((self.aug_downscale_p, self.aug_blur_p, self.aug_hsv_p, self.aug_gray_p))
+        return any(getattr(self, name) for name in AUGMENTATIONS)
 
 
 # ---------------------------------------------------------------------------------------------
 # optim: optimizer and learning-rate schedule (dist_face.train)
 # ---------------------------------------------------------------------------------------------
+AUGMENTATIONS = (
+    "aug_downscale_p",
+    "aug_blur_p",
+    "aug_hsv_p",
+    "aug_gray_p",
+    "aug_crop_p",
+    "aug_color_p",
+)
+"""The probabilities of :class:`DataConfig`'s augmentations."""
+
+
 @dataclass(kw_only=True)
 class OptimConfig:
     """Optimizer and per-iteration learning-rate schedule."""
@@ -333,9 +357,14 @@ class EvalConfig:
     timeout_s: float = 3600.0
     """How long the other ranks wait for rank 0's evaluation (over a gloo group of its own, so
     ``dist.timeout_s`` does not bound it)."""
+    select_best: bool = False
+    """Keep the evaluated backbone with the lowest EER on the first target as
+    ``model_best.pt`` and make it the run's ``model.pt`` (the log names its step); off:
+    ``model.pt`` is the last checkpoint's backbone. Without targets it has no effect."""
 
     def __post_init__(self) -> None:
         require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         require(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
 

@@ -20,7 +20,36 @@ from dist_face.data.sources import Source
 from dist_face.eval.align import ARCFACE_TEMPLATE, CROP_SIZE, similarity_transform, warp_affine
 
 LANDMARK_COLUMNS = 11
-"""``path, x1, y1, ..., x5, y5``: left eye, right eye, nose tip, left and right mouth corner."""
+"""``path, x1, y1, ..., x5, y5``: the template's order, see :data:`LANDMARK_ORDER`."""
+LANDMARK_ORDER = (
+    "eye on the image-left, eye on the image-right, nose tip, mouth corner on the image-left, "
+    "mouth corner on the image-right (image-left: smaller x; the subject's right eye in a "
+    "frontal photo)"
+)
+"""The five points' order, as ``--help``, the docs and the pack report state it."""
+
+
+def swapped_eyes(landmarks: dict[str, np.ndarray]) -> list[str]:
+    """The rows whose first eye lies to the image-right of the second (``x1 > x2``).
+
+    A file written in the subject's left/right order has most rows swapped: the faces would be
+    aligned mirrored and upside-down-rotated by the similarity fit.
+    """
+    return sorted(k for k, p in landmarks.items() if p[0, 0] > p[1, 0])
+
+
+def swap_warning(landmarks: dict[str, np.ndarray], source_name: str) -> str | None:
+    """One line when most rows of ``landmarks`` have the eyes swapped, naming some; else None."""
+    swapped = swapped_eyes(landmarks)
+    if len(swapped) * 2 <= len(landmarks):
+        return None
+    shown = ", ".join(swapped[:5]) + (" ..." if len(swapped) > 5 else "")
+    return (
+        f"{source_name}: {len(swapped)} of {len(landmarks)} landmark rows have the first eye to "
+        f"the image-right of the second (x1 > x2): {shown}. The order is {LANDMARK_ORDER}; "
+        f"a file in the subject's left/right order needs x1,y1 <-> x2,y2 and x4,y4 <-> x5,y5 "
+        f"swapped"
+    )
 
 
 def read_landmarks(path: str, root: str | None = None) -> dict[str, np.ndarray]:

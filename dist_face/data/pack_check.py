@@ -173,6 +173,8 @@ class PackReport:
     """Identities with one image: they train a class but give no genuine pair."""
     aligned: bool
     """Images were aligned to the 112×112 template (``--landmarks`` / ``--detect``)."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Lines about the alignment: detection counts and speed, the landmark order, warnings."""
 
 
 def counted(items: dict[Any, int], limit: int = 8) -> str:
@@ -244,6 +246,7 @@ def write_report(out_dir: str, report: PackReport) -> str:
         "# sizes before packing (width×height): " + (counted(result.sizes) or "not checked"),
         "# channels: " + (counted(modes) or "not checked"),
         f"# aligned to the 112×112 ArcFace template: {'yes' if report.aligned else 'no'}",
+        *(f"# {note}" for note in report.notes),
         *(f"{where}\t{why}" for where, why in [*result.bad, *report.unaligned]),
     ]
     tmp = path + ".tmp"

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dist_face.cache_dir import default_cache_dir
 from dist_face.data.rec_labels import record_labels
 from dist_face.data.recordio import (
     IR_SIZE,
@@ -119,14 +120,6 @@ def _scan_and_save(
         target,
     )
     return columns, meta
-
-
-def default_cache_dir() -> str:
-    """``$DIST_FACE_CACHE``, else ``$XDG_CACHE_HOME/dist_face``, else ``~/.cache/dist_face``."""
-    if os.environ.get("DIST_FACE_CACHE"):
-        return os.environ["DIST_FACE_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "dist_face")
 
 
 def cache_paths(rec_path: str, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:

@@ -215,6 +215,25 @@ def save_bin(path: str | os.PathLike[str], images: list[bytes], issame: list[boo
     return path
 
 
+def distinct_images(images: list[bytes]) -> tuple[list[bytes], np.ndarray]:
+    """The distinct encoded images of a pair file and each pair's two of them.
+
+    A ``.bin`` stores both images of every pair, so an image in 20 pairs is stored 20 times;
+    evaluation decodes and embeds each distinct one once (identical bytes: one image).
+
+    Args:
+        images: ``2·P`` encoded images, pair k = images ``2k, 2k+1``.
+
+    Returns:
+        ``(M distinct encoded images in first-seen order, int64 [P, 2] index into them)``.
+    """
+    seen: dict[bytes, int] = {}
+    index = np.empty(len(images), np.int64)
+    for i, data in enumerate(images):
+        index[i] = seen.setdefault(data, len(seen))
+    return list(seen), index.reshape(-1, 2)
+
+
 def decode_images(
     images: list[bytes],
     size: int = 112,

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -76,16 +77,31 @@ def read_pair_list(path: str | os.PathLike[str]) -> PairList:
 
 
 def load_images(
-    plist: PairList, root: str | os.PathLike[str], mode: str = DEFAULT_RESIZE_MODE
+    plist: PairList,
+    root: str | os.PathLike[str],
+    mode: str = DEFAULT_RESIZE_MODE,
+    align: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every distinct image once, fitting other sizes to 112×112 under ``mode``.
 
+    Args:
+        plist: the pairs.
+        root: the folder the image paths are relative to.
+        mode: how an unaligned image of another size is fitted.
+        align: parsed :func:`dist_face.eval.raw_photos.add_align_args` options: with
+            ``--landmarks`` or ``--detect`` every image is a raw photo, aligned on the fly.
+
     Returns:
-        ``(uint8 [M, 112, 112, 3] images, int64 [P, 2] index of each pair's images)``.
+        ``(uint8 [M, 112, 112, 3] images, int64 [P, 2] index of each pair's images)``; with
+        ``align``, ``-1`` marks a photo left out (no landmarks, no face found).
 
     Raises:
         PairListError: an image is missing or unreadable (names it and the line).
     """
+    from dist_face.eval.raw_photos import wants_alignment
+
+    if align is not None and wants_alignment(align):
+        return _aligned_images(plist, Path(root), align)
     index: dict[str, int] = {}
     others: dict[tuple[int, int], int] = {}
     images = []
@@ -120,6 +136,24 @@ def load_images(
     return np.stack(images), pair_index
 
 
+def _aligned_images(plist: PairList, root: Path, align: Any) -> tuple[np.ndarray, np.ndarray]:
+    from dist_face.eval.raw_photos import aligned_photos
+
+    names: dict[str, int] = {}
+    for pair, line in zip(plist.pairs, plist.lines):
+        for name in pair:
+            if name not in names:
+                if not (root / name).is_file():
+                    raise PairListError(f"{root / name} ({plist.path}:{line}): no such file")
+                names[name] = len(names)
+    faces, _ = aligned_photos([root / n for n in names], root, align)
+    rows = {k: i for i, k in enumerate(k for k, f in enumerate(faces) if f is not None)}
+    if not rows:
+        raise PairListError(f"{plist.path}: no photo could be aligned")
+    index = np.array([[rows.get(names[a], -1), rows.get(names[b], -1)] for a, b in plist.pairs])
+    return np.stack([f for f in faces if f is not None]), index.reshape(-1, 2).astype(np.int64)
+
+
 def write_scores(plist: PairList, scores: np.ndarray, out: str | os.PathLike[str]) -> Path:
     """Write ``img1,img2,score[,label]`` rows in list order."""
     out = Path(out)
@@ -128,7 +162,7 @@ def write_scores(plist: PairList, scores: np.ndarray, out: str | os.PathLike[str
         w = csv.writer(f)
         w.writerow(["img1", "img2", "score"] + (["label"] if plist.labels is not None else []))
         for k, (a, b) in enumerate(plist.pairs):
-            row = [a, b, f"{scores[k]:.6f}"]
+            row = [a, b, "" if np.isnan(scores[k]) else f"{scores[k]:.6f}"]
             if plist.labels is not None:
                 row.append(int(plist.labels[k]))
             w.writerow(row)

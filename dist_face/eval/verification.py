@@ -225,10 +225,21 @@ def evaluate_model(
     batch_size: int = 64,
     device: torch.device | None = None,
     progress: Callable[[int], object] | None = None,
+    pairs: np.ndarray | None = None,
 ) -> VerificationResult:
-    """Embed 2·P pair images ``uint8 [2P, H, W, 3]`` (pair k = images 2k, 2k+1) and score them.
+    """Embed pair images ``uint8 [N, H, W, 3]`` once each and score the pairs.
 
-    ``progress`` is called with the number of images of each embedded batch.
+    Args:
+        model: the backbone.
+        images: without ``pairs``, ``2·P`` images, pair k = images ``2k, 2k+1``; with it, the
+            distinct images (:func:`dist_face.eval.bin_format.distinct_images`).
+        issame: ``bool [P]``.
+        batch_size: images per forward pass.
+        device: where to embed (default: the model's).
+        progress: called with the number of images of each embedded batch.
+        pairs: ``int64 [P, 2]`` the two rows of ``images`` of each pair.
     """
     emb = embed_images(model, images, batch_size, device, progress=progress)
-    return evaluate_pairs(emb[0::2], emb[1::2], issame)
+    if pairs is None:
+        return evaluate_pairs(emb[0::2], emb[1::2], issame)
+    return evaluate_pairs(emb[pairs[:, 0]], emb[pairs[:, 1]], issame)

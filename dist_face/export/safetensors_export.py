@@ -36,6 +36,11 @@ def save_safetensors(
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    # safetensors creates its file 0600; give it the mode any other file gets (0644 under the
+    # usual umask 022), as torch.save's model.pt and the ONNX file have
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     tmp.replace(path)
     return path
 

@@ -94,7 +94,19 @@ CURVE_PANELS: tuple[CurvePanel, ...] = (
     CurvePanel("fp16 loss scale", ("train/loss_scale",), log_y=True),
     CurvePanel("data-wait share of the step", ("time/data_wait_share",)),
     CurvePanel("evaluation accuracy", ("eval/*/accuracy",)),
+    CurvePanel("evaluation EER", ("eval/*/eer",)),
 )
+LOSS_SCALE = "train/loss_scale"
+
+
+def panels_for(runs: list[RunMetrics]) -> list[CurvePanel]:
+    """The panels worth drawing for ``runs``: the loss-scale panel only for a scaled run.
+
+    An fp32 or bf16 run logs a constant loss scale of 1 (no scaler); that panel would be a flat
+    line, so it is left out unless some run's scale differs from 1.
+    """
+    scaled = any(v != 1.0 for run in runs for _, v in run.get(LOSS_SCALE))
+    return [p for p in CURVE_PANELS if scaled or LOSS_SCALE not in p.keys]
 
 
 def _matching(run: RunMetrics, pattern: str) -> list[str]:
@@ -131,15 +143,19 @@ def panel_lines(
 
 
 def render_runs(runs: list[RunMetrics], out: str | Path, title: str = "") -> Path:
-    """Draw :data:`CURVE_PANELS` for ``runs`` into the PNG ``out`` and return its path."""
+    """Draw :func:`panels_for` ``runs`` into the PNG ``out`` and return its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+    panels = panels_for(runs)
+    rows = -(-len(panels) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 3.75 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
     styles = ["-", "--", ":", "-."]
-    for ax, panel in zip(axes.flat, CURVE_PANELS):
+    for ax, panel in zip(axes.flat, panels):
         lines = panel_lines(panel, runs)
         for label, k, steps, values in lines:
             ax.plot(steps, values, styles[k % len(styles)], label=label or None, lw=1.2)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,6 +336,20 @@ def _saver(
 
         def export() -> None:  # the backbone alone, for evaluation, export and fine-tuning
             path = plan.run_dir / "model.pt"
+            best = plan.run_dir / "model_best.pt"
+            if cfg.eval.select_best and best.is_file():
+                step, eer = trainer.state.best["select/step"], trainer.state.best["select/eer"]
+                shutil.copyfile(best, path.with_suffix(".pt.tmp"))
+                os.replace(path.with_suffix(".pt.tmp"), path)
+                logger.info(
+                    "model.pt is the best evaluated backbone: step %d (EER %.4f on %s), "
+                    "checkpoint of step %d",
+                    int(step),
+                    eer,
+                    Path(cfg.eval.targets[0]).name,
+                    trainer.state.step,
+                )
+                return
             save_backbone(model.backbone, path, cfg.model.name, weights, **model_kwargs(cfg.model))
 
         return save_checkpoint(
@@ -395,6 +411,7 @@ def build_hooks(
             device,
             evaluation_group(cfg.eval.timeout_s) if cfg.eval.targets else None,
             resize_mode=cfg.data.resize_mode,
+            save_best=_best_saver(cfg, model) if cfg.eval.select_best else None,
         ),
         DivergenceGuard(
             cfg.train.log_every,
@@ -406,6 +423,13 @@ def build_hooks(
         CheckpointHook(cfg.checkpoint.every, save),
         CloseSinkHook(sink),
     ]
+
+
+def _best_saver(cfg: RunConfig, model: Model) -> Callable[[Path], object]:
+    """Writes the backbone as evaluated (``eval.select_best``), on rank 0 alone."""
+    return lambda path: save_backbone(
+        model.backbone, path, cfg.model.name, **model_kwargs(cfg.model)
+    )
 
 
 def _advice(cfg: RunConfig) -> str:

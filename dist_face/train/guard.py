@@ -119,6 +119,13 @@ def saved_so_far(trainer: Trainer, run_dir: Path) -> str:
     model = Path(run_dir) / "model.pt"
     hooks = [h for h in trainer.hooks if isinstance(h, CheckpointHook)]
     step = hooks[0].last_saved if hooks else -1
+    selected = getattr(trainer.state, "best", {}).get("select/step")
+    if step >= 0 and selected is not None:
+        best = int(selected)
+        return (
+            f"{model} is the best evaluated backbone, of step {best} (eval.select_best), as of "
+            f"step {step}, the last checkpoint written"
+        )
     if step >= 0:
         return f"{model} is from step {step}, the last checkpoint written"
     if model.exists():

@@ -20,7 +20,7 @@ from torch.distributed import ProcessGroup
 from dist_face.data.image_fit import DEFAULT_RESIZE_MODE
 from dist_face.data.labels import LabelError
 from dist_face.dist import Topology, all_gather, all_gather_object, barrier, is_active
-from dist_face.eval.bin_format import decode_images, load_bin
+from dist_face.eval.bin_format import decode_images, distinct_images, load_bin
 from dist_face.eval.verification import VerificationResult, evaluate_model
 from dist_face.metrics import Sink
 from dist_face.train.loop import Hook, Trainer
@@ -219,8 +219,13 @@ class EvalHook(Hook):
         device: torch.device,
         group: ProcessGroup | None = None,
         resize_mode: str = DEFAULT_RESIZE_MODE,
+        save_best: Callable[[Path], object] | None = None,
     ) -> None:
         """Evaluate ``model`` (the unwrapped backbone) on ``targets``.
+
+        With ``save_best`` (``eval.select_best``), an evaluation whose EER on the first target
+        is the lowest so far calls it with ``run_dir/model_best.pt`` (rank 0) and records the
+        step and EER in the train state (``select/step``, ``select/eer``).
 
         The ranks wait for rank 0 at a barrier over ``group`` (:func:`evaluation_group`; None:
         the default group). Pair images of another size than 112×112 are fitted under
@@ -230,7 +235,8 @@ class EvalHook(Hook):
         self.targets, self.every, self.model, self.topology = targets, every, model, topology
         self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device
         self.group, self.resize_mode = group, resize_mode
-        self._data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.save_best = save_best
+        self._data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.last: dict[str, VerificationResult] = {}
 
     def before_train(self, trainer: Trainer) -> None:
@@ -239,9 +245,15 @@ class EvalHook(Hook):
             return
         for target in self.targets:
             images, issame = load_bin(target)
-            decoded = decode_images(images, mode=self.resize_mode)
-            self._data[Path(target).stem] = (decoded, issame)
-            logger.info("evaluation target %s: %d pairs", target, len(issame))
+            distinct, pairs = distinct_images(images)  # each image embedded once
+            decoded = decode_images(distinct, mode=self.resize_mode)
+            self._data[Path(target).stem] = (decoded, issame, pairs)
+            logger.info(
+                "evaluation target %s: %d pairs of %d distinct images",
+                target,
+                len(issame),
+                len(distinct),
+            )
 
     def after_step(self, trainer: Trainer, metrics: dict[str, torch.Tensor]) -> None:
         """Evaluate on evaluation steps."""
@@ -281,7 +293,7 @@ class EvalHook(Hook):
     def _score(self, trainer: Trainer) -> None:
         record: dict[str, float] = {}
         requested = getattr(getattr(trainer, "should_stop", None), "requested_here", lambda: 0)
-        total = sum(len(images) for images, _ in self._data.values())
+        total = sum(len(images) for images, _, _ in self._data.values())
         done = 0
 
         def batch_done(n: int) -> None:  # between batches: give way to a stop signal
@@ -291,17 +303,46 @@ class EvalHook(Hook):
                 raise _Interrupted(requested(), done, total)
 
         results = {}
-        for name, (images, issame) in self._data.items():
+        for name, (images, issame, pairs) in self._data.items():
             results[name] = evaluate_model(
-                self.model, images, issame, self.batch_size, self.device, progress=batch_done
+                self.model,
+                images,
+                issame,
+                self.batch_size,
+                self.device,
+                progress=batch_done,
+                pairs=pairs,
             )
         for name, result in results.items():  # all targets or none: a report is never partial
             self.last[name] = result
             record.update(result.as_dict(prefix=f"eval/{name}/"))
             key = f"eval/{name}/accuracy"
             trainer.state.best[key] = max(trainer.state.best.get(key, 0.0), result.accuracy)
+        if self.save_best is not None:
+            self._select(trainer)
         self.sink.log(record, trainer.state.step)
         self._write_report(trainer, record)
+
+    def _select(self, trainer: Trainer) -> None:
+        """Keep the backbone when its EER on the first target is the lowest so far."""
+        name = Path(self.targets[0]).stem
+        eer = self.last[name].eer
+        best = trainer.state.best
+        if eer >= best.get("select/eer", float("inf")):
+            logger.info(
+                "%s EER %.4f at step %d; the best stays step %d (EER %.4f)",
+                name,
+                eer,
+                trainer.state.step,
+                int(best["select/step"]),
+                best["select/eer"],
+            )
+            return
+        best["select/eer"], best["select/step"] = eer, float(trainer.state.step)
+        path = self.run_dir / "model_best.pt"
+        self.save_best(path)
+        logger.info("%s EER %.4f at step %d: the best so far -> %s", name, eer,
+                    trainer.state.step, path)  # fmt: skip
 
     def _write_report(self, trainer: Trainer, record: dict[str, Any]) -> None:
         report = {"step": trainer.state.step, "latest": record, "best": trainer.state.best}

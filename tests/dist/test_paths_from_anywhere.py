@@ -100,19 +100,21 @@ def test_a_missing_input_is_one_line_naming_its_key_and_absolute_path(
     assert not (work / "runs").exists()  # refused before anything was written
 
 
-def test_the_debug_recipe_names_the_repository_data_from_any_directory(tmp_path: Path) -> None:
+def test_the_debug_recipe_names_its_cached_data_from_any_directory(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
     done = subprocess.run(
         [str(BIN / "dist-face-train"), "--config", "debug_cpu", "--print-config"],
         cwd=tmp_path,
-        env=_env(),
+        env=_env(DIST_FACE_CACHE=str(cache)),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
     cfg = yaml.safe_load(done.stdout)
-    assert cfg["data"]["root"] == str(REPO / "data" / "debug_cpu" / "shards")
-    assert cfg["eval"]["targets"] == [str(REPO / "data" / "debug_cpu" / "val.bin")]
+    # in the cache, never in the checkout (a clone's data/ folder shadowed the package)
+    assert cfg["data"]["root"] == str(cache / "debug_cpu" / "shards")
+    assert cfg["eval"]["targets"] == [str(cache / "debug_cpu" / "val.bin")]
     assert cfg["output_root"] == str(tmp_path / "runs")  # what a user runs writes where they are
 
 
@@ -156,12 +158,15 @@ def test_the_quickstart_reads_a_relative_run_directory_where_it_was_started(
     default = subprocess.run(
         ["bash", str(REPO / "launch" / "quickstart.sh"), "--dry-run"],
         cwd=tmp_path,
-        env={k: v for k, v in _env().items() if not k.startswith("QUICKSTART_")},
+        env={
+            **{k: v for k, v in _env().items() if not k.startswith("QUICKSTART_")},
+            "DIST_FACE_CACHE": str(tmp_path / "cache"),
+        },
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert f"dataset {REPO}/data/quickstart (" in default.stdout, default.stdout
+    assert f"dataset {tmp_path}/cache/quickstart (" in default.stdout, default.stdout
 
 
 def _slurm_job(tmp_path: Path, bin_dir: Path) -> subprocess.CompletedProcess:
@@ -208,3 +213,56 @@ def test_a_slurm_job_submitted_outside_the_repository_finds_its_launcher(
     lost = _slurm_job(tmp_path, stand_ins)
     assert lost.returncode == 2 and lost.stdout == ""
     assert "set DIST_FACE_REPO to the dist_face checkout" in lost.stderr, lost.stderr
+
+
+def test_the_launcher_runs_from_the_parent_of_a_clone_named_dist_face(tmp_path: Path) -> None:
+    """The clone's own ``data/`` folder once shadowed the package for a command started in its
+    parent (``No module named 'dist_face.data.image_files'``): Python put the working
+    directory first on ``sys.path`` and found ``./dist_face/data`` before the editable install.
+
+    The clone here is the repository's files under a folder named ``dist_face``, with the
+    ``data/`` folder the debug recipe used to write; PYTHONPATH is unset, so the package comes
+    from the environment's install, as for a user.
+    """
+    clone = tmp_path / "dist_face"
+    clone.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name not in {".git", "data", ".venv"}:
+            (clone / entry.name).symlink_to(entry)
+    (clone / "data" / "debug_cpu" / "shards").mkdir(parents=True)
+    env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}
+    env["DIST_FACE_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        ["bash", "dist_face/launch/torchrun.sh", "--train.max_steps=1", "--eval.targets=[]"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ModuleNotFoundError" not in done.stderr
+    assert (tmp_path / "runs" / "debug_cpu" / "model.pt").is_file()  # where it was started
+    assert sorted(p.name for p in (clone / "data").rglob("*")) == ["debug_cpu", "shards"]
+
+
+def test_check_only_says_it_passed_and_starts_nothing(tiny_dataset: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            "bash",
+            str(REPO / "launch" / "torchrun.sh"),
+            f"--data.root={tiny_dataset}/shards",
+            "--eval.targets=[]",
+        ],
+        cwd=tmp_path,
+        env=_env(CHECK_ONLY="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (
+        "CHECK_ONLY: debug_cpu passed its checks for 2 ranks (configuration, inputs, run "
+        "directory); nothing was started"
+    )
+    assert not (tmp_path / "runs").exists()

@@ -164,6 +164,13 @@ def test_sigterm_to_torchrun_checkpoints_and_resumes_bitwise(
     assert code != 0  # not restarted: a signal to the agent ends the job
     assert took < 60, took
     assert (tmp_path / "preempted" / "checkpoints" / f"step_{step:08d}" / "state.pt").exists()
+    # torchrun's own traceback after the signal is one line (launch/torchrun.sh filters its
+    # stderr; the filter may write its last line just after the agent has exited)
+    deadline = time.monotonic() + 10
+    while "torchrun: stopped by SIGTERM" not in log and time.monotonic() < deadline:
+        time.sleep(0.1)
+        log = (tmp_path / "preempted.log").read_text()
+    assert "torchrun: stopped by SIGTERM" in log and "Traceback" not in log, log[-3000:]
 
     again = _launch(small_dataset, tmp_path, "preempted", restarts=0, log_name="resumed")
     assert _wait(again, 900) == 0, (tmp_path / "resumed.log").read_text()[-3000:]

@@ -62,3 +62,33 @@ def test_hsv_jitter_identity_and_hue_rotation() -> None:
 def test_probabilities_are_validated() -> None:
     with pytest.raises(ConfigError, match=r"data\.aug_blur_p: must be a probability"):
         apply_overrides(RunConfig(), ["--data.aug_blur_p=1.5"])
+
+
+@pytest.mark.parametrize("aug", ["aug_crop_p", "aug_color_p"])
+def test_the_small_data_augmentations_change_images_deterministically(
+    tiny_dataset: Path, aug: str
+) -> None:
+    plain = _first_batch(tiny_dataset, "torch")
+    once = _first_batch(tiny_dataset, "torch", **{aug: 1.0})
+    again = _first_batch(tiny_dataset, "torch", **{aug: 1.0})
+    assert torch.equal(once, again)
+    assert not torch.equal(once, plain)
+    # small: the face stays where it was (mean difference well under a tenth of the range)
+    assert (once.float() - plain.float()).abs().mean() < 0.1 * 255
+
+
+def test_a_small_crop_is_the_part_of_the_face_it_names() -> None:
+    from dist_face.data.augment import small_crop
+
+    pixels = np.zeros((100, 100, 3), np.uint8)
+    pixels[:, 50:] = 255  # left half black, right half white
+    img = Image.fromarray(pixels)
+    assert np.array_equal(np.asarray(small_crop(img, 1.0, np.zeros(2))), pixels)
+    # the rightmost 90 % scaled back: the edge moves from x = 50 to (50 - 10) / 0.9 ≈ 44.4
+    shifted = np.asarray(small_crop(img, 0.9, np.array([1.0, 0.0])))[50, :, 0]
+    assert shifted[43] < 128 < shifted[45]
+
+
+def test_the_small_data_augmentations_are_the_torch_backends() -> None:
+    with pytest.raises(ValueError, match=r"aug_crop_p.*torch backend only"):
+        DataConfig(root="x", backend="dali", aug_crop_p=0.5)

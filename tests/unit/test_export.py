@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +175,18 @@ def test_safetensors_round_trip_keeps_name_options_and_outputs(tmp_path: Path) -
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+
+
+def test_the_safetensors_file_gets_the_usual_mode_under_the_umask(tmp_path: Path) -> None:
+    model = create("tiny", embedding_size=D)
+    old = os.umask(0o022)
+    try:
+        path = save_safetensors(model, tmp_path / "model.safetensors", "tiny", embedding_size=D)
+        torch.save({}, tmp_path / "model.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # was 0600, unreadable to the group
+    assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == 0o644
 
 
 def test_cli_writes_onnx_and_safetensors_and_rejects_a_missing_checkpoint(

@@ -130,3 +130,24 @@ def test_whole_network_in_bf16(name: str) -> None:
         out = model((torch.rand(2, 3, 112, 112) * 2 - 1).to(torch.bfloat16))
     assert out.shape == (2, 128) and out.dtype == torch.bfloat16
     assert torch.isfinite(out.float()).all()
+
+
+def test_the_tiny_backbones_stated_sizes_are_measured() -> None:
+    """Every page states the ``tiny`` backbone's size with its embedding size, as measured."""
+    import re
+    from pathlib import Path
+
+    from dist_face.models import create
+
+    root = Path(__file__).resolve().parents[2]
+    measured = {
+        d: sum(p.numel() for p in create("tiny", embedding_size=d).parameters())
+        for d in (64, 128, 512)
+    }
+    training = (root / "docs" / "training.md").read_text()
+    sentence = " ".join(training[training.index("- `tiny`: ") :].split("\n\n")[0].split())
+    for d, n in measured.items():
+        assert re.search(rf"{n / 1e6:.2f} M(?: parameters)? at D = {d}\b", sentence), (d, n)
+    assert f"| tiny | {measured[512]:,} | {measured[512] / 1e6:.2f} |" in training
+    started = (root / "docs" / "getting-started.md").read_text()
+    assert f"`tiny` at D = 128, {measured[128] / 1e6:.2f} M params" in started

@@ -39,6 +39,7 @@ BLOCKS = {
     "python3.11 -m venv /tmp/mxnet-venv": "installs MXNet from PyPI; test_mxnet_oracle.py",
     "dist-face-train --config ms1mv3_r50": "the MS1MV3 release (tests/unit/test_rec_index.py)",
     "cd ~/work": "walked by tests/dist/test_first_hour.py",
+    "cd ~/my_photos": "walked as written by tests/dist/test_photos_walkthrough.py",
     "CONFIG=debug_cpu bash ~/dist_face/launch/torchrun.sh": "walked by test_first_hour.py",
     "python tools/model_info.py": "builds every backbone (27 s); tests/unit/test_model_info.py",
     "mkdir -p /tmp/mrun": "needs a Prometheus server binary",
@@ -109,6 +110,7 @@ def test_the_cheap_readme_commands_run_as_written_on_a_fresh_copy(tmp_path: Path
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "PYTHONPATH": str(clone),  # the copy's package, as an installed clone would import
         "DIST_FACE_CONFIGS": str(clone / "configs"),
+        "DIST_FACE_CACHE": str(tmp_path / "cache"),
     }
     for line, text in readme_blocks():
         if _kind(text) != RUN:
@@ -125,7 +127,8 @@ def test_the_cheap_readme_commands_run_as_written_on_a_fresh_copy(tmp_path: Path
             timeout=300,
         )
         assert done.returncode == 0, (line, script, done.stdout[-2000:], done.stderr[-3000:])
-    assert (clone / "data" / "debug_cpu" / "val.bin").is_file()  # made by the recipe itself
+    assert (tmp_path / "cache" / "debug_cpu" / "val.bin").is_file()  # made by the recipe itself
+    assert not (clone / "data").exists()  # in the cache, not inside the checkout
     assert (clone / "runs" / "debug_cpu" / "model.pt").is_file()
     assert (clone / "lfw.bin").is_file() and (clone / "images_again").is_dir()
 

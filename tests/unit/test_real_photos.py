@@ -282,13 +282,15 @@ def test_the_debug_recipe_makes_its_data_on_first_use_only_when_it_trains(
     configs.mkdir(parents=True)
     (configs / "debug_cpu.py").write_text((REPO / "configs" / "debug_cpu.py").read_text())
     monkeypatch.setenv("DIST_FACE_CONFIGS", str(configs))
-    data = tmp_path / "clone" / "data" / "debug_cpu"
+    monkeypatch.setenv("DIST_FACE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "cache" / "debug_cpu"
     cfg = load_config("debug_cpu")  # --print-config, tests: nothing written
     assert cfg.data.root == str(data / "shards") and not data.exists()
     load_config("debug_cpu", prepare=True)  # what the trainer calls
     shards = ShardSet.open(data / "shards")
     assert (len(shards), shards.num_classes) == (320, 40)
     assert (data / "val.bin").is_file()
+    assert not (tmp_path / "clone" / "data").exists()  # nothing written inside the checkout
 
 
 def test_bin_evaluation_fits_other_sizes_and_says_so_once(photos, tmp_path, capsys, monkeypatch):
@@ -301,12 +303,12 @@ def test_bin_evaluation_fits_other_sizes_and_says_so_once(photos, tmp_path, caps
     save_bin(tmp_path / "pgm.bin", [(root / f).read_bytes() for f in files], [True, False] * 6)
     ckpt = save_backbone(create("tiny", embedding_size=8), tmp_path / "model.pt", "tiny",
                          embedding_size=8)  # fmt: skip
-    monkeypatch.setattr(evaluate, "_DECODE_CHUNK", 10)  # three chunks, one warning
+    monkeypatch.setattr(evaluate, "_DECODE_CHUNK", 5)  # 12 distinct images: 3 chunks, 1 warning
     argv = ["--backbone", str(ckpt), "--bin", str(tmp_path / "pgm.bin"), "--quiet"]
     assert evaluate.main([*argv, "--resize-mode", "pad"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, warnings
-    assert "24 of 24 evaluation images are not 112×112 (92×112 24)" in warnings[0]
+    assert "12 of 12 evaluation images are not 112×112 (92×112 12)" in warnings[0]
     assert "padded with black" in warnings[0]
 
 

@@ -10,12 +10,20 @@ from dist_face.cli.report import main as report_main
 from dist_face.config import MetricsConfig
 from dist_face.dist import Topology
 from dist_face.metrics.build import build_sinks
-from dist_face.metrics.run_report import CURVE_PANELS, RunReportError, load_run, panel_lines
+from dist_face.metrics.run_report import (
+    CURVE_PANELS,
+    RunReportError,
+    load_run,
+    panel_lines,
+    panels_for,
+)
 from dist_face.metrics.sinks import JsonlSink
 from dist_face.metrics.tensorboard import TensorBoardSink
 
 
-def _write_run(run_dir: Path, ranks: int = 2, steps: int = 5, lr: float = 0.1) -> Path:
+def _write_run(
+    run_dir: Path, ranks: int = 2, steps: int = 5, lr: float = 0.1, scale: float = 65536.0
+) -> Path:
     for rank in range(ranks):
         sink = JsonlSink(run_dir / f"metrics-rank{rank}.jsonl")
         for step in range(1, steps + 1):
@@ -23,7 +31,7 @@ def _write_run(run_dir: Path, ranks: int = 2, steps: int = 5, lr: float = 0.1) -
                 {
                     "train/loss": 10.0 / step,
                     "train/lr": lr * (1 - step / steps),
-                    "train/loss_scale": 65536.0,
+                    "train/loss_scale": scale,
                     "train/rank_samples_per_s": 100.0 + rank,
                     "time/data_wait_share": 0.1,
                 },
@@ -80,6 +88,18 @@ def test_one_line_per_run_and_rank(tmp_path: Path) -> None:
     assert drawn["samples/s per rank"] == ["a rank 0", "a rank 1", "b rank 0", "b rank 1"]
     assert drawn["evaluation accuracy"] == ["a val", "b val"]
     assert panel_lines(CURVE_PANELS[0], runs[:1])[0][0] == ""  # one run: no legend needed
+
+
+def test_an_fp32_run_draws_no_loss_scale_and_every_run_draws_its_eer(tmp_path: Path) -> None:
+    fp32 = load_run(_write_run(tmp_path / "fp32", scale=1.0))  # no scaler: a constant 1
+    fp16 = load_run(_write_run(tmp_path / "fp16"))
+    titles = [p.title for p in panels_for([fp32])]
+    assert "fp16 loss scale" not in titles and len(titles) == len(CURVE_PANELS) - 1
+    assert "fp16 loss scale" in [p.title for p in panels_for([fp32, fp16])]
+    eer = next(p for p in CURVE_PANELS if p.title == "evaluation EER")
+    assert panel_lines(eer, [fp32]) == [("val", 0, [5], [0.1])]
+    out = tmp_path / "curves.png"
+    assert report_main(["--run", str(tmp_path / "fp32"), "--out", str(out)]) == 0
 
 
 def _scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
