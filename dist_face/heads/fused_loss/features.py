@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from dist_face.dist import comm
+from dist_face.heads.fused_loss.spec import EPS
 from dist_face.heads.margins import Margin
 
 if TYPE_CHECKING:
     from dist_face.heads.fused_loss.plan import Block, Plan
-
-_EPS = 1e-12  # as F.normalize
 
 
 class NormGrad:
@@ -137,7 +136,7 @@ class NormReader(Feature):
     ) -> torch.Tensor:
         """Adds ``∂L/∂‖w‖ · w/‖w‖`` to ``grad_w``; ``∂L/∂‖x‖`` into ``gxn``."""
         if got.get("w_norm") is not None:  # ∂‖w‖/∂w = w/‖w‖
-            grad_w += (got["w_norm"] / blk.w_norm.clamp_min(_EPS))[:, None] * blk.w
+            grad_w += (got["w_norm"] / blk.w_norm.clamp_min(EPS))[:, None] * blk.w
         if got.get("x_norm") is not None:
             gxn.add(got["x_norm"])
         return grad_w

@@ -9,12 +9,10 @@ from torch.distributed import ReduceOp
 
 from dist_face.dist import comm
 from dist_face.heads.fused_loss.features import Feature, features_for
-from dist_face.heads.fused_loss.spec import LossSpec
+from dist_face.heads.fused_loss.spec import EPS, LossSpec
 from dist_face.heads.kernels import Kernels
 from dist_face.heads.margins import MarginInput, filter_interclass
 from dist_face.heads.row_grads import RowIndex
-
-_EPS = 1e-12  # as F.normalize
 
 
 @dataclass
@@ -82,7 +80,7 @@ class Plan:
             and spec.filter_threshold <= 0
             and not any(f.touches_margin for f in self.features)
         )
-        self.x_inv = self.x_norm.clamp_min(_EPS).reciprocal()
+        self.x_inv = self.x_norm.clamp_min(EPS).reciprocal()
         self.xin = xf * self.x_inv[:, None] if margin.normalize_embedding else xf
         self.xin_gemm = self.kernels.gemm_input(self.xin)
         self.num_cols = weight.shape[0] if spec.index is None else spec.index.shape[0]
@@ -117,7 +115,7 @@ class Plan:
             # the step's skip decision): one pass over them saved
             if lo not in self._norms:
                 norm = torch.linalg.vector_norm(w, dim=1)
-                inv = norm.clamp_min(_EPS).reciprocal() if margin.normalize_weight else None
+                inv = norm.clamp_min(EPS).reciprocal() if margin.normalize_weight else None
                 self._norms[lo] = (norm, inv)
             norm, inv = self._norms[lo]
         z = self.kept.pop(lo, None)
@@ -188,7 +186,7 @@ class Plan:
             cols = labels.clamp_min(0)
             rows = cols if self.spec.index is None else self.spec.index[cols]
             w = self.weight.detach().index_select(0, rows).to(self.dtype)
-            w_unit = w / torch.linalg.vector_norm(w, dim=1).clamp_min(_EPS)[:, None]
+            w_unit = w / torch.linalg.vector_norm(w, dim=1).clamp_min(EPS)[:, None]
             x_unit = self.xin
             if not self.spec.margin.normalize_embedding:
                 x_unit = x_unit * self.x_inv[:, None]

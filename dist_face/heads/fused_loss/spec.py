@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.distributed import ProcessGroup
 
-from dist_face.heads.fused_loss.features import Feature
 from dist_face.heads.margins import Margin
 from dist_face.heads.row_grads import RowGradSink
 from dist_face.heads.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dist_face.heads.fused_loss.features import Feature
+
+EPS = 1e-12
+"""Floor of the norms that are inverted (as ``F.normalize``)."""
 
 BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
 """Default size of one ``[N, chunk]`` block (elements) per device type (:func:`default_chunk`)."""
