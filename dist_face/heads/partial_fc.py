@@ -63,6 +63,7 @@ from dist_face.heads.fused_loss import (
     KEEP_PROJECTIONS_MB,
     LossSpec,
     default_chunk,
+    features_for,
     fused_margin_loss,
 )
 from dist_face.heads.label_path import LabelPrefetch, host_label_path
@@ -244,6 +245,7 @@ class PartialFC(nn.Module):
             self.keep_projections_bytes,
             self.gemm_dtype,
             self.tf32,
+            features_for(self.margin),  # the margin's hooks: none for plain margins
         )
         params = list(self.margin.parameters())
         return fused_margin_loss(x_all, self.weight, self.bias, spec, params)
