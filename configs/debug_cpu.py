@@ -41,6 +41,6 @@ def prepare(cfg: RunConfig) -> None:
     """Make the recipe's own data when the run reads it and it is not there yet."""
     data = debug_data()
     if cfg.data.root == str(data / "shards") or str(data / "val.bin") in cfg.eval.targets:
-        from dist_face.data.embedded import ensure_packed_dataset
+        from dist_face.data.synthetic.embedded import ensure_packed_dataset
 
         ensure_packed_dataset(data)

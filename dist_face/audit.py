@@ -58,9 +58,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from dist_face.config import load_config
 from dist_face.dist import comm
 from dist_face.heads import build_head
-from dist_face.heads.label_path import host_label_path
-from dist_face.heads.row_optim import build_row_optimizer
-from dist_face.heads.sampling import in_host_work
+from dist_face.heads.sharded.label_path import host_label_path
+from dist_face.heads.sharded.row_optim import build_row_optimizer
+from dist_face.heads.sharded.sampling import in_host_work
 from dist_face.models import build_backbone
 from dist_face.projection import (
     CALIBRATED,
@@ -149,7 +149,7 @@ class StepAudit(TorchDispatchMode):
     Args:
         device_type: the device type standing for the GPU: ``meta`` (the audit; sync ops are
             answered with a dummy), or ``cpu`` to count a real CPU run (host work declared
-            with :func:`~dist_face.heads.sampling.host_work` is then left out).
+            with :func:`~dist_face.heads.sharded.sampling.host_work` is then left out).
     """
 
     def __init__(self, device_type: str = "meta") -> None:

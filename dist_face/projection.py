@@ -23,7 +23,7 @@ Projection, not measurement: no GPU has run this code. The model, stated:
 * **The host label path** (:func:`label_path_ms`): the gloo all-gather of the ``N = W·B``
   int64 labels, a ring of ``W − 1`` TCP hops at ``GLOO_HOP_US`` each plus the bytes at
   ``GLOO_GBS``, and Partial FC's sample, timed on this CPU. It runs one step ahead on a worker
-  thread (:mod:`dist_face.heads.label_path`): only what exceeds the step is exposed.
+  thread (:mod:`dist_face.heads.sharded.label_path`): only what exceeds the step is exposed.
 
 The efficiencies come from published training throughputs with named hardware
 (:data:`ANCHORS`): the per-class rates were chosen so that the audit of each anchor's step

@@ -1,7 +1,7 @@
 """The oldest torch this package runs on, checked at start-up.
 
 The head's low-precision GEMMs write float32 products straight from bf16/fp16 inputs with
-``torch.mm(a, b, out_dtype=torch.float32)`` (:mod:`dist_face.heads.kernels`). That overload
+``torch.mm(a, b, out_dtype=torch.float32)`` (:mod:`dist_face.heads.sharded.kernels`). That overload
 (aten ``mm.dtype``, with ``bmm``/``addmm``/``baddbmm``) came with pytorch/pytorch#150812
 (April 2025, after the 2.7 branch cut) and is first in torch 2.8's documentation of
 ``torch.mm``; older torch raises a TypeError mid-step. pyproject.toml declares the same floor.

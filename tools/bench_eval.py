@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_face.data.synthetic_ijb import IJBSpec, generate_ijb
+from dist_face.data.synthetic.ijb import IJBSpec, generate_ijb
 from dist_face.eval.ijb_embed import AlignedIJB, embed_ijb
 from dist_face.eval.ijb_meta import read_ijb
 from dist_face.eval.ijb_pipeline import IJBOptions, score_features

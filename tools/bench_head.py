@@ -55,8 +55,8 @@ from collections.abc import Callable
 import torch
 
 from dist_face.heads import PartialFC
-from dist_face.heads.fused_loss import KEEP_PROJECTIONS_MB
-from dist_face.heads.row_optim import build_row_optimizer
+from dist_face.heads.sharded.fused_loss import KEEP_PROJECTIONS_MB
+from dist_face.heads.sharded.row_optim import build_row_optimizer
 from dist_face.metrics.perf import memory_stats, rss_follows_live_memory
 
 B, D = 64, 512

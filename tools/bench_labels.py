@@ -1,12 +1,12 @@
 """Host time per step of the head's label path on W gloo ranks: inline against one step ahead.
 
-The label path of a step (:mod:`dist_face.heads.label_path`): all-gather the ``N = W·B``
+The label path of a step (:mod:`dist_face.heads.sharded.label_path`): all-gather the ``N = W·B``
 host labels over gloo, check their range, draw Partial FC's sample over the rank's
 ``C_local`` classes. Two ways, measured in the same run on the same ranks:
 
 * ``inline`` — the path as the forward ran it before the prefetch: gathered, checked and
   sampled on the main thread when the step needs them (the baseline);
-* ``ahead`` — :class:`~dist_face.heads.label_path.LabelPrefetch`: the trainer submits step
+* ``ahead`` — :class:`~dist_face.heads.sharded.label_path.LabelPrefetch`: the trainer submits step
   ``t + 1``'s labels before it runs step ``t``, a worker thread prepares them, step ``t + 1``
   takes them.
 
@@ -35,8 +35,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dist_face.dist import comm
-from dist_face.heads.label_path import LabelPrefetch, host_label_path
-from dist_face.heads.sampling import ClassSampler
+from dist_face.heads.sharded.label_path import LabelPrefetch, host_label_path
+from dist_face.heads.sharded.sampling import ClassSampler
 
 
 @dataclass

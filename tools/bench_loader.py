@@ -40,10 +40,10 @@ from PIL import Image
 
 from dist_face.cli.pack import main as pack_main
 from dist_face.config import DataConfig
-from dist_face.data.dali_loader import dali_available
-from dist_face.data.loader import ShardBatches, build_loader
-from dist_face.data.shards import ShardSet
-from dist_face.data.synthetic_faces import sample_jpeg
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.loading.dali_loader import dali_available
+from dist_face.data.loading.loader import ShardBatches, build_loader
+from dist_face.data.synthetic.faces import sample_jpeg
 from dist_face.dist import Topology
 
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dist_face.heads.pair_losses import PAIR_LOSSES, TripletLoss
+from dist_face.heads.auxiliary.pair_losses import PAIR_LOSSES, TripletLoss
 
 
 def _step_ms(loss: torch.nn.Module, emb: torch.Tensor, labels: torch.Tensor, rows: int) -> float:

@@ -24,8 +24,8 @@ import tempfile
 
 import numpy as np
 
-from dist_face.data.rec_index import open_rec, scan_rec
-from dist_face.data.recordio import RecordReader, RecordWriter, pack_record
+from dist_face.data.format.rec_index import open_rec, scan_rec
+from dist_face.data.format.recordio import RecordReader, RecordWriter, pack_record
 from dist_face.metrics.perf import best_of
 
 

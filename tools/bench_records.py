@@ -22,10 +22,10 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from dist_face.data.pack import PackOptions, pack
-from dist_face.data.recordio import RecordReader
-from dist_face.data.shards import ShardSet
-from dist_face.data.sources import FolderSource
+from dist_face.data.format.recordio import RecordReader
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.packing.pack import PackOptions, pack
+from dist_face.data.packing.sources import FolderSource
 from dist_face.metrics.perf import best_of
 
 

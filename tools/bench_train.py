@@ -204,7 +204,7 @@ def _compare_engines(args, topology: Topology, device: torch.device, common: lis
 
 
 def _classes(root: str) -> int:
-    from dist_face.data.shards import ShardSet
+    from dist_face.data.format.shards import ShardSet
 
     return ShardSet.open(root).num_classes
 

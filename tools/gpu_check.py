@@ -184,7 +184,7 @@ def _phases(model: str, precision: str, steps: int = 20) -> dict[str, Any]:
     import torch
 
     from dist_face.heads import build_head
-    from dist_face.heads.row_optim import build_row_optimizer
+    from dist_face.heads.sharded.row_optim import build_row_optimizer
     from dist_face.models import build_backbone
 
     cfg = _config(model, precision)

@@ -36,7 +36,7 @@ from dist_face.checkpoint.manager import (
 )
 from dist_face.checkpoint.manifest import CheckpointCorrupt, read_manifest
 from dist_face.dist import ParallelContext, Topology, all_gather_object
-from dist_face.heads.shard_math import class_range
+from dist_face.heads.sharded.shard_math import class_range
 
 logger = logging.getLogger(__name__)
 

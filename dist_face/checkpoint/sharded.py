@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dist_face.checkpoint.manifest import MANIFEST, CheckpointCorrupt, read_manifest
-from dist_face.heads.shard_math import resplit_rows
+from dist_face.heads.sharded.shard_math import resplit_rows
 
 _NAME = "head-{rank:05d}-of-{world:05d}.pt"
 _PATTERN = re.compile(r"head-(\d{5})-of-(\d{5})\.pt$")
@@ -76,7 +76,7 @@ def load_rows(directory: Path, key: str, start: int, end: int) -> torch.Tensor:
     """Rows ``[start, end)`` of the sharded tensor ``key``, assembled from overlapping files.
 
     Only the files overlapping ``[start, end)`` are read (memory-mapped); the re-split itself
-    is :func:`dist_face.heads.shard_math.resplit_rows`, shared with the head's own shards.
+    is :func:`dist_face.heads.sharded.shard_math.resplit_rows`, shared with the head's own shards.
 
     Raises:
         ShardedCheckpointError: the files do not cover ``[start, end)`` or lack ``key``.

@@ -16,7 +16,7 @@ _Main = TypeVar("_Main", bound=Callable[..., int])
 
 def add_resize_mode(p: argparse.ArgumentParser) -> None:
     """``--resize-mode crop|pad|stretch``: how a tool fits an image that is not 112×112."""
-    from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
+    from dist_face.data.loading.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
 
     p.add_argument(
         "--resize-mode",

@@ -27,8 +27,8 @@ from PIL import Image
 
 from dist_face.cli.backbone_source import add_backbone_args, load_from_args
 from dist_face.cli.common import add_resize_mode, closed_pipe_is_quiet
-from dist_face.data.image_files import image_extensions
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, fit_image
+from dist_face.data.loading.image_fit import DEFAULT_RESIZE_MODE, fit_image
+from dist_face.data.packing.image_files import image_extensions
 from dist_face.eval.bin_format import warn_sizes
 from dist_face.eval.identification import RANKS, distractor_curve, open_set, search
 from dist_face.eval.raw_photos import add_align_args, aligned_photos, wants_alignment
@@ -81,7 +81,7 @@ def open_set_split(ids: np.ndarray, fraction: float) -> tuple[np.ndarray, np.nda
 
 def _distractors(spec: str, model: torch.nn.Module, batch: int, mode: str) -> np.ndarray:
     if spec.isdigit():
-        from dist_face.data.synthetic_ijb import distractor_faces
+        from dist_face.data.synthetic.ijb import distractor_faces
 
         return embed_images(model, distractor_faces(int(spec)), batch, torch.device("cpu"))
     path = Path(spec)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.sources import RecSource, ShardSetSource, open_source
+from dist_face.data.packing.sources import RecSource, ShardSetSource, open_source
 
 _BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 

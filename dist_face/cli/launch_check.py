@@ -13,7 +13,7 @@ import os
 import sys
 
 from dist_face.config import ConfigError, load_config
-from dist_face.data.image_files import is_image_folder
+from dist_face.data.packing.image_files import is_image_folder
 
 
 def image_folder_problem(argv: list[str]) -> str | None:

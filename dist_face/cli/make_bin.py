@@ -69,7 +69,7 @@ def folder_pairs(folder: str, count: int, seed: int) -> tuple[list[str], list[bo
     """
     import random
 
-    from dist_face.data.sources import FolderSource
+    from dist_face.data.packing.sources import FolderSource
 
     src = FolderSource(folder)
     people: dict[int, list[str]] = {}
@@ -107,7 +107,7 @@ def aligned_bytes(
     """
     from pathlib import Path
 
-    from dist_face.data.aligned import encode_png
+    from dist_face.data.packing.aligned import encode_png
     from dist_face.eval.raw_photos import aligned_photos
 
     distinct = list(dict.fromkeys(paths))

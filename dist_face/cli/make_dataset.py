@@ -7,7 +7,7 @@ import logging
 import time
 
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.embedded import EmbeddedSpec, generate_embedded_dataset
+from dist_face.data.synthetic.embedded import EmbeddedSpec, generate_embedded_dataset
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.make_dataset")

@@ -7,7 +7,7 @@ import logging
 import time
 
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.synthetic_ijb import IJBSpec, generate_ijb
+from dist_face.data.synthetic.ijb import IJBSpec, generate_ijb
 from dist_face.log import init_logging
 
 logger = logging.getLogger("dist_face.make_ijb")

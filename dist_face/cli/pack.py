@@ -10,10 +10,15 @@ import time
 import numpy as np
 
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.aligned import LANDMARK_ORDER, align_source, read_landmarks, swap_warning
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
-from dist_face.data.pack import PackOptions, pack
-from dist_face.data.pack_check import (
+from dist_face.data.loading.image_fit import DEFAULT_RESIZE_MODE, RESIZE_MODES
+from dist_face.data.packing.aligned import (
+    LANDMARK_ORDER,
+    align_source,
+    read_landmarks,
+    swap_warning,
+)
+from dist_face.data.packing.pack import PackOptions, pack
+from dist_face.data.packing.pack_check import (
     CHECKS,
     PackReport,
     by_reason,
@@ -22,7 +27,7 @@ from dist_face.data.pack_check import (
     size_warning,
     write_report,
 )
-from dist_face.data.sources import Source, open_source
+from dist_face.data.packing.sources import Source, open_source
 from dist_face.extras import MissingExtraError
 from dist_face.log import init_logging
 
@@ -189,7 +194,7 @@ def _align(
         aligned, missing = align_source(source, points, f"no row in {args.landmarks}")
         return aligned, missing, notes
     if args.detect:
-        from dist_face.data.detect import detect_landmarks
+        from dist_face.data.packing.detect import detect_landmarks
 
         found = detect_landmarks(
             source, args.detect, args.detect_threshold, args.workers, progress=not args.quiet

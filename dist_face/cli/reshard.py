@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.pack import PackOptions, pack
-from dist_face.data.sources import ShardSetSource
+from dist_face.data.packing.pack import PackOptions, pack
+from dist_face.data.packing.sources import ShardSetSource
 
 
 def build_parser() -> argparse.ArgumentParser:

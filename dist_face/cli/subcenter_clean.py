@@ -27,8 +27,8 @@ from dist_face.checkpoint import latest_checkpoint
 from dist_face.checkpoint.sharded import load_rows, total_classes
 from dist_face.cli.backbone_source import load_from_args
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.pack import PackOptions, pack
-from dist_face.data.sources import ShardSetSource
+from dist_face.data.packing.pack import PackOptions, pack
+from dist_face.data.packing.sources import ShardSetSource
 from dist_face.eval.verification import embed_images
 
 

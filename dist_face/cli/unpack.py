@@ -7,8 +7,8 @@ import os
 import sys
 
 from dist_face.cli.common import closed_pipe_is_quiet
-from dist_face.data.recordio import CorruptRecordError
-from dist_face.data.sources import open_source
+from dist_face.data.format.recordio import CorruptRecordError
+from dist_face.data.packing.sources import open_source
 
 
 def extension(image: bytes) -> str:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from dist_face.cli.common import closed_pipe_is_quiet, progress_off
 from dist_face.cli.verify_checkpoint import is_checkpoint_path, verify_checkpoints
-from dist_face.data.verify import rec_bytes, verify_path
+from dist_face.data.format.verify import rec_bytes, verify_path
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -153,8 +153,8 @@ def format_fields(section: str | None, cfg: RunConfig | None = None) -> str:
 
 def _margin_args_text(cfg: RunConfig | None) -> list[str]:
     """Each margin's arguments (``head.margin_args``) with type, paper default and docs."""
-    from dist_face.heads.margin_args import margin_args  # lazy: the margins import torch
-    from dist_face.heads.margins import MARGINS
+    from dist_face.heads.margins.common import MARGINS
+    from dist_face.heads.margins.margin_args import margin_args  # lazy: the margins import torch
 
     lines = ["", "head.margin_args of each margin (--head.margin_args.NAME=VALUE):"]
     for name in MARGINS.names():

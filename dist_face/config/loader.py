@@ -100,7 +100,7 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
     args = [k.removeprefix("head.margin_args.") for k in keys if k.startswith("head.margin_args.")]
     if "head.margin_args" in keys:
         args += list(out.head.margin_args)
-    from dist_face.heads.margin_args import check_overridden_args, keep_on_switch
+    from dist_face.heads.margins.margin_args import check_overridden_args, keep_on_switch
 
     try:
         check_overridden_args(out.head.margin, args)

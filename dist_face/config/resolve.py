@@ -18,8 +18,10 @@ def resolve_run(cfg: RunConfig) -> RunConfig:
     Idempotent. ``head.margin_args`` gets every argument of the margin; one it does not have
     (a recipe's, after the command line switched margin) is dropped with a warning.
     """
-    from dist_face.heads.margin_args import resolve_margin_args  # lazy: margins import torch
-    from dist_face.heads.margins import MARGINS
+    from dist_face.heads.margins.common import MARGINS
+    from dist_face.heads.margins.margin_args import (
+        resolve_margin_args,  # lazy: margins import torch
+    )
 
     args = cfg.head.margin_args
     if cfg.head.margin in MARGINS:
@@ -31,13 +33,13 @@ def resolve_run(cfg: RunConfig) -> RunConfig:
 def check_names(cfg: RunConfig) -> None:
     """Check the registry names of ``cfg``: the margin and the backbone, as training does.
 
-    The lists come from the registries (:data:`~dist_face.heads.margins.MARGINS`, the backbone
-    factory), so a margin or backbone added there is known here too.
+    The lists come from the registries (:data:`~dist_face.heads.margins.common.MARGINS`, the
+    backbone factory), so a margin or backbone added there is known here too.
 
     Raises:
         ConfigError: an unknown name, with the known ones and the closest match.
     """
-    from dist_face.heads.margins import MARGINS  # the heads import torch: only when checking
+    from dist_face.heads.margins.common import MARGINS  # the heads import torch: only when checking
     from dist_face.models.factory import names
 
     for key, kind, name, known in (

@@ -64,7 +64,7 @@ class HeadConfig:
     """Margin loss and class-center sharding.
 
     The margin's own options live in ``margin_args``, named as the keyword arguments of the
-    margin's class (:mod:`dist_face.heads.margin_args`); unset ones take the margin's paper
+    margin's class (:mod:`dist_face.heads.margins.margin_args`); unset ones take the margin's paper
     defaults, and the run's ``config.yaml`` and ``--print-config`` show the resolved values.
     An argument the chosen margin does not have is an error on the command line and a warning
     (then dropped) when a recipe set it.
@@ -110,7 +110,9 @@ class HeadConfig:
             "sample_rate",
             f"must be in [0, 1], got {self.sample_rate}",
         )
-        from dist_face.heads.margin_args import check_margin_args  # lazy: margins import torch
+        from dist_face.heads.margins.margin_args import (
+            check_margin_args,  # lazy: margins import torch
+        )
 
         check_margin_args(self.margin, self.margin_args)
         require_choice(self.update, "update", [None, "sparse", "dense"])
@@ -141,7 +143,7 @@ class DataConfig:
     relative to the directory the command was started in."""
     backend: str = "auto"
     """Loader backend: auto, or a registered one (dali, torch, synthetic; see
-    ``dist_face.data.backend``)."""
+    ``dist_face.data.loading.backend``)."""
     num_classes: int = 0
     """Number of identities; 0 reads it from the shard set's metadata."""
     batch_size: int = 128
@@ -185,7 +187,7 @@ class DataConfig:
     (torch backend)."""
 
     def __post_init__(self) -> None:
-        from dist_face.data.loader import BACKENDS  # lazy: the loader imports torch
+        from dist_face.data.loading.loader import BACKENDS  # lazy: the loader imports torch
 
         require_choice(self.backend, "backend", ["auto", *BACKENDS.registered()])
         require(self.num_classes >= 0, "num_classes", f"must be >= 0, got {self.num_classes}")
@@ -426,7 +428,9 @@ class AuxLossConfig:
     """SupCon: temperature τ."""
 
     def __post_init__(self) -> None:
-        from dist_face.heads.pair_losses import PAIR_LOSSES  # lazy: keeps torch out of config
+        from dist_face.heads.auxiliary.pair_losses import (
+            PAIR_LOSSES,  # lazy: keeps torch out of config
+        )
 
         for name in self.losses:
             require(

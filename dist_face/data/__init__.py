@@ -1,1 +1,1 @@
-"""Datasets: RecordIO shards, their manifest, and the sample partition across ranks."""
+"""Datasets: the record format, packing sources into shard sets, loading them, synthetic faces."""

@@ -96,7 +96,7 @@ def label_group(group: ProcessGroup | None = None) -> ProcessGroup | None:
     """A gloo group over the ranks of ``group`` for the label path alone (built once, cached).
 
     The label path gathers the labels of the step ahead on a worker thread
-    (:mod:`dist_face.heads.label_path`) while the main thread runs collectives of its own;
+    (:mod:`dist_face.heads.sharded.label_path`) while the main thread runs collectives of its own;
     two threads issuing on one group could issue in a different order on different ranks, so
     this group is never the default or the control group. None without a process group.
     Building one is collective over the whole world: every rank calls it at the same point.

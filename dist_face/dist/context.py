@@ -27,7 +27,7 @@ int64), which Partial FC's exact sample needs on the host. A gloo all-gather is 
 ``W − 1`` TCP hops, a barrier of every host process: milliseconds at W = 64, tens of them at
 W = 512 (``tools/audit_step.py`` models it). It therefore runs one step ahead, beside the
 step, on a worker thread and over a gloo group of its own
-(:func:`dist_face.dist.comm.label_group`; :mod:`dist_face.heads.label_path`), never on the
+(:func:`dist_face.dist.comm.label_group`; :mod:`dist_face.heads.sharded.label_path`), never on the
 control group, whose collectives the main thread issues. The step's own collectives
 (embeddings, softmax statistics, gradients) stay on the device group.
 """

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, describe_mode, fit_image
+from dist_face.data.loading.image_fit import DEFAULT_RESIZE_MODE, describe_mode, fit_image
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def decode_images(
     """Decode encoded images to RGB ``uint8 [N, size, size, 3]``.
 
     Images of another size are fitted under ``mode`` (crop, pad or stretch; see
-    :mod:`dist_face.data.image_fit`). Without ``sizes`` a warning says how many and which
+    :mod:`dist_face.data.loading.image_fit`). Without ``sizes`` a warning says how many and which
     sizes; with it, their ``(width, height)`` counts are added to ``sizes`` (to warn once for
     several chunks, :func:`warn_sizes`).
     """

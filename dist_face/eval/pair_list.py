@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE, describe_mode, fit_image
+from dist_face.data.loading.image_fit import DEFAULT_RESIZE_MODE, describe_mode, fit_image
 from dist_face.models import INPUT_SIZE
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_face.data.aligned import LANDMARK_ORDER, align_image, read_landmarks, swap_warning
+from dist_face.data.packing.aligned import LANDMARK_ORDER, align_image, read_landmarks, swap_warning
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def wants_alignment(args: argparse.Namespace) -> bool:
 
 
 class _Files:
-    """The photos as a source for :func:`dist_face.data.detect.detect_landmarks`."""
+    """The photos as a source for :func:`dist_face.data.packing.detect.detect_landmarks`."""
 
     def __init__(self, files: list[Path], names: list[str]) -> None:
         self.files, self.names = files, names
@@ -82,7 +82,7 @@ def aligned_photos(
             logger.warning("%s", warning)
         why = f"no row in {args.landmarks}"
     else:
-        from dist_face.data.detect import detect_landmarks
+        from dist_face.data.packing.detect import detect_landmarks
 
         found = detect_landmarks(
             _Files(files, names), args.detect, args.detect_threshold, args.workers, progress=False

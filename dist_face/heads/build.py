@@ -7,17 +7,17 @@ from torch.distributed import ProcessGroup
 
 from dist_face.config.base import ConfigError, FieldError
 from dist_face.config.schema import HeadConfig
-from dist_face.heads.kernels import gemm_dtype
-from dist_face.heads.margin_args import build_from_args
-from dist_face.heads.margins import MARGINS, Margin
-from dist_face.heads.partial_fc import PartialFC
+from dist_face.heads.margins.common import MARGINS, Margin
+from dist_face.heads.margins.margin_args import build_from_args
+from dist_face.heads.sharded.kernels import gemm_dtype
+from dist_face.heads.sharded.partial_fc import PartialFC
 
 
 def build_margin(cfg: HeadConfig, num_classes: int, seed: int = 0) -> Margin:
     """The margin named by ``cfg.margin`` with its options ``cfg.margin_args``.
 
     Unset options take the margin's paper defaults, the defaults of its class's signature
-    (:mod:`~dist_face.heads.margin_args`). ``num_classes`` (UniFace's initial bias) and
+    (:mod:`~dist_face.heads.margins.margin_args`). ``num_classes`` (UniFace's initial bias) and
     ``seed`` (the run's seed, for margins that draw per step: ElasticFace) are passed to
     classes whose signature asks for them.
 

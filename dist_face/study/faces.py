@@ -1,7 +1,7 @@
 """Small renders of the embedded synthetic identities, for the loss study.
 
 The study trains dozens of short runs on two CPU processes, so it works on 32×32 versions of
-the embedded dataset's faces (:mod:`dist_face.data.synthetic_faces`, the same identities,
+the embedded dataset's faces (:mod:`dist_face.data.synthetic.faces`, the same identities,
 expressions, poses and photometric changes) rather than 112×112 JPEG shards. Arrays are cached
 as ``.npz`` keyed by every number that shapes them.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dist_face.data.synthetic_faces import sample_jpeg
+from dist_face.data.synthetic.faces import sample_jpeg
 
 #: Held-out identities come from a disjoint id range (as in the embedded dataset).
 HELD_OUT_OFFSET = 1_000_000

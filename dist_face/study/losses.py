@@ -1,6 +1,6 @@
 """The rows of the loss study: every margin head, and the pair losses as their papers use them.
 
-Margin heads run with their paper defaults (:mod:`dist_face.heads.margin_args`). Pair and
+Margin heads run with their paper defaults (:mod:`dist_face.heads.margins.margin_args`). Pair and
 metric losses follow their papers' setups: center loss is added to softmax with λ = 0.003;
 contrastive, triplet, N-pair, Circle and SupCon train alone (the classifier head is built but
 weighted 0, so it shapes nothing).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dist_face.heads.margin_args import margin_args
+from dist_face.heads.margins.margin_args import margin_args
 from dist_face.study.train import LossSpec
 
 # The table's order (by publication); a margin registered elsewhere joins the table after these.
@@ -37,7 +37,7 @@ _ALONE = ("contrastive", "triplet", "npair", "circle", "supcon")
 
 def study_losses() -> list[LossSpec]:
     """Every row of the study, in table order."""
-    from dist_face.heads.margins import MARGINS
+    from dist_face.heads.margins.common import MARGINS
 
     heads = [n for n in _ORDER if n in MARGINS] + [n for n in MARGINS.names() if n not in _ORDER]
     rows = [LossSpec(name, head={"margin": name}) for name in heads]

@@ -20,7 +20,7 @@ from dist_face.config import AuxLossConfig, HeadConfig, OptimConfig
 from dist_face.dist.comm import all_gather, get_rank, get_world_size
 from dist_face.eval.verification import embed_images
 from dist_face.heads import build_head
-from dist_face.heads.aux_losses import WeightedSum
+from dist_face.heads.auxiliary.aux_losses import WeightedSum
 from dist_face.study.faces import FaceSet
 from dist_face.study.net import StudyNet
 from dist_face.train.optim import build_optimizer, build_scheduler, param_groups

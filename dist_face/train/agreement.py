@@ -23,7 +23,7 @@ from dist_face.config import ConfigError, RunConfig
 from dist_face.dist import all_gather_object
 
 if TYPE_CHECKING:
-    from dist_face.data.shards import ShardSet
+    from dist_face.data.format.shards import ShardSet
 
 # differs legitimately between nodes (node-local copies); the data's digest is compared instead
 _PER_NODE_KEYS = {"config.data.root"}
@@ -47,7 +47,7 @@ def dataset_digest(root: str, shards: ShardSet | None = None) -> str:
     labels, wherever each node keeps its copy. ``shards``: the dataset already opened at
     ``root`` (the loader's), so that start-up reads its metadata once.
     """
-    from dist_face.data.rec_index import open_dataset
+    from dist_face.data.format.rec_index import open_dataset
 
     if root == "synthetic":
         return "synthetic"

@@ -1,7 +1,7 @@
 """Checkpoint state of the auxiliary losses: the center loss's class-sharded centers.
 
-The centers of :class:`~dist_face.heads.center_loss.CenterLoss` are split over the ranks by the
-same class ranges as the head's class centers, so they are saved as extra rows of each rank's
+The centers of :class:`~dist_face.heads.auxiliary.center_loss.CenterLoss` are split over the ranks
+by the same class ranges as the head's class centers, so they are saved as extra rows of each rank's
 head file and re-split on load by the head's code (:func:`dist_face.checkpoint.load_rows`),
 onto any world size. The other auxiliary losses are stateless.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dist_face.checkpoint import CheckpointError, ShardedCheckpointError, load_rows
-from dist_face.heads.center_loss import CenterLoss
+from dist_face.heads.auxiliary.center_loss import CenterLoss
 
 
 def aux_rows(losses: nn.ModuleDict) -> dict[str, torch.Tensor]:

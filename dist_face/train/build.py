@@ -19,12 +19,12 @@ from dist_face.checkpoint.drift import compare
 from dist_face.checkpoint.resume import pack_state, position, restore, select_checkpoint
 from dist_face.config import ConfigError, RunConfig, save_config, to_yaml
 from dist_face.config.resolve import resolve_run
-from dist_face.data.loader import DataSource, build_loader
+from dist_face.data.loading.loader import DataSource, build_loader
 from dist_face.dist import ParallelContext, Topology, label_group
 from dist_face.heads import PartialFC, build_head
-from dist_face.heads.aux_losses import WeightedSum, build_aux_losses
-from dist_face.heads.label_path import LabelPrefetch
-from dist_face.heads.shard_math import class_range
+from dist_face.heads.auxiliary.aux_losses import WeightedSum, build_aux_losses
+from dist_face.heads.sharded.label_path import LabelPrefetch
+from dist_face.heads.sharded.shard_math import class_range
 from dist_face.metrics import MultiSink, Sink
 from dist_face.metrics.build import build_info
 from dist_face.metrics.build import build_sinks as metric_sinks

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from dist_face.checkpoint import CheckpointError
 from dist_face.config import ConfigError, RunConfig, describe, list_recipes, load_config
-from dist_face.data.labels import LabelError
+from dist_face.data.loading.labels import LabelError
 from dist_face.dist import Topology, destroy_distributed, init_distributed, select_device
 from dist_face.log import init_logging
 from dist_face.torch_floor import check_torch_version
@@ -18,7 +18,7 @@ from dist_face.train.preflight import check_run, run_dir, wipe_run_dir
 from dist_face.train.signals import EXIT_PREEMPTED, StopAgreement, StopSignals
 
 if TYPE_CHECKING:
-    from dist_face.data.loader import DataSource
+    from dist_face.data.loading.loader import DataSource
     from dist_face.dist import ParallelContext
 
 logger = logging.getLogger("dist_face.train")

@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
-from dist_face.data.image_fit import DEFAULT_RESIZE_MODE
-from dist_face.data.labels import LabelError
+from dist_face.data.loading.image_fit import DEFAULT_RESIZE_MODE
+from dist_face.data.loading.labels import LabelError
 from dist_face.dist import Topology, all_gather, all_gather_object, barrier, is_active
 from dist_face.eval.bin_format import decode_images, distinct_images, load_bin
 from dist_face.eval.verification import VerificationResult, evaluate_model
@@ -128,10 +128,10 @@ class RefusedLabelHook(Hook):
     """Stop every rank with one line after a step skipped for a label the loader refused.
 
     The step skips on every rank when some rank's loader delivered a refused label (see
-    :mod:`dist_face.data.labels`); the flag is accumulated on the device and read on log steps
-    only, where the log hook waits for the device anyway. Then the ranks exchange their
+    :mod:`dist_face.data.loading.labels`); the flag is accumulated on the device and read on log
+    steps only, where the log hook waits for the device anyway. Then the ranks exchange their
     loaders' descriptions over the control group (host objects, no device involved) and every
-    rank raises the same :class:`~dist_face.data.labels.LabelError`.
+    rank raises the same :class:`~dist_face.data.loading.labels.LabelError`.
 
     Args:
         every: log cadence in steps (and the last step).
@@ -230,7 +230,7 @@ class EvalHook(Hook):
         The ranks wait for rank 0 at a barrier over ``group`` (:func:`evaluation_group`; None:
         the default group). Pair images of another size than 112×112 are fitted under
         ``resize_mode`` (``data.resize_mode``: crop, pad or stretch), as training fitted its
-        own (:mod:`dist_face.data.image_fit`).
+        own (:mod:`dist_face.data.loading.image_fit`).
         """
         self.targets, self.every, self.model, self.topology = targets, every, model, topology
         self.sink, self.run_dir, self.batch_size, self.device = sink, run_dir, batch_size, device

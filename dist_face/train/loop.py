@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from dist_face.heads.label_path import LabelPrefetch
+    from dist_face.heads.sharded.label_path import LabelPrefetch
     from dist_face.train.step import Batch, TrainStep
 
 LoaderFactory = Callable[[int, int], Iterable["Batch"]]
@@ -70,7 +70,7 @@ class Trainer:
             mid-epoch has a different number of steps left (the loader knows how many).
         label_prefetch: receives the labels of every micro-batch pulled; the loop pulls
             step ``t + 1``'s micro-batches before it runs step ``t`` (within an epoch), so
-            their label path runs beside step ``t`` (:mod:`dist_face.heads.label_path`).
+            their label path runs beside step ``t`` (:mod:`dist_face.heads.sharded.label_path`).
             Closed when :meth:`fit` returns.
 
     :attr:`should_stop`, when set, is asked after every step's hooks; True (on every rank at

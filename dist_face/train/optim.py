@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dist_face.config import OptimConfig, RunConfig
-from dist_face.heads.row_optim import build_row_optimizer
+from dist_face.heads.sharded.row_optim import build_row_optimizer
 
 
 def param_groups(module: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
@@ -67,7 +67,7 @@ def build_head_optimizer(
 ) -> torch.optim.Optimizer:
     """The class centers' optimizer, as ``head.update`` says.
 
-    ``sparse``: a :class:`~dist_face.heads.row_optim.RowSparseOptimizer` whose sink receives
+    ``sparse``: a :class:`~dist_face.heads.sharded.row_optim.RowSparseOptimizer` whose sink receives
     the head's kept-row gradients in backward; the step applies them after its skip decision.
     ``dense``: torch's SGD/AdamW over every head parameter (:func:`build_optimizer`).
     """

@@ -26,7 +26,7 @@ from dist_face.config.resolve import check_extras, check_names
 from dist_face.dist import Topology
 
 if TYPE_CHECKING:
-    from dist_face.data.loader import DataSource
+    from dist_face.data.loading.loader import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_run(
     Raises:
         ConfigError: the first problem found, naming its config key.
     """
-    from dist_face.data.loader import build_loader
+    from dist_face.data.loading.loader import build_loader
     from dist_face.models.factory import options
 
     check_inputs(cfg)  # every path the run reads exists: one line naming key and path

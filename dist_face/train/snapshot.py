@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dist_face.heads.elastic import ElasticFace
-from dist_face.heads.sampling import ClassSampler, host_work
+from dist_face.heads.margins.elastic import ElasticFace
+from dist_face.heads.sharded.sampling import ClassSampler, host_work
 
 
 def batchnorm_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -143,7 +143,7 @@ def _restorer(obj: ClassSampler | ElasticFace, owner: object = None) -> Callable
     """A closure putting ``obj``'s host state back as it is now.
 
     A sampler whose head prepares the next steps' labels ahead (``owner.label_prefetch``,
-    :mod:`dist_face.heads.label_path`) is put back through the prefetch, which draws the
+    :mod:`dist_face.heads.sharded.label_path`) is put back through the prefetch, which draws the
     waiting samples again from the restored stream.
     """
     if isinstance(obj, ClassSampler):

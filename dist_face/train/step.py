@@ -8,12 +8,12 @@ on logging steps.
 The skip decision is made here and only here (:meth:`TrainStep.decide_skip`): a step is skipped
 on every rank when any rank has inf/NaN gradients, BatchNorm running statistics that became
 inf/NaN in this step's forward, or a label the data loader refused (delivered as ``-1``, see
-:data:`dist_face.data.loader.REFUSED_LABEL`). The reasons are reduced together in one
+:data:`dist_face.data.loading.loader.REFUSED_LABEL`). The reasons are reduced together in one
 collective and stay on the device; the resulting ``skip`` flag is handed to the engine, to
 every head optimizer and to the snapshots of what the forward moved.
 
 Nothing is updated before that decision. The head's backward hands the kept rows' gradients to
-its optimizer's :class:`~dist_face.heads.row_grads.RowGradSink` (sparse update) or leaves a
+its optimizer's :class:`~dist_face.heads.sharded.row_grads.RowGradSink` (sparse update) or leaves a
 dense ``.grad`` (dense update); :meth:`TrainStep.decide_skip` unscales and checks them with the
 backbone's, and :meth:`TrainStep.update` applies them, or nothing. State the forward moves
 outside any optimizer (BatchNorm statistics, the head's per-step buffers, the sampling and
@@ -28,8 +28,8 @@ import torch
 from torch.distributed import ReduceOp
 
 from dist_face.dist import all_reduce, comm
-from dist_face.heads.row_optim import RowSparseOptimizer
-from dist_face.heads.sampling import host_work
+from dist_face.heads.sharded.row_optim import RowSparseOptimizer
+from dist_face.heads.sharded.sampling import host_work
 from dist_face.train.engine import Engine, optimizer_step
 from dist_face.train.precision import LossScaler
 from dist_face.train.snapshot import BufferSnapshot, HostRewind
@@ -74,7 +74,7 @@ class TrainStep:
         engine: the backbone's engine (forward, backward, its update, its loss scale).
         loss_fn: the head (and any auxiliary losses): ``(embeddings [B, D] fp32, labels [B])``
             → scalar loss of the global batch, or ``(scalar, {part: unweighted scalar})``
-            (:class:`~dist_face.heads.aux_losses.WeightedSum`).
+            (:class:`~dist_face.heads.auxiliary.aux_losses.WeightedSum`).
         head_optimizers: the class centers' (and auxiliary losses') optimizers, stepped or
             skipped together with the engine's; each receives the step's ``skip`` flag.
         schedulers: stepped once per optimizer step.

@@ -18,12 +18,12 @@ import torch
 
 from dist_face.dist import all_gather_object
 from dist_face.heads import PartialFC
-from dist_face.heads.adaface import AdaFace
-from dist_face.heads.elastic import ElasticArc, ElasticCosPlus, elastic_margins
-from dist_face.heads.magface import MagFace
-from dist_face.heads.row_optim import RowSparseOptimizer
-from dist_face.heads.sampling import init_class_centers
-from dist_face.heads.subcenter import SubCenterArcFace
+from dist_face.heads.margins.adaface import AdaFace
+from dist_face.heads.margins.elastic import ElasticArc, ElasticCosPlus, elastic_margins
+from dist_face.heads.margins.magface import MagFace
+from dist_face.heads.margins.subcenter import SubCenterArcFace
+from dist_face.heads.sharded.row_optim import RowSparseOptimizer
+from dist_face.heads.sharded.sampling import init_class_centers
 from tests.helpers import margin_refs as refs
 from tests.helpers.distributed import run_distributed
 

@@ -11,8 +11,8 @@ from torch import nn
 from dist_face.checkpoint import latest_checkpoint, list_checkpoints, restore_head, save_checkpoint
 from dist_face.dist import Topology
 from dist_face.heads import PartialFC
-from dist_face.heads.row_optim import build_row_optimizer
-from dist_face.heads.shard_math import class_range
+from dist_face.heads.sharded.row_optim import build_row_optimizer
+from dist_face.heads.sharded.shard_math import class_range
 from tests.helpers.distributed import run_distributed
 
 C, D = 11, 4

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from dist_face.config import load_config
-from dist_face.data.loader import build_loader
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
 from dist_face.metrics import InMemorySink
 from dist_face.train.build import build_trainer

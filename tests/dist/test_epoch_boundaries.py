@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dist_face.config import DataConfig
-from dist_face.data.loader import build_loader
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology, all_reduce
 from tests.helpers.datasets import color_coded_shards
 from tests.helpers.distributed import run_distributed

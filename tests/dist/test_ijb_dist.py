@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dist_face.data.synthetic_ijb import IJBSpec, generate_ijb
+from dist_face.data.synthetic.ijb import IJBSpec, generate_ijb
 from dist_face.eval.ijb_embed import embed_ijb
 from dist_face.eval.ijb_meta import IJBFormatError, read_ijb
 from dist_face.models import create, load_backbone, save_backbone

@@ -15,7 +15,7 @@ import torch
 
 from dist_face.dist import comm
 from dist_face.heads import PartialFC
-from dist_face.heads.label_path import LabelPrefetch
+from dist_face.heads.sharded.label_path import LabelPrefetch
 from tests.helpers.distributed import run_distributed
 
 C, D, B, STEPS = 29, 8, 4, 6

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from dist_face.heads.aux_losses import WeightedSum
-from dist_face.heads.center_loss import CenterLoss
-from dist_face.heads.pair_losses import PAIR_LOSSES
-from dist_face.heads.shard_math import class_range
+from dist_face.heads.auxiliary.aux_losses import WeightedSum
+from dist_face.heads.auxiliary.center_loss import CenterLoss
+from dist_face.heads.auxiliary.pair_losses import PAIR_LOSSES
+from dist_face.heads.sharded.shard_math import class_range
 from tests.helpers.distributed import run_distributed
 
 B, D, C = 5, 8, 7  # C = 7 is not divisible by 2, 3 or 4

@@ -15,11 +15,11 @@ import torch
 from dist_face.audit import StepAudit
 from dist_face.dist import all_gather_object
 from dist_face.heads import MARGINS, MarginHead, PartialFC
-from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace
-from dist_face.heads.multiplicative import LSoftmax, SphereFace
-from dist_face.heads.sampling import init_class_centers
-from dist_face.heads.shard_math import class_range, class_ranges
-from dist_face.heads.uniface import UniFace
+from dist_face.heads.margins.common import ArcFace, CombinedMargin, CosFace
+from dist_face.heads.margins.multiplicative import LSoftmax, SphereFace
+from dist_face.heads.margins.uniface import UniFace
+from dist_face.heads.sharded.sampling import init_class_centers
+from dist_face.heads.sharded.shard_math import class_range, class_ranges
 from tests.helpers.distributed import run_distributed
 
 C, D, B = 13, 8, 3

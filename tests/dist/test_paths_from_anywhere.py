@@ -217,7 +217,7 @@ def test_a_slurm_job_submitted_outside_the_repository_finds_its_launcher(
 
 def test_the_launcher_runs_from_the_parent_of_a_clone_named_dist_face(tmp_path: Path) -> None:
     """The clone's own ``data/`` folder once shadowed the package for a command started in its
-    parent (``No module named 'dist_face.data.image_files'``): Python put the working
+    parent (``No module named 'dist_face.data.packing.image_files'``): Python put the working
     directory first on ``sys.path`` and found ``./dist_face/data`` before the editable install.
 
     The clone here is the repository's files under a folder named ``dist_face``, with the

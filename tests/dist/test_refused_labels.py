@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.shards import ShardSet
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")
 pytestmark = pytest.mark.dist

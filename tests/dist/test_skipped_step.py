@@ -32,8 +32,8 @@ import torch
 
 from dist_face.config import load_config
 from dist_face.dist import Topology
-from dist_face.heads.elastic import ElasticFace
-from dist_face.heads.row_optim import RowSparseOptimizer
+from dist_face.heads.margins.elastic import ElasticFace
+from dist_face.heads.sharded.row_optim import RowSparseOptimizer
 from dist_face.train.build import build_trainer
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import SKIP_REASONS
@@ -164,8 +164,8 @@ class _Ahead:
     """Submits each step's labels before the step before it runs, as the training loop does.
 
     The loop pulls step ``t + 1``'s batches before it runs step ``t``, and the head's label
-    path draws their sample meanwhile (:mod:`dist_face.heads.label_path`); ``labels`` are the
-    labels of every step in order (the bad one as planted).
+    path draws their sample meanwhile (:mod:`dist_face.heads.sharded.label_path`); ``labels`` are
+    the labels of every step in order (the bad one as planted).
     """
 
     def __init__(self, step, labels: list[torch.Tensor] | None) -> None:

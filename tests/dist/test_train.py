@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from dist_face.config import load_config
-from dist_face.data.rec_index import open_dataset
+from dist_face.data.format.rec_index import open_dataset
 from dist_face.dist import Topology, all_gather
 from dist_face.eval.bin_format import decode_images, load_bin
 from dist_face.eval.verification import evaluate_model
-from dist_face.heads.sampling import sampler_seed
+from dist_face.heads.sharded.sampling import sampler_seed
 from dist_face.metrics import InMemorySink
 from dist_face.train.build import build_trainer
 from dist_face.train.loop import Hook, Trainer

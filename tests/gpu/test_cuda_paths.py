@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dist_face.config import DataConfig, load_config
-from dist_face.data.loader import build_loader
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
 from dist_face.metrics import InMemorySink
 from dist_face.train.build import build_trainer

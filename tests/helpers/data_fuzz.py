@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 
 from dist_face.config import ConfigError, DataConfig
-from dist_face.data.framing import CorruptRecordError, DataFileError
-from dist_face.data.loader import build_loader
-from dist_face.data.recordio import RecordReader
-from dist_face.data.shards import ShardSet
-from dist_face.data.verify import verify_shard_set
+from dist_face.data.format.framing import CorruptRecordError, DataFileError
+from dist_face.data.format.recordio import RecordReader
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.format.verify import verify_shard_set
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
 
 RECORDS, CLASSES, SIZE, BATCH = 24, 4, 32, 4
@@ -74,7 +74,7 @@ class Reference:
 
 def reference(base: Path) -> Reference:
     """Read the clean set once."""
-    from dist_face.data.loader import _decode
+    from dist_face.data.loading.loader import _decode
 
     shards = ShardSet.open(base)
     images, samples = set(), set()

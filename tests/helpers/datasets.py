@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dist_face.cli.pack import main as pack_main
-from dist_face.data.embedded import EmbeddedSpec, generate_embedded_dataset
+from dist_face.data.synthetic.embedded import EmbeddedSpec, generate_embedded_dataset
 
 SMALL = EmbeddedSpec(identities=60, images_per_identity=12, val_identities=30, val_pairs=300)
 # 120 training images: a whole epoch takes seconds, for tests of what a user runs end to end

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from dist_face.heads.sampling import in_host_work
+from dist_face.heads.sharded.sampling import in_host_work
 
 # data-dependent output size, or a read of device memory by the host
 _ALWAYS = {

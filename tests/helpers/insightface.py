@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dist_face.data.recordio import RecordWriter, pack_record
+from dist_face.data.format.recordio import RecordWriter, pack_record
 
 
 def write_insightface_rec(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dist_face.data.synthetic_faces import sample_jpeg
+from dist_face.data.synthetic.faces import sample_jpeg
 from dist_face.eval.align import ARCFACE_TEMPLATE
 
 WIDTH, HEIGHT = 92, 112

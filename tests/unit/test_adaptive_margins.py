@@ -14,9 +14,9 @@ import yaml
 
 from dist_face.config import describe
 from dist_face.heads import PartialFC
-from dist_face.heads.adaface import AdaFace
-from dist_face.heads.elastic import ElasticArc, ElasticCosPlus, assign_by_difficulty
-from dist_face.heads.subcenter import SubCenterArcFace
+from dist_face.heads.margins.adaface import AdaFace
+from dist_face.heads.margins.elastic import ElasticArc, ElasticCosPlus, assign_by_difficulty
+from dist_face.heads.margins.subcenter import SubCenterArcFace
 
 # The papers' values as --print-config shows them, written out independently of the margin
 # classes' signatures (the built modules' values: test_margin_defaults.py).

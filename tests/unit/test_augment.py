@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from dist_face.config import ConfigError, DataConfig, RunConfig, apply_overrides
-from dist_face.data.augment import hsv_jitter
-from dist_face.data.loader import build_loader
+from dist_face.data.loading.augment import hsv_jitter
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
 
 AUGS = ["aug_downscale_p", "aug_blur_p", "aug_hsv_p", "aug_gray_p"]
@@ -78,7 +78,7 @@ def test_the_small_data_augmentations_change_images_deterministically(
 
 
 def test_a_small_crop_is_the_part_of_the_face_it_names() -> None:
-    from dist_face.data.augment import small_crop
+    from dist_face.data.loading.augment import small_crop
 
     pixels = np.zeros((100, 100, 3), np.uint8)
     pixels[:, 50:] = 255  # left half black, right half white

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dist_face.config import ConfigError, DataConfig
-from dist_face.data.loader import build_loader
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")
@@ -82,7 +82,7 @@ def test_auto_on_cpu_uses_torch_and_relabelled_sets_are_refused(
     assert _source(color_shards, 0, 1, "auto").backend == "torch"
     import shutil
 
-    from dist_face.data.shards import ShardSet, relabel
+    from dist_face.data.format.shards import ShardSet, relabel
 
     copy = tmp_path / "relabelled"
     shutil.copytree(color_shards, copy)
@@ -94,8 +94,8 @@ def test_auto_on_cpu_uses_torch_and_relabelled_sets_are_refused(
 def test_combined_index_shifts_each_shard_by_the_earlier_rec_files(
     color_shards: Path, tmp_path: Path
 ) -> None:
-    from dist_face.data.dali_loader import combined_index
-    from dist_face.data.shards import ShardSet
+    from dist_face.data.format.shards import ShardSet
+    from dist_face.data.loading.dali_loader import combined_index
 
     shards = ShardSet.open(color_shards)
     expected, base = [], 0
@@ -113,8 +113,8 @@ def test_combined_index_shifts_each_shard_by_the_earlier_rec_files(
 def test_combined_index_refuses_records_out_of_file_order(
     color_shards: Path, tmp_path: Path
 ) -> None:
-    from dist_face.data.dali_loader import combined_index
-    from dist_face.data.shards import ShardSet
+    from dist_face.data.format.shards import ShardSet
+    from dist_face.data.loading.dali_loader import combined_index
 
     shards = ShardSet.open(color_shards)
     rows = (shards.shard_ids == 1).nonzero()[0]
@@ -127,11 +127,11 @@ def test_combined_index_refuses_records_out_of_file_order(
 def test_dali_warns_that_it_cannot_skip_and_needs_the_package(
     color_shards: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with caplog.at_level("WARNING", logger="dist_face.data.loader"):
+    with caplog.at_level("WARNING", logger="dist_face.data.loading.loader"):
         _source(color_shards, 0, 1, on_corrupt="skip")
     assert "cannot skip undecodable records" in caplog.text
     assert "tools/verify.py" in caplog.text
-    monkeypatch.setattr("dist_face.data.dali_loader.dali_available", lambda: False)
+    monkeypatch.setattr("dist_face.data.loading.dali_loader.dali_available", lambda: False)
     with pytest.raises(ConfigError, match=r"data\.backend: dali needs nvidia-dali"):
         _source(color_shards, 0, 1)
 

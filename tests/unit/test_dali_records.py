@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_face.data.pack import PackOptions, pack
-from dist_face.data.recordio import RecordWriter, pack_record
-from dist_face.data.shards import ShardSet
-from dist_face.data.sources import FolderSource
+from dist_face.data.format.recordio import RecordWriter, pack_record
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.packing.pack import PackOptions, pack
+from dist_face.data.packing.sources import FolderSource
 from tests.helpers.images import make_image_folder
 
 dali = pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")

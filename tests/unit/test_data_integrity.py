@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from dist_face.config import DataConfig
-from dist_face.data.framing import CorruptRecordError, DataFileError
-from dist_face.data.loader import build_loader
-from dist_face.data.recordio import RecordReader
-from dist_face.data.shards import ShardSet
-from dist_face.data.verify import verify_shard_set
+from dist_face.data.format.framing import CorruptRecordError, DataFileError
+from dist_face.data.format.recordio import RecordReader
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.format.verify import verify_shard_set
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
 from dist_face.eval.bin_format import BinFormatError, load_bin
 from tests.helpers.data_fuzz import SIZE, make_base
@@ -301,7 +301,7 @@ def test_sizes_in_place_of_images_are_refused(tmp_path: Path) -> None:
 
 def test_pack_relabel_and_reshard_record_the_manifest_checksum(copy: Path, tmp_path: Path) -> None:
     from dist_face.cli.reshard import main as reshard_main
-    from dist_face.data.shards import relabel
+    from dist_face.data.format.shards import relabel
 
     def recorded(root: Path) -> bool:
         meta = json.loads((root / "meta.json").read_text())

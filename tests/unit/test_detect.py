@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dist_face.data.aligned import align_image
-from dist_face.data.detect import FaceDetector, anchor_centers
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.packing.aligned import align_image
+from dist_face.data.packing.detect import FaceDetector, anchor_centers
 from tests.helpers.pgm_faces import make_pgm_faces
 
 pytest.importorskip("onnxruntime")

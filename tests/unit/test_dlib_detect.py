@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.shards import ShardSet
 from dist_face.eval.align import ARCFACE_TEMPLATE, similarity_transform
 from tests.helpers.pgm_faces import make_pgm_faces, write_landmarks
 from tests.helpers.real_photos import cameraman, make_real_photo_folder, no_face, source_photos
@@ -27,7 +27,7 @@ HOPPER_BY_EYE = np.array([[224, 192], [305, 189], [267, 238], [233, 281], [300, 
 
 
 def test_the_five_points_are_where_a_person_puts_them_in_template_order() -> None:
-    from dist_face.data.dlib_detect import DlibDetector, five_points
+    from dist_face.data.packing.dlib_detect import DlibDetector, five_points
 
     photo, _ = source_photos()["hopper"]
     found = DlibDetector().detect(photo.read_bytes())
@@ -67,8 +67,8 @@ def test_pack_detects_in_parallel_falls_back_to_the_cnn_and_counts_in_the_report
             assert im.size == (112, 112)
     # each detected face's 5 points fit the template by a similarity transform with a small
     # residual (points in the wrong order would not)
-    from dist_face.data.detect import detect_landmarks
-    from dist_face.data.sources import open_source
+    from dist_face.data.packing.detect import detect_landmarks
+    from dist_face.data.packing.sources import open_source
 
     shutil.rmtree(root / "cameraman")
     found = detect_landmarks(open_source(str(root)), "dlib")
@@ -83,7 +83,7 @@ def test_pack_detects_in_parallel_falls_back_to_the_cnn_and_counts_in_the_report
 def test_the_model_files_are_found_without_pkg_resources() -> None:
     code = (
         "import sys; sys.modules['pkg_resources'] = None\n"  # as with setuptools >= 81
-        "from dist_face.data.dlib_detect import DlibDetector\n"
+        "from dist_face.data.packing.dlib_detect import DlibDetector\n"
         "DlibDetector()\n"
         "assert 'face_recognition_models' not in sys.modules\n"
     )
@@ -125,7 +125,7 @@ def test_a_landmark_file_in_the_subjects_order_is_warned_naming_its_rows(
 
 
 def test_a_source_that_cannot_be_sent_to_the_workers_is_read_by_the_packer(tmp_path: Path) -> None:
-    from dist_face.data.detect import detect_landmarks
+    from dist_face.data.packing.detect import detect_landmarks
 
     class OpenFile:  # holds an open file, as a .rec reader does: it cannot be pickled
         def __init__(self, path: Path) -> None:

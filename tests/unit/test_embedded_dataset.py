@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dist_face.data.embedded import EmbeddedSpec, generate_embedded_dataset
-from dist_face.data.synthetic_faces import sample_jpeg
+from dist_face.data.synthetic.embedded import EmbeddedSpec, generate_embedded_dataset
+from dist_face.data.synthetic.faces import sample_jpeg
 from dist_face.eval.bin_format import decode_images, load_bin
 from dist_face.eval.verification import evaluate_model
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_face.data.aligned import align_image, read_landmarks
+from dist_face.data.packing.aligned import align_image, read_landmarks
 from tests.helpers.pgm_faces import make_pgm_faces, write_landmarks
 
 
@@ -90,7 +90,7 @@ def test_a_pair_list_of_raw_real_photos_is_scored_with_the_dlib_detector(
     import shutil
 
     from dist_face.cli import score_pairs
-    from dist_face.data.dlib_detect import DlibDetector
+    from dist_face.data.packing.dlib_detect import DlibDetector
     from tests.helpers.real_photos import make_real_photo_folder, no_face
 
     raw = tmp_path / "raw"

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from dist_face.cli.export import main as export_main  # noqa: E402
-from dist_face.data.synthetic_faces import identity_params, render_sample  # noqa: E402
+from dist_face.data.synthetic.faces import identity_params, render_sample  # noqa: E402
 from dist_face.export.onnx_export import (  # noqa: E402
     ExportError,
     check_parity,

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from dist_face.heads import PartialFC
-from dist_face.heads.fused_loss import NormReader, RowLoss, SubCenters, features_for
-from dist_face.heads.margin_head import MarginHead
-from dist_face.heads.margins import MARGINS, ArcFace
+from dist_face.heads.margins.common import MARGINS, ArcFace
+from dist_face.heads.sharded.fused_loss import NormReader, RowLoss, SubCenters, features_for
+from dist_face.heads.sharded.margin_head import MarginHead
 
 D, C = 16, 23
 

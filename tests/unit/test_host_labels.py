@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from dist_face.config import DataConfig
-from dist_face.data.loader import build_loader
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
-from dist_face.heads.aux_losses import WeightedSum
+from dist_face.heads.auxiliary.aux_losses import WeightedSum
 from dist_face.train.step import screen_refused
 
 pytestmark = pytest.mark.unit

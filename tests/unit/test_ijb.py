@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from dist_face.cli.ijb import main as ijb_main
-from dist_face.data.synthetic_ijb import IJBSpec, generate_ijb
+from dist_face.data.synthetic.ijb import IJBSpec, generate_ijb
 from dist_face.eval.align import ARCFACE_TEMPLATE, align_face, similarity_transform
 from dist_face.models import create, load_backbone, save_backbone
 
@@ -161,7 +161,7 @@ def test_similarity_fit_matches_umeyama() -> None:
 
 
 def test_alignment_recovers_the_rendered_face() -> None:
-    from dist_face.data.synthetic_ijb import place_face
+    from dist_face.data.synthetic.ijb import place_face
 
     rng = np.random.default_rng(1)
     face = (rng.random((112, 112, 3)) * 255).astype(np.uint8)

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from dist_face.config import ConfigError, DataConfig
-from dist_face.data.framing import CorruptRecordError
-from dist_face.data.loader import DataTimeoutError, build_loader
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.framing import CorruptRecordError
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.loading.loader import DataTimeoutError, build_loader
 from dist_face.dist import Topology
 
 N, C, B = 60, 7, 4  # 60 records of 7 classes; batches of 4

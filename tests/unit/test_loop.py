@@ -135,7 +135,7 @@ class Counted:
 
 def test_the_next_steps_labels_are_prepared_while_a_step_runs() -> None:
     from dist_face.heads import PartialFC
-    from dist_face.heads.label_path import LabelPrefetch
+    from dist_face.heads.sharded.label_path import LabelPrefetch
 
     head, inline = (PartialFC(4, 10, "softmax", 0.5, seed=1) for _ in range(2))
     prefetch = LabelPrefetch(head, None).attach()

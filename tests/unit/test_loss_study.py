@@ -63,7 +63,7 @@ def test_rank1_uses_the_first_image_of_each_identity_as_gallery() -> None:
 
 def test_rows_cover_every_head_and_pair_loss() -> None:
     from dist_face.heads import MARGINS
-    from dist_face.heads.pair_losses import PAIR_LOSSES
+    from dist_face.heads.auxiliary.pair_losses import PAIR_LOSSES
 
     names = [s.name for s in study_losses()]
     assert set(MARGINS.names()) <= set(names)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from dist_face.config import ConfigError, HeadConfig, RunConfig, apply_overrides, load_config
 from dist_face.config.resolve import resolve_run
 from dist_face.heads.build import build_margin
-from dist_face.heads.margin_args import margin_args
+from dist_face.heads.margins.margin_args import margin_args
 from tests.helpers.distributed import run_distributed
 
 C = 100

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from dist_face.heads import MARGINS, MarginHead
-from dist_face.heads.curricular import CurricularFace
-from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
-from dist_face.heads.multiplicative import LSoftmax, SphereFace
-from dist_face.heads.uniface import UniFace
+from dist_face.heads.margins.common import ArcFace, CombinedMargin, CosFace, NormFace
+from dist_face.heads.margins.curricular import CurricularFace
+from dist_face.heads.margins.multiplicative import LSoftmax, SphereFace
+from dist_face.heads.margins.uniface import UniFace
 
 B, C, D = 12, 9, 6
 S = 64.0

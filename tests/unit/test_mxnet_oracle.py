@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dist_face.data.recordio import RecordReader, RecordWriter, pack_record, unpack_record
+from dist_face.data.format.recordio import RecordReader, RecordWriter, pack_record, unpack_record
 
 MXNET_PYTHON = os.environ.get("DIST_FACE_MXNET_PYTHON")
 pytestmark = pytest.mark.skipif(

@@ -24,7 +24,13 @@ MARGIN_FILE = '''
 
 import torch
 
-from dist_face.heads.margins import MARGINS, Margin, MarginInput, check_scale, scaled_with_targets
+from dist_face.heads.margins.common import (
+    MARGINS,
+    Margin,
+    MarginInput,
+    check_scale,
+    scaled_with_targets,
+)
 
 
 @MARGINS.register("throwaway")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.shards import ShardSet
 from tests.helpers.images import make_image_folder
 
 PACK = str(Path(sys.executable).parent / "dist-face-pack")

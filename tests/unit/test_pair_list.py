@@ -12,7 +12,7 @@ import torch
 
 from dist_face.cli.identify import main as identify_main
 from dist_face.cli.score_pairs import main as score_main
-from dist_face.data.synthetic_faces import sample_jpeg
+from dist_face.data.synthetic.faces import sample_jpeg
 from dist_face.eval.verification import equal_error_rate
 from dist_face.models import create, load_backbone, save_backbone
 

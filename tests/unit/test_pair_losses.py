@@ -10,9 +10,9 @@ import torch
 from dist_face.config.base import ConfigError
 from dist_face.config.loader import apply_overrides
 from dist_face.config.schema import AuxLossConfig, RunConfig
-from dist_face.heads.aux_losses import WeightedSum, build_aux_losses
-from dist_face.heads.center_loss import CenterLoss
-from dist_face.heads.pair_losses import (
+from dist_face.heads.auxiliary.aux_losses import WeightedSum, build_aux_losses
+from dist_face.heads.auxiliary.center_loss import CenterLoss
+from dist_face.heads.auxiliary.pair_losses import (
     PAIR_LOSSES,
     CircleLoss,
     ContrastiveLoss,

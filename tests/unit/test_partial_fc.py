@@ -8,9 +8,9 @@ import torch
 from dist_face.config import ConfigError, RunConfig, apply_overrides
 from dist_face.config.schema import HeadConfig
 from dist_face.heads import MARGINS, MarginHead, PartialFC, build_head
-from dist_face.heads.fused_loss import _exp_shifted
-from dist_face.heads.sampling import init_class_centers, sample_classes
-from dist_face.heads.shard_io import rows_from_shards
+from dist_face.heads.sharded.fused_loss import _exp_shifted
+from dist_face.heads.sharded.sampling import init_class_centers, sample_classes
+from dist_face.heads.sharded.shard_io import rows_from_shards
 
 C, D = 11, 6
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dist_face.data.partition import (
+from dist_face.data.loading.partition import (
     epoch_permutation,
     partition,
     rank_samples,

@@ -17,9 +17,9 @@ from PIL import Image
 
 from dist_face.config import ConfigError, load_config
 from dist_face.config.resolve import check_extras
-from dist_face.data.aligned import align_image, read_landmarks
-from dist_face.data.image_fit import fit_image
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.loading.image_fit import fit_image
+from dist_face.data.packing.aligned import align_image, read_landmarks
 from dist_face.eval.align import ARCFACE_TEMPLATE, similarity_transform
 from dist_face.eval.verification import fold_problem, kfold_accuracy, single_class_folds
 from tests.helpers.pgm_faces import make_pgm_faces, write_landmarks
@@ -172,7 +172,7 @@ def test_a_raw_folder_as_data_root_through_the_launcher_is_one_line(photos, tmp_
 
 
 def test_the_trainer_itself_names_the_packer_for_a_raw_folder(photos) -> None:
-    from dist_face.data.loader import open_dataset
+    from dist_face.data.loading.loader import open_dataset
 
     root, _ = photos
     with pytest.raises(Exception, match=r"is an image folder; pack it first: dist-face-pack"):
@@ -333,7 +333,7 @@ def test_an_aligned_grayscale_pack_reads_the_same_with_dali_and_torch(photos, tm
     """The aligned crops are grayscale PNGs: DALI's CPU decoder gives the torch loader's pixels."""
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")
     from dist_face.config import DataConfig
-    from dist_face.data.loader import build_loader
+    from dist_face.data.loading.loader import build_loader
     from dist_face.dist import Topology
 
     root, points = photos

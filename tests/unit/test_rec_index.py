@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from dist_face.config import DataConfig
-from dist_face.data.loader import build_loader
-from dist_face.data.rec_index import cache_paths, open_dataset, open_rec
-from dist_face.data.recordio import RecordReader, unpack_record
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.rec_index import cache_paths, open_dataset, open_rec
+from dist_face.data.format.recordio import RecordReader, unpack_record
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.loading.loader import build_loader
 from dist_face.dist import Topology
 from tests.helpers.insightface import write_insightface_rec
 
@@ -93,7 +93,7 @@ def test_dali_loader_on_the_cpu_reads_the_rec(
     rec_folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (extra 'dali')")
-    with caplog.at_level("WARNING", logger="dist_face.data.loader"):
+    with caplog.at_level("WARNING", logger="dist_face.data.loading.loader"):
         per_rank = [_ids(_source(rec_folder, r, 2, "dali").epoch(0)) for r in range(2)]
     assert "not globally shuffled" in caplog.text  # sorted by identity: few ids per batch
     seen = [i for ids in per_rank for i in ids]

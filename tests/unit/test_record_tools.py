@@ -11,8 +11,8 @@ import pytest
 
 from dist_face.cli import inspect as inspect_cli
 from dist_face.cli import make_bin, pack, reshard, unpack, verify
-from dist_face.data.recordio import RecordWriter, pack_record
-from dist_face.data.shards import ShardSet
+from dist_face.data.format.recordio import RecordWriter, pack_record
+from dist_face.data.format.shards import ShardSet
 from tests.helpers.images import make_image_folder
 
 

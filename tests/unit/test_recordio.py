@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dist_face.data.recordio import (
+from dist_face.data.format.recordio import (
     MAGIC,
     CorruptRecordError,
     IRHeader,
@@ -182,7 +182,7 @@ def test_reader_pickles_without_its_map(tmp_path: Path) -> None:
 
 
 def test_insightface_style_file(tmp_path: Path) -> None:
-    from dist_face.data.sources import RecSource
+    from dist_face.data.packing.sources import RecSource
 
     # Hand-built: header [N+1, N+1+K], N=5 images of K=2 identities, then identity records.
     images = [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]
@@ -198,7 +198,7 @@ def test_insightface_style_file(tmp_path: Path) -> None:
 
 
 def test_headerless_file_with_scalar_labels(tmp_path: Path) -> None:
-    from dist_face.data.sources import RecSource
+    from dist_face.data.packing.sources import RecSource
 
     records = [(k, pack_record(float(k % 4), b"j%d" % k)) for k in range(10)]
     records.append((10, pack_record(3, M * 8)))  # a split record takes the slow path
@@ -209,7 +209,7 @@ def test_headerless_file_with_scalar_labels(tmp_path: Path) -> None:
 
 
 def test_non_integer_label_is_named(tmp_path: Path) -> None:
-    from dist_face.data.sources import RecSource
+    from dist_face.data.packing.sources import RecSource
 
     write(tmp_path, [(0, pack_record(1, b"a")), (1, pack_record(2.5, b"b"))], "frac")
     with pytest.raises(CorruptRecordError, match=r"key 1.*label 2\.5"):

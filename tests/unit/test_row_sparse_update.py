@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dist_face.heads import MarginHead, PartialFC
-from dist_face.heads.margins import ArcFace, CombinedMargin, CosFace, NormFace
-from dist_face.heads.row_optim import RowSparseOptimizer, build_row_optimizer
+from dist_face.heads.margins.common import ArcFace, CombinedMargin, CosFace, NormFace
+from dist_face.heads.sharded.row_optim import RowSparseOptimizer, build_row_optimizer
 from dist_face.train.engine import DDPEngine
 from dist_face.train.precision import LossScaler
 from dist_face.train.step import TrainStep, optimizer_step

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dist_face.heads.sampling import num_sampled, sample_classes, sample_size
+from dist_face.heads.sharded.sampling import num_sampled, sample_classes, sample_size
 
 pytestmark = pytest.mark.unit
 

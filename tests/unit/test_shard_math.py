@@ -6,7 +6,12 @@ import itertools
 
 import pytest
 
-from dist_face.heads.shard_math import class_range, class_ranges, num_local_classes, owner_of
+from dist_face.heads.sharded.shard_math import (
+    class_range,
+    class_ranges,
+    num_local_classes,
+    owner_of,
+)
 
 
 @pytest.mark.parametrize("num_classes", [4, 5, 7, 10, 11, 1000, 1003])

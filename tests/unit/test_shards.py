@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dist_face.data.pack import PackOptions, pack, shard_bounds
-from dist_face.data.recordio import (
+from dist_face.data.format.recordio import (
     CorruptRecordError,
     RecordReader,
     RecordWriter,
     pack_record,
     unpack_record,
 )
-from dist_face.data.shards import ShardSet, relabel
-from dist_face.data.sources import FolderSource, ListSource, RecSource
+from dist_face.data.format.shards import ShardSet, relabel
+from dist_face.data.packing.pack import PackOptions, pack, shard_bounds
+from dist_face.data.packing.sources import FolderSource, ListSource, RecSource
 from tests.helpers.images import make_image_folder
 
 
@@ -163,7 +163,7 @@ def test_shard_set_pickles_small(tmp_path: Path, folder) -> None:
 
 
 def test_split_records_read_through_the_shard_set(tmp_path: Path) -> None:
-    from dist_face.data.shards import ShardWriter, commit_shard_set
+    from dist_face.data.format.shards import ShardWriter, commit_shard_set
 
     magic = bytes.fromhex("0a23d7ce")
     images = [b"\xff\xd8" + bytes(6) + magic * 3, b"plain", magic + b"ab"]

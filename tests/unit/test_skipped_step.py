@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from dist_face.config import OptimConfig
-from dist_face.data.labels import REFUSED_LABEL
+from dist_face.data.loading.labels import REFUSED_LABEL
 from dist_face.heads import PartialFC
-from dist_face.heads.aux_losses import WeightedSum
-from dist_face.heads.center_loss import CenterLoss
-from dist_face.heads.row_optim import build_row_optimizer
+from dist_face.heads.auxiliary.aux_losses import WeightedSum
+from dist_face.heads.auxiliary.center_loss import CenterLoss
+from dist_face.heads.sharded.row_optim import build_row_optimizer
 from dist_face.train.engine import DDPEngine
 from dist_face.train.optim import build_optimizer, init_momentum
 from dist_face.train.precision import LossScaler

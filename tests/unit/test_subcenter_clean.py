@@ -11,11 +11,11 @@ import torch
 
 from dist_face.checkpoint import save_checkpoint
 from dist_face.cli.subcenter_clean import dominant_subcenters, embed_shard_set, main
-from dist_face.data.shards import ShardSet
-from dist_face.data.sources import ShardSetSource
+from dist_face.data.format.shards import ShardSet
+from dist_face.data.packing.sources import ShardSetSource
 from dist_face.dist import Topology
 from dist_face.heads import PartialFC
-from dist_face.heads.row_optim import build_row_optimizer
+from dist_face.heads.sharded.row_optim import build_row_optimizer
 from dist_face.models import create
 from dist_face.models.checkpoint import save_backbone
 from tests.helpers.datasets import color_coded_shards

@@ -1,0 +1,1 @@
+"""The record format: RecordIO framing, shard sets, InsightFace .rec files."""

@@ -1,0 +1,1 @@
+"""Loading shard sets for training: backends, partition, augmentation."""

@@ -1,0 +1,1 @@
+"""Packing sources of images into shard sets: checks, alignment, detection."""

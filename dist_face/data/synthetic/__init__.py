@@ -1,0 +1,1 @@
+"""Synthetic face-like identities: the embedded dataset and IJB sets."""

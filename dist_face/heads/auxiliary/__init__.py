@@ -1,0 +1,1 @@
+"""Auxiliary losses on the global batch: center, pair and metric losses."""

@@ -1,0 +1,1 @@
+"""The class-center head sharded over ranks, its arithmetic and update."""
