@@ -17,24 +17,21 @@ from dist_face.heads import PartialFC
 from dist_face.heads.margins.adaface import AdaFace
 from dist_face.heads.margins.elastic import ElasticArc, ElasticCosPlus, assign_by_difficulty
 from dist_face.heads.margins.subcenter import SubCenterArcFace
+from tests.unit.test_margin_defaults import PAPER
 
-# The papers' values as --print-config shows them, written out independently of the margin
-# classes' signatures (the built modules' values: test_margin_defaults.py).
+# The papers' values as --print-config shows them: the adaptive margins' rows of the table the
+# built modules are checked against (test_margin_defaults.py), independent of the signatures.
 NEW = {
-    "adaface": {"scale": 64.0, "margin": 0.4, "h": 0.333, "momentum": 0.01},
-    "magface": {
-        "scale": 64.0,
-        "l_a": 10.0,
-        "u_a": 110.0,
-        "l_m": 0.45,
-        "u_m": 0.8,
-        "lambda_g": 35.0,
-    },
-    "elasticface_arc": {"scale": 64.0, "margin": 0.5, "std": 0.05},
-    "elasticface_cos": {"scale": 64.0, "margin": 0.35, "std": 0.05},
-    "elasticface_arc_plus": {"scale": 64.0, "margin": 0.5, "std": 0.0175},
-    "elasticface_cos_plus": {"scale": 64.0, "margin": 0.35, "std": 0.02},
-    "subcenter_arcface": {"scale": 64.0, "margin": 0.5, "sub_centers": 3},
+    name: PAPER[name]
+    for name in (
+        "adaface",
+        "magface",
+        "elasticface_arc",
+        "elasticface_cos",
+        "elasticface_arc_plus",
+        "elasticface_cos_plus",
+        "subcenter_arcface",
+    )
 }
 
 
