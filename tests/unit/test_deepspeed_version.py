@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tomllib
@@ -12,6 +11,7 @@ import pytest
 
 from dist_face.config import ConfigError
 from dist_face.train.deepspeed_engine import SUPPORTED_DEEPSPEED, check_deepspeed_version
+from tests.helpers.installed import env_with_installed
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,12 +37,7 @@ def test_extra_declares_the_same_range() -> None:
 
 def test_entry_point_refuses_an_old_deepspeed_before_building(tmp_path: Path) -> None:
     """A real installed-distribution record of deepspeed 0.15.0 first on the path."""
-    site = tmp_path / "site"
-    info = site / "deepspeed-0.15.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: deepspeed\nVersion: 0.15.0\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
+    env = env_with_installed(tmp_path, "deepspeed", "0.15.0")
     out = tmp_path / "runs"
     proc = subprocess.run(
         [

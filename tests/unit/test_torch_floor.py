@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 
 from dist_face.config import ConfigError
 from dist_face.torch_floor import TORCH_FLOOR, check_torch_version
+from tests.helpers.installed import env_with_installed
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,12 +42,7 @@ def test_the_floor_is_real_and_declared() -> None:
 
 def test_entry_point_refuses_an_old_torch_in_one_line(tmp_path: Path) -> None:
     """A real installed-distribution record of torch 2.7.1 first on the path."""
-    site = tmp_path / "site"
-    info = site / "torch-2.7.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.7.1\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
+    env = env_with_installed(tmp_path, "torch", "2.7.1")
     out = tmp_path / "runs"
     proc = subprocess.run(
         [sys.executable, "-m", "dist_face.train", "--config", "debug_cpu", f"--output_root={out}"],
